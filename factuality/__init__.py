@@ -1,0 +1,2 @@
+"""Evidence-grounded factuality training suite."""
+__version__ = "0.1.0"
