@@ -1,0 +1,300 @@
+"""One prompt format and one output schema for every script.
+
+The model sees a system instruction, then the evidence chunks (each with its id, e.g. `[E3]`)
+and the question, and must answer with ONE JSON object:
+
+    {"answer": "Linda Davis", "citations": ["E2"], "confidence": 0.9}
+
+A refusal is the schema-defined form `{"answer": "insufficient evidence", "citations": [], ...}`.
+`parse_output` turns anything a model emits into a `ParsedOutput` and never raises: prose around
+the JSON, code fences, truncation, wrong types and unknown evidence ids each give a reason.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import jsonschema
+
+REFUSAL_ANSWER = "insufficient evidence"
+PROMPT_FORMAT_VERSION = 1
+
+OUTPUT_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "grounded answer with citations",
+    "type": "object",
+    "required": ["answer", "citations", "confidence"],
+    "additionalProperties": False,
+    "properties": {
+        "answer": {"type": "string", "minLength": 1,
+                   "description": f"the answer, or exactly {REFUSAL_ANSWER!r} when the evidence does not hold it"},
+        "citations": {"type": "array", "items": {"type": "string", "pattern": "^E[0-9]+$"}, "uniqueItems": True,
+                      "description": "ids of the evidence chunks that support the answer; empty for a refusal"},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+    "if": {"properties": {"answer": {"const": REFUSAL_ANSWER}}},
+    "then": {"properties": {"citations": {"maxItems": 0}}},
+    "else": {"properties": {"citations": {"minItems": 1}}},
+}
+
+SYSTEM_TEMPLATE = (
+    "You answer questions using ONLY the evidence passages you are given, never your own memory.\n"
+    "Reply with one JSON object and nothing else:\n"
+    '{"answer": "<short answer>", "citations": ["<evidence id>", ...], "confidence": <0 to 1>}\n'
+    "Cite the id of every passage that supports the answer. If the passages do not contain the "
+    f'answer, reply {{"answer": "{REFUSAL_ANSWER}", "citations": [], "confidence": 0.0}}.'
+)
+
+QUESTION_TEMPLATE = "Evidence:\n{evidence}\n\nQuestion: {question}"
+CLAIM_TEMPLATE = (
+    "Evidence:\n{evidence}\n\nClaim: {question}\n"
+    "Answer SUPPORTS or REFUTES if the evidence decides the claim."
+)
+CHUNK_TEMPLATE = "[{id}] {title}: {text}"
+
+
+@dataclass(frozen=True)
+class PromptTemplates:
+    """The templates; `prompt_schema.py save` writes them to prompts/ and `from_dir` reads them back."""
+
+    system: str = SYSTEM_TEMPLATE
+    question: str = QUESTION_TEMPLATE
+    claim: str = CLAIM_TEMPLATE
+    chunk: str = CHUNK_TEMPLATE
+
+    FILES = {"system": "system.txt", "question": "user_question.txt", "claim": "user_claim.txt",
+             "chunk": "evidence_chunk.txt"}
+
+    @classmethod
+    def from_dir(cls, prompts_dir: str | Path | None) -> "PromptTemplates":
+        if prompts_dir is None:
+            return cls()
+        d = Path(prompts_dir)
+        values = {}
+        for name, fname in cls.FILES.items():
+            p = d / fname
+            if not p.exists():
+                raise FileNotFoundError(f"{p}: template missing; run `python prompt_schema.py save --prompts-dir {d}`")
+            values[name] = p.read_text(encoding="utf-8").rstrip("\n")
+        return cls(**values)
+
+    def save(self, prompts_dir: str | Path) -> list[Path]:
+        from .records import atomic_write_json, atomic_write_text
+
+        d = Path(prompts_dir)
+        written = []
+        for name, fname in self.FILES.items():
+            atomic_write_text(d / fname, getattr(self, name) + "\n")
+            written.append(d / fname)
+        atomic_write_json(d / "output_schema.json", OUTPUT_SCHEMA)
+        written.append(d / "output_schema.json")
+        return written
+
+
+DEFAULT_TEMPLATES = PromptTemplates()
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------
+def format_evidence(chunks: Sequence[dict], templates: PromptTemplates = DEFAULT_TEMPLATES) -> str:
+    return "\n\n".join(templates.chunk.format(id=c["id"], title=c.get("title", ""), text=c["text"]) for c in chunks)
+
+
+def build_messages(example: dict, templates: PromptTemplates = DEFAULT_TEMPLATES,
+                   evidence: Sequence[dict] | None = None) -> list[dict]:
+    """System + user messages for one example (`evidence` overrides the example's chunks)."""
+    chunks = example["evidence"] if evidence is None else evidence
+    user_t = templates.claim if example.get("source") == "fever" else templates.question
+    user = user_t.format(evidence=format_evidence(chunks, templates), question=example["question"])
+    return [{"role": "system", "content": templates.system}, {"role": "user", "content": user}]
+
+
+def render_plain(messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+    """Fallback for tokenizers without a chat template."""
+    parts = [f"### {m['role'].capitalize()}:\n{m['content']}" for m in messages]
+    if add_generation_prompt:
+        parts.append("### Assistant:\n")
+    return "\n\n".join(parts)
+
+
+def render_prompt(example: dict, tokenizer=None, templates: PromptTemplates = DEFAULT_TEMPLATES,
+                  evidence: Sequence[dict] | None = None) -> str:
+    """The prompt text, through the tokenizer's chat template when it has one, plain otherwise.
+
+    Models whose chat template rejects a system role (Gemma) get the system text folded into the
+    user turn.
+    """
+    messages = build_messages(example, templates, evidence)
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return render_plain(messages)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as e:  # jinja raises TemplateError("System role not supported")
+        if "system" not in str(e).lower():
+            raise
+        folded = [{"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}]
+        return tokenizer.apply_chat_template(folded, tokenize=False, add_generation_prompt=True)
+
+
+def gold_output(example: dict) -> dict:
+    """The training target: gold answer + support chunk ids, or the refusal when unanswerable."""
+    if not example["answerable"]:
+        return {"answer": REFUSAL_ANSWER, "citations": [], "confidence": 1.0}
+    cited = []
+    for span in example["support"]:
+        if span["chunk_id"] not in cited:
+            cited.append(span["chunk_id"])
+    order = {c["id"]: i for i, c in enumerate(example["evidence"])}
+    cited.sort(key=lambda cid: order.get(cid, 1 << 30))
+    return {"answer": example["answers"][0], "citations": cited, "confidence": 1.0}
+
+
+def dump_output(obj: dict) -> str:
+    """Canonical compact text of an output object (fixed key order) -- what SFT trains on."""
+    ordered = {k: obj[k] for k in ("answer", "citations", "confidence") if k in obj}
+    return json.dumps(ordered, ensure_ascii=False)
+
+
+def gold_target(example: dict) -> str:
+    return dump_output(gold_output(example))
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ParsedOutput:
+    """What a model emitted, as far as it can be read.
+
+    `valid` is True only when the text holds exactly one JSON object that validates against
+    OUTPUT_SCHEMA and cites only ids of the evidence shown. For an invalid output the fields are
+    salvaged where possible (`answer` from a truncated object, say) and `reason` says why.
+    """
+
+    valid: bool
+    answer: str | None = None
+    citations: list[str] = field(default_factory=list)
+    confidence: float | None = None
+    refusal: bool = False
+    reason: str | None = None
+    unknown_ids: list[str] = field(default_factory=list)
+    extra_text: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)(?:```|$)", re.DOTALL)
+_ANSWER_RE = re.compile(r'"answer"\s*:\s*"((?:[^"\\]|\\.)*)"?')
+_CITES_RE = re.compile(r'"citations"\s*:\s*\[([^\]]*)\]?')
+_CONF_RE = re.compile(r'"confidence"\s*:\s*"?(-?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)')
+_validator = jsonschema.Draft202012Validator(OUTPUT_SCHEMA)
+
+
+def is_refusal(answer: str | None) -> bool:
+    return answer is not None and " ".join(answer.lower().split()).strip(" .") == REFUSAL_ANSWER
+
+
+def _first_object(text: str):
+    """(object, start, end) of the first decodable JSON object in text, or None."""
+    dec = json.JSONDecoder()
+    for m in re.finditer(r"\{", text):
+        try:
+            obj, end = dec.raw_decode(text, m.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            return obj, m.start(), end
+    return None
+
+
+def _salvage(text: str) -> ParsedOutput:
+    """Read what can be read from text that holds no complete JSON object."""
+    out = ParsedOutput(valid=False)
+    m = _ANSWER_RE.search(text)
+    if m:
+        try:
+            out.answer = json.loads('"' + m.group(1) + '"')
+        except json.JSONDecodeError:
+            out.answer = m.group(1)
+    m = _CITES_RE.search(text)
+    if m:
+        out.citations = list(dict.fromkeys(re.findall(r'"([^"]+)"', m.group(1))))
+    m = _CONF_RE.search(text)
+    if m:
+        try:
+            out.confidence = float(m.group(1))
+        except ValueError:
+            pass
+    out.refusal = is_refusal(out.answer)
+    stripped = text.strip()
+    if not stripped:
+        out.reason = "empty output"
+    elif "{" in stripped and out.answer is not None:
+        out.reason = "truncated or malformed JSON (no complete object)"
+    elif "{" in stripped:
+        out.reason = "malformed JSON (no complete object)"
+    else:
+        out.reason = "no JSON object in output"
+    return out
+
+
+def parse_output(text: Any, evidence_ids: Sequence[str] | None = None) -> ParsedOutput:
+    """Parse a model's raw output. Never raises; every invalid output gets a `reason`."""
+    if not isinstance(text, str):
+        return ParsedOutput(valid=False, reason=f"output is {type(text).__name__}, not text")
+    body = text
+    fence = _FENCE.search(text)
+    if fence and "{" in fence.group(1):
+        body = fence.group(1)
+    found = _first_object(body)
+    if found is None:
+        return _salvage(body)
+    obj, start, end = found
+    outside = (body[:start] + body[end:]).strip()
+    out = ParsedOutput(valid=True, extra_text=bool(outside) or body is not text)
+
+    ans = obj.get("answer")
+    out.answer = ans if isinstance(ans, str) else (None if ans is None else str(ans))
+    cites = obj.get("citations")
+    if isinstance(cites, list):
+        out.citations = list(dict.fromkeys(str(c) for c in cites))
+    elif isinstance(cites, str):
+        out.citations = [cites]
+    conf = obj.get("confidence")
+    if isinstance(conf, (int, float)) and not isinstance(conf, bool):
+        out.confidence = float(conf)
+    elif isinstance(conf, str):
+        try:
+            out.confidence = float(conf)
+        except ValueError:
+            pass
+    out.refusal = is_refusal(out.answer)
+
+    errors = sorted(_validator.iter_errors(obj), key=lambda e: list(map(str, e.path)))
+    if errors:
+        e = errors[0]
+        where = ".".join(map(str, e.absolute_path)) or "(object)"
+        out.valid = False
+        out.reason = f"schema: {where}: {e.message[:160]}"
+        if isinstance(cites, list) and len(set(map(str, cites))) != len(cites):
+            out.reason = "schema: citations: duplicate ids"
+    if evidence_ids is not None:
+        known = set(evidence_ids)
+        out.unknown_ids = [c for c in out.citations if c not in known]
+        if out.unknown_ids and out.valid:
+            out.valid = False
+            out.reason = f"citations: {', '.join(map(repr, out.unknown_ids))} not among the evidence ids"
+    if out.valid and _first_object(body[end:]) is not None:
+        out.valid = False
+        out.reason = "more than one JSON object in output"
+    return out
+
+
+def validate_output(obj: Any) -> list[str]:
+    """Schema problems of an already-decoded output object (empty list when valid)."""
+    return [f"{'.'.join(map(str, e.absolute_path)) or '(object)'}: {e.message}" for e in _validator.iter_errors(obj)]
