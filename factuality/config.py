@@ -114,7 +114,8 @@ def load_yaml(path: str | Path, cls) -> dict:
 
 
 def build_parser(cls, description: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, allow_abbrev=False,  # a misspelt prefix is an error
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", help="YAML file of option: value; flags given here override it")
     for name, f in _fields(cls).items():
         if f.metadata.get("cli") is False:

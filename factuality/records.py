@@ -123,7 +123,11 @@ class Contract:
         errors = sorted(self.validator().iter_errors(rec), key=lambda e: (len(e.path), list(map(str, e.path))))
         if errors:
             err = errors[0]
-            where = _path_str(err.absolute_path) or "(record)"
+            path = list(err.absolute_path)
+            if err.validator == "required":  # name the missing field itself, not its parent
+                missing = next((r for r in err.validator_value if r not in err.instance), None)
+                return f"{_path_str(path + [missing])}: is missing"
+            where = _path_str(path) or "(record)"
             return f"{where}: {_short(err)}"
         return self.check(rec) if self.check else None
 

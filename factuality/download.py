@@ -1,0 +1,194 @@
+"""Download the raw datasets from their official URLs into `{data_dir}/raw/<layout>`.
+
+Each file is streamed to a temp file beside its target and renamed into place only when complete
+(gunzip / unzip happen on the temp copy first), so an interrupted download never leaves a file
+that looks whole. Existing files are kept unless `--force`. The files then go through the same
+sha256 manifest check as any raw input: the first build after a download needs
+`--accept-new-hash`.
+
+    python build_data.py download --data-dir data --sources fever,hotpotqa,nq,popqa
+"""
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .records import SOURCES
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    url: str
+    dest: str                 # path under the raw root (a folder for "unzip")
+    unpack: str = "none"      # none | gunzip | unzip
+
+
+PSGS_W100 = RemoteFile("https://dl.fbaipublicfiles.com/dpr/wikipedia_split/psgs_w100.tsv.gz",
+                       "corpus/psgs_w100.tsv", "gunzip")
+OFFICIAL: dict[str, list[RemoteFile]] = {
+    "hotpotqa": [RemoteFile("http://curtis.ml.cmu.edu/datasets/hotpot/hotpot_train_v1.1.json",
+                            "hotpotqa/hotpot_train_v1.1.json")],
+    "fever": [RemoteFile("https://fever.ai/download/fever/paper_dev.jsonl", "fever/paper_dev.jsonl"),
+              RemoteFile("https://fever.ai/download/fever/wiki-pages.zip", "fever", "unzip")],
+    "nq": [RemoteFile("https://dl.fbaipublicfiles.com/dpr/data/retriever/biencoder-nq-dev.json.gz",
+                      "nq/biencoder-nq-dev.json", "gunzip"),
+           RemoteFile("https://raw.githubusercontent.com/google-research-datasets/natural-questions/master/"
+                      "nq_open/NQ-open.dev.jsonl", "nq/NQ-open.dev.jsonl"),
+           PSGS_W100],
+    "popqa": [RemoteFile("https://raw.githubusercontent.com/AlexTMallen/adaptive-retrieval/main/data/popQA.tsv",
+                         "popqa/popQA.tsv"),
+              PSGS_W100],
+}
+
+
+@dataclass
+class DownloadConfig:
+    data_dir: str = field(default="data", metadata={"help": "files go to {data_dir}/raw/<source>/..."})
+    sources: list[str] = field(default_factory=lambda: list(SOURCES), metadata={
+        "help": "datasets to fetch, comma separated (fever,hotpotqa,nq,popqa); nq and popqa share the "
+                "13 GB DPR passage corpus psgs_w100.tsv"})
+    mirror: str | None = field(default=None, metadata={
+        "help": "base URL of a mirror holding the same file names (e.g. http://host/datasets/); replaces each "
+                "official URL's folder"})
+    force: bool = field(default=False, metadata={"help": "download again even when the target exists"})
+    timeout_s: float = field(default=60.0, metadata={"help": "socket timeout per read, seconds"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+
+    def validate(self) -> None:
+        bad = [s for s in self.sources if s not in OFFICIAL]
+        if bad:
+            raise ValueError(f"sources: unknown source {bad[0]!r}; choose from {', '.join(OFFICIAL)}")
+
+
+class DownloadError(RuntimeError):
+    pass
+
+
+def _url(rf: RemoteFile, mirror: str | None) -> str:
+    if not mirror:
+        return rf.url
+    return mirror.rstrip("/") + "/" + rf.url.rsplit("/", 1)[1]
+
+
+def fetch(url: str, dest: Path, timeout_s: float = 60.0, quiet: bool = False) -> Path:
+    """Stream `url` to a temp file in dest's folder, then rename it to `dest`."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        req = urllib.request.Request(url, headers={"User-Agent": "factuality-build-data/0.1"})
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            total = resp.headers.get("Content-Length")
+            with tqdm(total=int(total) if total else None, unit="B", unit_scale=True, desc=dest.name,
+                      disable=quiet, leave=False) as bar:
+                while block := resp.read(1 << 20):
+                    out.write(block)
+                    bar.update(len(block))
+            if total and out.tell() != int(total):
+                raise DownloadError(f"{url}: got {out.tell()} of {total} bytes; the connection was cut, run again")
+        os.replace(tmp, dest)
+    except Exception as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(e, DownloadError):
+            raise
+        raise DownloadError(f"{url}: download failed ({type(e).__name__}: {e}); check the network or pass "
+                            "--mirror with a reachable copy") from e
+    return dest
+
+
+def _gunzip(src: Path, dest: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, gzip.open(src, "rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _unzip(src: Path, dest_dir: Path) -> list[Path]:
+    """Extract into a temp folder beside dest_dir, then move each member into place."""
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".unzip.", dir=dest_dir))
+    out = []
+    try:
+        with zipfile.ZipFile(src) as z:
+            for info in z.infolist():
+                name = Path(info.filename)
+                if info.is_dir():
+                    continue
+                if name.is_absolute() or ".." in name.parts:
+                    raise DownloadError(f"{src}: unsafe member path {info.filename!r}")
+                z.extract(info, tmp_dir)
+            for p in sorted(tmp_dir.rglob("*")):
+                if p.is_file():
+                    target = dest_dir / p.relative_to(tmp_dir)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(p, target)
+                    out.append(target)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return out
+
+
+def download_sources(raw_dir: str | Path, sources, mirror: str | None = None, force: bool = False,
+                     timeout_s: float = 60.0, quiet: bool = False) -> list[Path]:
+    """Fetch every official file of `sources` into raw_dir; returns the files written or kept."""
+    raw_dir = Path(raw_dir)
+    done: dict[str, list[Path]] = {}
+    for source in sources:
+        for rf in OFFICIAL[source]:
+            if rf.dest in done:
+                continue
+            target = raw_dir / rf.dest
+            marker = target / f".{rf.url.rsplit('/', 1)[1]}.complete" if rf.unpack == "unzip" else target
+            if marker.exists() and not force:
+                done[rf.dest] = [target]
+                if not quiet:
+                    print(f"kept {target} (exists; --force to fetch again)")
+                continue
+            url = _url(rf, mirror)
+            if not quiet:
+                print(f"downloading {url} -> {target}")
+            if rf.unpack == "none":
+                done[rf.dest] = [fetch(url, target, timeout_s, quiet)]
+                continue
+            target_dir = target if rf.unpack == "unzip" else target.parent
+            target_dir.mkdir(parents=True, exist_ok=True)
+            fd, packed = tempfile.mkstemp(prefix=".download.", suffix=".part", dir=target_dir)
+            os.close(fd)
+            packed = Path(packed)
+            try:
+                fetch(url, packed, timeout_s, quiet)
+                if rf.unpack == "gunzip":
+                    _gunzip(packed, target)
+                    done[rf.dest] = [target]
+                else:
+                    done[rf.dest] = _unzip(packed, target)
+                    marker.write_text(url + "\n")
+            except (OSError, zipfile.BadZipFile, EOFError) as e:
+                raise DownloadError(f"{url}: could not unpack ({type(e).__name__}: {e}); run again") from e
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    packed.unlink()
+    files = sorted({p for ps in done.values() for p in ps})
+    if not quiet:
+        print(f"{len(files)} raw file(s) under {raw_dir}; next: python build_data.py --data-dir "
+              f"{raw_dir.parent} --accept-new-hash (records their sha256)")
+    return files
+
+
+def main(cfg: DownloadConfig) -> dict:
+    files = download_sources(Path(cfg.data_dir) / "raw", cfg.sources, cfg.mirror, cfg.force, cfg.timeout_s, cfg.quiet)
+    return {"files": [str(p) for p in files], "raw_dir": str(Path(cfg.data_dir) / "raw")}

@@ -1,0 +1,140 @@
+"""One reader per raw format, on the real sample records and on small hand-written bad ones."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from factuality import sources as S
+from factuality.build import SAMPLE_DIR
+from factuality.records import RecordError
+from factuality.text import has_answer
+
+RAW = SAMPLE_DIR / "raw"
+FIX = SAMPLE_DIR / "fixtures"
+
+
+def test_hotpotqa_support_spans_are_the_supporting_sentences():
+    data = json.loads((RAW / "hotpotqa" / "hotpot_train_sample.json").read_text())
+    exs = list(S.read_hotpotqa(RAW / "hotpotqa" / "hotpot_train_sample.json", S.BadRecords()))
+    assert len(exs) == len(data) == 60
+    for ex, rec in zip(exs, data):
+        ctx = dict((t, sents) for t, sents in rec["context"])
+        expected = {(t, ctx[t][i].strip()) for t, i in rec["supporting_facts"] if i < len(ctx[t])}
+        got = {(c.title, c.text[a:b]) for c, spans in ex.gold for a, b in spans}
+        assert got == expected
+        assert len(ex.candidates) == len(ctx) - len(ex.gold)
+        assert ex.meta["type"] in ("bridge", "comparison")
+
+
+def test_hotpotqa_malformed_record_names_array_index(tmp_path):
+    data = json.loads((RAW / "hotpotqa" / "hotpot_train_sample.json").read_text())[:3]
+    data[1]["supporting_facts"] = [["No such title", 0]]
+    p = tmp_path / "hotpot.json"
+    p.write_text(json.dumps(data))
+    with pytest.raises(RecordError, match=r"hotpot\.json\[1\]: supporting_facts: title 'No such title' is not in context"):
+        list(S.read_hotpotqa(p, S.BadRecords()))
+    bad = S.BadRecords(collect=True)
+    assert len(list(S.read_hotpotqa(p, bad))) == 2 and bad.items[0]["where"].endswith("hotpot.json[1]")
+
+
+def test_fever_claims_and_labels():
+    exs = list(S.read_fever_claims(RAW / "fever" / "paper_dev.sample.jsonl", S.BadRecords()))
+    assert len(exs) == 300
+    labels = [e.label for e in exs]
+    assert labels.count("SUPPORTS") == 99 and labels.count("REFUTES") == 115 and labels.count("NOT ENOUGH INFO") == 86
+    soul = next(e for e in exs if e.orig_id == "137334")
+    assert soul.answers == ["SUPPORTS"] and soul.fever_sets[0] == [("Soul_Food_-LRB-film-RRB-", 0)]
+    assert all(not e.fever_sets for e in exs if e.label == "NOT ENOUGH INFO")
+
+
+def test_fever_malformed_line_is_reported_with_file_and_line(tmp_path):
+    lines = (RAW / "fever" / "paper_dev.sample.jsonl").read_text().splitlines()[:5]
+    rec = json.loads(lines[3])
+    rec["label"] = "MAYBE"
+    lines[3] = json.dumps(rec)
+    p = tmp_path / "claims.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(RecordError, match=r"claims\.jsonl:4: label: 'MAYBE' is not one of"):
+        list(S.read_fever_claims(p, S.BadRecords()))
+
+
+def test_wiki_pages_lines_and_ptb_unescape(tmp_path):
+    p = tmp_path / "wiki-001.jsonl"
+    lines = "0\tSoul Food is a 1997 American comedy-drama film -LRB- produced by `` Babyface '' Edmonds -RRB- .\tSoul Food\tSoul Food\n1\t\n2\tIt was n't a -LSB- sic -RSB- flop , it 's said ."
+    p.write_text(json.dumps({"id": "", "text": "", "lines": ""}) + "\n" +
+                 json.dumps({"id": "Soul_Food_-LRB-film-RRB-", "text": "x", "lines": lines}) + "\n")
+    sents = list(S.read_wiki_pages(p, S.BadRecords()))
+    assert [(s.page, s.sent_id) for s in sents] == [("Soul_Food_-LRB-film-RRB-", 0), ("Soul_Food_-LRB-film-RRB-", 2)]
+    assert sents[0].text == 'Soul Food is a 1997 American comedy-drama film (produced by "Babyface" Edmonds).'
+    assert sents[1].text == "It wasn't a [sic] flop, it's said."
+    assert S.page_title("Soul_Food_-LRB-film-RRB-") == "Soul Food (film)"
+    p.write_text(json.dumps({"id": "X", "text": "x", "lines": "zero\tbad row"}) + "\n")
+    with pytest.raises(RecordError, match=r"wiki-001\.jsonl:1: lines: row"):
+        list(S.read_wiki_pages(p, S.BadRecords()))
+
+
+def test_fixture_wiki_covers_the_cited_sentences():
+    sents = {(s.page, s.sent_id): s.text for s in S.read_wiki_pages(FIX / "fever" / "wiki-pages" / "wiki-fixture-001.jsonl", S.BadRecords())}
+    assert sents[("Soul_Food_-LRB-film-RRB-", 0)].endswith("released by Fox 2000 Pictures.")
+    assert len(sents) > 150
+
+
+def test_dpr_gold_passage_and_answer_span():
+    exs = list(S.read_dpr(RAW / "nq" / "dpr_nq_dev_sample.json", S.BadRecords()))
+    assert len(exs) == 5
+    for ex in exs:
+        (chunk, [(a, b)]), = ex.gold
+        assert has_answer(chunk.text[a:b], ex.answers) and ex.meta["answer_span_found"]
+        assert len(ex.candidates) > 50
+
+
+def test_dpr_malformed_names_index(tmp_path):
+    data = json.loads((RAW / "nq" / "dpr_nq_dev_sample.json").read_text())[:2]
+    data[1]["answers"] = "Linda Davis"
+    p = tmp_path / "dpr.json"
+    p.write_text(json.dumps(data))
+    with pytest.raises(RecordError, match=r"dpr\.json\[1\]: answers: expected a non-empty list"):
+        list(S.read_dpr(p, S.BadRecords()))
+
+
+def test_nq_open_reader_and_bad_json_line(tmp_path):
+    exs = list(S.read_nq_open(RAW / "nq" / "NQ-open.dev.sample.jsonl", S.BadRecords()))
+    assert len(exs) == 300 and exs[0].answers == ["14 December 1972 UTC", "December 1972"]
+    p = tmp_path / "nq.jsonl"
+    p.write_text('{"question": "q1", "answer": ["a"]}\n{"question": "q2", "answer": [}\n')
+    with pytest.raises(RecordError, match=r"nq\.jsonl:2: \(line\): not valid JSON"):
+        list(S.read_nq_open(p, S.BadRecords()))
+
+
+def test_popqa_json_list_inside_tsv_cell():
+    (ex,) = list(S.read_popqa(RAW / "popqa" / "popQA.header_and_one_row.tsv", S.BadRecords()))
+    assert ex.id == "popqa:4222362" and ex.question == "What is George Rankin's occupation?"
+    assert ex.answers == ["politician", "political leader", "political figure", "polit.", "pol"]
+    assert ex.meta["s_pop"] == 142 and ex.meta["type"] == "occupation"
+    fixture = list(S.read_popqa(FIX / "popqa" / "popQA.fixture.tsv", S.BadRecords()))
+    assert len(fixture) == 40
+
+
+def test_popqa_malformed_cell_reported_with_line_and_counted_with_rejects(tmp_path):
+    text = (FIX / "popqa" / "popQA.fixture.tsv").read_text().splitlines()
+    text[2] = text[2].replace('"[""physicist""', '"[""physicist"" oops')
+    p = tmp_path / "popqa.tsv"
+    p.write_text("\n".join(text) + "\n")
+    with pytest.raises(RecordError, match=r"popqa\.tsv:3: possible_answers: not a JSON list"):
+        list(S.read_popqa(p, S.BadRecords()))
+    bad = S.BadRecords(collect=True)
+    assert len(list(S.read_popqa(p, bad))) == 39 and len(bad.items) == 1 and bad.items[0]["where"].endswith("popqa.tsv:3")
+
+
+def test_passage_corpus_tsv(tmp_path):
+    chunks = list(S.read_passages(FIX / "corpus" / "psgs_w100.fixture.tsv", S.BadRecords()))
+    assert len(chunks) > 800 and chunks[0].doc_id.startswith("psg:")
+    p = tmp_path / "psgs.tsv"
+    p.write_text("id\ttext\ttitle\n1\t\"Aaron Aaron ( or ; \"\"Ahärôn\"\") is a prophet\"\tAaron\n2\tonly two cells\n")
+    with pytest.raises(RecordError, match=r"psgs\.tsv:3: \(row\): 2 cells"):
+        list(S.read_passages(p, S.BadRecords()))
+    p.write_text("pid\ttext\n1\tx\n")
+    with pytest.raises(RecordError, match="column 'id' is missing"):
+        list(S.read_passages(p, S.BadRecords()))
