@@ -298,3 +298,158 @@ def parse_output(text: Any, evidence_ids: Sequence[str] | None = None) -> Parsed
 def validate_output(obj: Any) -> list[str]:
     """Schema problems of an already-decoded output object (empty list when valid)."""
     return [f"{'.'.join(map(str, e.absolute_path)) or '(object)'}: {e.message}" for e in _validator.iter_errors(obj)]
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenising prompts and targets (shared by SFT and evaluation, so both see the same tokens)
+# --------------------------------------------------------------------------------------------
+def tokenize_prompt(tokenizer, text: str) -> list[int]:
+    """Token ids of a rendered prompt. A chat template that writes the BOS token itself (Gemma)
+    must not get a second one from the tokenizer; plain prompts get the tokenizer's usual specials."""
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (bos and text.startswith(bos))
+    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+
+def completion_text(example: dict, tokenizer=None, templates: PromptTemplates = DEFAULT_TEMPLATES) -> str:
+    """The SFT completion: `gold_target(example)` followed by the end-of-turn the model must learn
+    to emit so generation stops -- what the chat template writes after an assistant message, cut
+    after the EOS token when the template writes it (ChatML's <|im_end|>), else with the EOS
+    token appended (Gemma's <end_of_turn> then <eos>; plain prompts: EOS)."""
+    target = gold_target(example)
+    eos = getattr(tokenizer, "eos_token", None) or ""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return target + eos
+    messages = build_messages(example, templates)
+    try:
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": target}], tokenize=False)
+    except Exception as e:  # system role not supported: fold it, as render_prompt does
+        if "system" not in str(e).lower():
+            raise
+        folded = [{"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}]
+        prompt = tokenizer.apply_chat_template(folded, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(folded + [{"role": "assistant", "content": target}], tokenize=False)
+    at = full.find(target, len(prompt) - 1 if full.startswith(prompt) else 0)
+    if at < 0:  # a template that rewrites the assistant text: fall back to target + EOS
+        return target + eos
+    suffix = full[at + len(target):]
+    if eos and eos in suffix:
+        return target + suffix[: suffix.index(eos) + len(eos)]
+    return target + suffix.rstrip() + eos
+
+
+@dataclass
+class FitResult:
+    """Evidence that fits a token budget, and what was cut to get there."""
+
+    evidence: list[dict]
+    prompt_tokens: int
+    fits: bool
+    dropped_ids: list[str] = field(default_factory=list)
+    shortened_ids: list[str] = field(default_factory=list)
+
+    @property
+    def truncated(self) -> bool:
+        return bool(self.dropped_ids or self.shortened_ids)
+
+
+ELLIPSIS = " ... "
+
+
+def _shorten_around(text: str, spans: list[tuple[int, int]], context_chars: int) -> str:
+    """Keep each span with `context_chars` either side; windows that overlap merge, gaps become ' ... '."""
+    windows: list[list[int]] = []
+    for s, e in sorted(spans):
+        lo, hi = max(0, s - context_chars), min(len(text), e + context_chars)
+        if windows and lo <= windows[-1][1] + len(ELLIPSIS):
+            windows[-1][1] = max(windows[-1][1], hi)
+        else:
+            windows.append([lo, hi])
+    out = ELLIPSIS.join(text[lo:hi].strip() for lo, hi in windows)
+    if windows[0][0] > 0:
+        out = ELLIPSIS.lstrip() + out
+    if windows[-1][1] < len(text):
+        out = out + ELLIPSIS.rstrip()
+    return out
+
+
+def _shorten_head(text: str, keep_chars: int) -> str:
+    return text if len(text) <= keep_chars else text[:keep_chars].rstrip() + ELLIPSIS.rstrip()
+
+
+def fit_evidence(example: dict, tokenizer, max_prompt_tokens: int, templates: PromptTemplates = DEFAULT_TEMPLATES,
+                 min_chunk_chars: int = 160) -> FitResult:
+    """Cut the evidence (never the question or the answer) until the rendered prompt fits.
+
+    In order, stopping as soon as it fits:
+      1. shorten non-support chunks to a common head length (not below `min_chunk_chars`);
+      2. drop non-support chunks, plain distractors before hard negatives, last shown first
+         (an unanswerable example keeps at least one chunk);
+      3. shorten the remaining chunks: support chunks keep a window around their support spans,
+         others keep their head.
+    Chunk ids are kept, so gold citations stay valid. `fits` is False when even the shortest form
+    is too long (the question alone fills the budget): the caller must count it, not hide it.
+    """
+    def n_tokens(chunks):
+        return len(tokenize_prompt(tokenizer, render_prompt(example, tokenizer, templates, evidence=chunks)))
+
+    chunks = [dict(c) for c in example["evidence"]]
+    n = n_tokens(chunks)
+    if n <= max_prompt_tokens:
+        return FitResult(chunks, n, True)
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for s in example["support"]:
+        spans.setdefault(s["chunk_id"], []).append((s["start"], s["end"]))
+    original = {c["id"]: c["text"] for c in chunks}
+
+    def largest_fitting(apply, lo: int, hi: int) -> tuple[list[dict], int] | None:
+        """Binary-search the largest size in [lo, hi] whose `apply(size)` fits; None if none does."""
+        best = None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            cand = apply(mid)
+            k = n_tokens(cand)
+            if k <= max_prompt_tokens:
+                best, lo = (cand, k), mid + 1
+            else:
+                hi = mid - 1
+        return best
+
+    def result(cand, k, fits=True):
+        dropped = [cid for cid in original if cid not in {c["id"] for c in cand}]
+        shortened = [c["id"] for c in cand if c["text"] != original[c["id"]]]
+        return FitResult(cand, k, fits, dropped, shortened)
+
+    # 1. shorten non-support chunks to a common head length
+    others = [c["id"] for c in chunks if c["id"] not in spans]
+    longest_other = max((len(original[i]) for i in others), default=0)
+    if others and longest_other > min_chunk_chars:
+        def heads(size):
+            return [dict(c, text=_shorten_head(c["text"], size)) if c["id"] not in spans else c for c in chunks]
+        got = largest_fitting(heads, min_chunk_chars, longest_other)
+        if got is not None:
+            return result(*got)
+        chunks = heads(min_chunk_chars)
+    # 2. drop non-support chunks: plain distractors before hard negatives, from the end
+    hard = set(example.get("hard_negatives", []))
+    order = [i for i in reversed(others) if i not in hard] + [i for i in reversed(others) if i in hard]
+    keep_at_least = 0 if spans else 1
+    for cid in order:
+        if len(chunks) <= keep_at_least:
+            break
+        chunks = [c for c in chunks if c["id"] != cid]
+        k = n_tokens(chunks)
+        if k <= max_prompt_tokens:
+            return result(chunks, k)
+    # 3. shorten what is left: support chunks around their spans, others from the head
+    longest = max(len(original[c["id"]]) for c in chunks)
+
+    def windows(size):
+        return [dict(c, text=_shorten_around(original[c["id"]], spans[c["id"]], size) if c["id"] in spans
+                     else _shorten_head(original[c["id"]], max(size, 1))) for c in chunks]
+    got = largest_fitting(windows, 0, longest)
+    if got is not None:
+        return result(*got)
+    shortest = windows(0)
+    return result(shortest, n_tokens(shortest), fits=False)
