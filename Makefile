@@ -15,3 +15,5 @@ test: setup
 
 bench: setup
 	$(PY) bench/bench_build_data.py
+	$(PY) bench/bench_sft.py
+	$(PY) bench/bench_generation.py

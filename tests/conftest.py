@@ -28,3 +28,16 @@ def examples():
     out = [make_example(i, source=s, answerable=(i % 3 != 2), gold_position=i % 3)
            for i, s in enumerate(["nq", "hotpotqa", "popqa", "nq", "hotpotqa", "popqa"])]
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one thread. Two threads spin-wait on a shared, loaded machine (measured: a
+    tiny-model generate took 3.5-11.7 s with 2 threads and 0.06 s with 1). Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -11,16 +11,7 @@ from factuality.prompts import render_prompt
 from factuality.testing import make_example
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models: one thread. Two threads spin-wait on a shared, loaded machine (measured: a
-    tiny-model generate took 3.5-11.7 s with 2 threads and 0.06 s with 1)."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
