@@ -20,8 +20,10 @@ stage() {
 
 stage build_data    "$PY" build_data.py
 stage prompt_schema "$PY" prompt_schema.py save --prompts-dir prompts
-stage train_sft     "$PY" train_sft.py -c configs/sft_cpu.yaml
-stage evaluate_sft  "$PY" evaluate_sft.py -c configs/eval_cpu.yaml
+# --overwrite: the demo always starts over, so a second `make demo` reruns it rather than stopping
+# at the existing run (the scripts themselves refuse to overwrite unless told, and offer --resume).
+stage train_sft     "$PY" train_sft.py -c configs/sft_cpu.yaml --overwrite
+stage evaluate_sft  "$PY" evaluate_sft.py -c configs/eval_cpu.yaml --overwrite
 
 echo
 echo "=== stage times (s)"
