@@ -13,7 +13,6 @@ signature differs from this run's is an error, never a silent mix.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -27,7 +26,7 @@ from .metrics import (HEADLINE, METRICS, BootstrapSpec, breakdown, breakdown_del
                       check_boundaries)
 from .prompts import PROMPT_FORMAT_VERSION, PromptTemplates, parse_output, render_prompt
 from .records import (SCHEMA_VERSION, Contract, JsonlAppender, RecordError, atomic_write_json, atomic_write_text,
-                      canonical_json, read_examples, read_jsonl, sha256_file)
+                      read_examples, read_jsonl, sha256_file, sha256_json)
 
 log = logging.getLogger(__name__)
 
@@ -108,17 +107,15 @@ def model_fingerprint(path: str | os.PathLike | None, max_hash_bytes: int = 2 <<
 
 
 def fingerprint_hash(fp: Mapping) -> str:
-    return hashlib.sha256(canonical_json(fp).encode()).hexdigest()
+    return sha256_json(fp)
 
 
 def templates_hash(templates: PromptTemplates) -> str:
-    body = {k: getattr(templates, k) for k in ("system", "question", "claim", "chunk")}
-    body["format_version"] = PROMPT_FORMAT_VERSION
-    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+    return sha256_json({**asdict(templates), "format_version": PROMPT_FORMAT_VERSION})
 
 
 def signature(payload: Mapping) -> str:
-    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:20]
+    return sha256_json(payload)[:20]
 
 
 # --------------------------------------------------------------------------------------------

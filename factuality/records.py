@@ -165,10 +165,18 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """sha256 of an object's canonical JSON: equal content gives an equal hash, whatever the key order."""
+    return sha256_text(canonical_json(obj))
+
+
 def record_hash(rec: dict) -> str:
     """sha256 of the canonical record without its own `hash` field."""
-    body = {k: v for k, v in rec.items() if k != "hash"}
-    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+    return sha256_json({k: v for k, v in rec.items() if k != "hash"})
 
 
 def with_hash(rec: dict) -> dict:

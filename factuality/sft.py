@@ -31,7 +31,7 @@ from .config import ConfigError
 from .modeling import ModelOptions, load_model, load_tokenizer, model_summary, resolve_dtype
 from .prompts import PromptTemplates, completion_text, fit_evidence, render_prompt, tokenize_prompt
 from .provenance import run_card, set_seed, write_run_card
-from .records import atomic_write_text, read_examples, sha256_file
+from .records import atomic_write_text, read_examples, sha256_file, sha256_text
 
 log = logging.getLogger("factuality.sft")
 
@@ -373,9 +373,7 @@ def _fmt(x) -> str:
 
 
 def _sha(text: str | None) -> str | None:
-    import hashlib
-
-    return hashlib.sha256(text.encode("utf-8")).hexdigest() if text else None
+    return sha256_text(text) if text else None
 
 
 def dump_config(cfg: SFTRunConfig) -> str:

@@ -20,7 +20,6 @@ Formats:
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import re
 import sys
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .records import RecordError
+from .records import RecordError, sha256_text
 from .text import find_answer_span
 
 FEVER_LABELS = ("SUPPORTS", "REFUTES", "NOT ENOUGH INFO")
@@ -88,7 +87,7 @@ class BadRecords:
 
 
 def short_hash(text: str, n: int = 12) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
+    return sha256_text(text)[:n]
 
 
 def _str(rec: dict, key: str, allow_empty: bool = False) -> str | None:
