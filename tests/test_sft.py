@@ -11,7 +11,7 @@ import torch
 from factuality.config import ConfigError, parse_config
 from factuality.prompts import completion_text, gold_target, render_prompt, tokenize_prompt
 from factuality.records import EXAMPLE, write_jsonl
-from factuality.sft import IGNORE_INDEX, SFTRunConfig, build_dataset, build_trainer, find_last_checkpoint, main
+from factuality.sft import IGNORE_INDEX, SFT_SPEC, build_dataset, build_trainer, find_last_checkpoint, main
 from factuality.testing import make_example
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,11 +28,11 @@ def data(tmp_path):
     return tmp_path, train
 
 
-def tiny_cfg(tiny_model_dir, tmp_path, *argv, **overrides) -> SFTRunConfig:
+def tiny_cfg(tiny_model_dir, tmp_path, *argv, run="default", **overrides):
     kw = dict(model_name_or_path=str(tiny_model_dir), train_file=str(tmp_path / "train.jsonl"),
-              val_file=str(tmp_path / "val.jsonl"), output_dir=str(tmp_path / "runs"))
+              val_file=str(tmp_path / "val.jsonl"), output_dir=str(tmp_path / "runs" / run))
     kw.update(overrides)
-    return parse_config(SFTRunConfig, ["-c", str(TINY_YAML), *argv], **kw)
+    return parse_config(SFT_SPEC, ["-c", str(TINY_YAML), *argv], **kw)
 
 
 def tokenizer_for(cfg):
@@ -44,23 +44,23 @@ def tokenizer_for(cfg):
 # ------------------------------------------------------------------ configs
 @pytest.mark.parametrize("name", ["sft_gemma2.yaml", "sft_cpu.yaml", "sft_tiny.yaml"])
 def test_shipped_configs_parse(name):
-    cfg = parse_config(SFTRunConfig, ["-c", str(ROOT / "configs" / name)])
+    cfg = parse_config(SFT_SPEC, ["-c", str(ROOT / "configs" / name)])
     assert cfg.config_path.endswith(name)
 
 
 def test_gemma2_config_is_the_seed_recipe():
-    cfg = parse_config(SFTRunConfig, ["-c", str(ROOT / "configs" / "sft_gemma2.yaml")])
+    cfg = parse_config(SFT_SPEC, ["-c", str(ROOT / "configs" / "sft_gemma2.yaml")])
     assert cfg.model_name_or_path == "google/gemma-2-9b" and cfg.load_in_4bit and cfg.dtype == "bfloat16"
     assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) == (16, 32, 0.05)
     assert set(cfg.lora_target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert (cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps) == (1, 64)
     assert (cfg.learning_rate, cfg.num_train_epochs, cfg.max_length) == (1.5e-5, 2, 2048)
-    assert (cfg.warmup_ratio, cfg.weight_decay, cfg.lr_scheduler_type, cfg.seed) == (0.03, 0.1, "cosine", 42)
+    assert (cfg.warmup_steps, cfg.weight_decay, cfg.lr_scheduler_type, cfg.seed) == (0.03, 0.1, "cosine", 42)
     assert cfg.save_total_limit == 2
 
 
 def test_cli_overrides_yaml(tmp_path):
-    cfg = parse_config(SFTRunConfig, ["-c", str(TINY_YAML), "--lora-r", "4", "--lora-target-modules", "q_proj,v_proj"])
+    cfg = parse_config(SFT_SPEC, ["-c", str(TINY_YAML), "--lora-r", "4", "--lora-target-modules", "q_proj,v_proj"])
     assert cfg.lora_r == 4 and cfg.lora_target_modules == ["q_proj", "v_proj"] and cfg.lora_alpha == 16
 
 
@@ -68,11 +68,11 @@ def test_bad_config_key_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(TINY_YAML.read_text() + "lora_rank: 8\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'lora_rank'; did you mean 'lora_r'\?"):
-        parse_config(SFTRunConfig, ["-c", str(bad)])
+        parse_config(SFT_SPEC, ["-c", str(bad)])
     with pytest.raises(SystemExit):
-        parse_config(SFTRunConfig, ["-c", str(TINY_YAML), "--lora-rnak", "8"])
+        parse_config(SFT_SPEC, ["-c", str(TINY_YAML), "--lora-rnak", "8"])
     with pytest.raises(ConfigError, match="batching"):
-        parse_config(SFTRunConfig, ["-c", str(TINY_YAML)], batching="sorted")
+        parse_config(SFT_SPEC, ["-c", str(TINY_YAML)], batching="sorted")
 
 
 def test_missing_data_file_is_a_clear_error(tiny_model_dir, tmp_path):
@@ -128,7 +128,7 @@ def test_every_lora_weight_moves_and_base_weights_do_not(tiny_model_dir, data):
 
 def test_main_saves_adapter_tokenizer_config_and_run_card(tiny_model_dir, data):
     tmp_path, _ = data
-    cfg = tiny_cfg(tiny_model_dir, tmp_path, "--run-name", "r1")
+    cfg = tiny_cfg(tiny_model_dir, tmp_path, run="r1")
     card = main(cfg)
     run = tmp_path / "runs" / "r1"
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "config.yaml",
@@ -141,11 +141,11 @@ def test_main_saves_adapter_tokenizer_config_and_run_card(tiny_model_dir, data):
     assert saved["losses"]["final_eval_loss"] is not None
     assert saved["data"]["train"]["kept"] == 12 and saved["data"]["train"]["truncated"] == 0
     assert saved["versions"]["trl"] and card["losses"] == saved["losses"]
-    again = parse_config(SFTRunConfig, ["-c", str(run / "config.yaml")])  # the resolved config is loadable
+    again = parse_config(SFT_SPEC, ["-c", str(run / "config.yaml")])  # the resolved config is loadable
     assert again.lora_r == cfg.lora_r and again.model_name_or_path == cfg.model_name_or_path
     from factuality.modeling import load_model
 
-    model = load_model(cfg, adapter_path=run)  # what the evaluator does
+    model = load_model(cfg.model, adapter_path=run)  # what the evaluator does
     assert type(model).__name__ == "PeftModelForCausalLM"
     with pytest.raises(FileExistsError, match="--resume"):
         main(cfg)  # same run name again without --resume/--overwrite
@@ -153,10 +153,10 @@ def test_main_saves_adapter_tokenizer_config_and_run_card(tiny_model_dir, data):
 
 def test_4bit_qlora_trains_on_cpu(tiny_model_dir, data):
     tmp_path, _ = data
-    card = main(tiny_cfg(tiny_model_dir, tmp_path, "--load-in-4bit", "--run-name", "q4", "--max-steps", "3"))
+    card = main(tiny_cfg(tiny_model_dir, tmp_path, "--load-in-4bit", "--max-steps", "3", run="q4"))
     assert card["global_step"] == 3
     assert all(torch.isfinite(torch.tensor(card["losses"]["train_loss_log"])))
-    assert card["config"]["load_in_4bit"]
+    assert card["config"]["model"]["load_in_4bit"]
     from safetensors.torch import load_file
 
     weights = load_file(tmp_path / "runs" / "q4" / "adapter_model.safetensors")
@@ -168,7 +168,7 @@ def test_resume_continues_without_loss_or_duplication(tiny_model_dir, data):
     tmp_path, _ = data
     from safetensors.torch import load_file
 
-    full = main(tiny_cfg(tiny_model_dir, tmp_path, "--run-name", "full"))
+    full = main(tiny_cfg(tiny_model_dir, tmp_path, run="full"))
     run = tmp_path / "runs" / "full"
     want = load_file(run / "adapter_model.safetensors")
     # "kill" the run after its step-2 checkpoint: remove everything written later
@@ -176,7 +176,7 @@ def test_resume_continues_without_loss_or_duplication(tiny_model_dir, data):
         if p.name != "checkpoint-2":
             __import__("shutil").rmtree(p) if p.is_dir() else p.unlink()
     assert find_last_checkpoint(run).name == "checkpoint-2"
-    resumed = main(tiny_cfg(tiny_model_dir, tmp_path, "--run-name", "full", "--resume"))
+    resumed = main(tiny_cfg(tiny_model_dir, tmp_path, "--resume", run="full"))
     assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["global_step"] == 4
     state = json.loads((run / "checkpoint-4" / "trainer_state.json").read_text())
     steps = [h["step"] for h in state["log_history"] if "loss" in h]
@@ -190,7 +190,7 @@ def test_resume_continues_without_loss_or_duplication(tiny_model_dir, data):
 def test_resume_without_checkpoint_is_an_error(tiny_model_dir, data):
     tmp_path, _ = data
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        main(tiny_cfg(tiny_model_dir, tmp_path, "--run-name", "never", "--resume"))
+        main(tiny_cfg(tiny_model_dir, tmp_path, "--resume", run="never"))
 
 
 # ------------------------------------------------------------------ truncation
@@ -215,7 +215,7 @@ def test_truncation_never_cuts_the_answer_and_is_counted(tiny_model_dir, caplog)
 
 def test_merge_adapter_writes_a_plain_model(tiny_model_dir, data):
     tmp_path, _ = data
-    card = main(tiny_cfg(tiny_model_dir, tmp_path, "--run-name", "m", "--max-steps", "1", "--merge-adapter"))
+    card = main(tiny_cfg(tiny_model_dir, tmp_path, "--max-steps", "1", "--merge-adapter", run="m"))
     merged = Path(card["merged_dir"])
     assert (merged / "config.json").exists() and not (merged / "adapter_config.json").exists()
     from factuality.modeling import load_model

@@ -1,0 +1,48 @@
+"""Expected errors: what a user can cause and fix (bad input, bad config, a missing model).
+
+Every script's entry point (`factuality.cli`) turns these into one `error: ...` line and exit
+code 2; anything else is a bug and keeps its traceback. The project's own error classes
+(`ConfigError`, `RecordError`, `HashMismatch`, `ModelLoadError`) are registered here by name, so
+this module imports nothing heavy and each class stays in the module that raises it.
+"""
+from __future__ import annotations
+
+import sys
+
+
+class UserError(Exception):
+    """Base for expected errors raised by the package; the message says what to do."""
+
+
+# (module, class name) of the package's expected errors, looked up only in modules already imported:
+# an error of a module never imported cannot have been raised.
+_EXPECTED = (
+    ("factuality.config", "ConfigError"),
+    ("factuality.records", "RecordError"),
+    ("factuality.build", "HashMismatch"),
+    ("factuality.modeling", "ModelLoadError"),
+)
+# OS errors about a path the user named: missing inputs, a run folder in the way, no permission.
+_EXPECTED_OS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def is_expected(exc: BaseException) -> bool:
+    """True for errors the user can fix from the message alone (no traceback needed)."""
+    if isinstance(exc, (UserError, UnicodeDecodeError) + _EXPECTED_OS):
+        return True
+    for module, name in _EXPECTED:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(exc, cls):
+            return True
+    return False
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of an expected error, as the single line printed after `error: `."""
+    if isinstance(exc, UnicodeDecodeError):
+        return (f"input is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start} "
+                f"({exc.reason}); re-encode the file as UTF-8")
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(exc):
+        return f"{exc.filename}: {exc.strerror or exc}"
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split()) if "\n" in text and len(text) < 2000 else text
