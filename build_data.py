@@ -8,22 +8,33 @@
 Every option and why it exists: configs/data.yaml, and the help of factuality.build.BuildConfig
 (`python build_data.py -h`; `python build_data.py download -h` for the downloader).
 """
-from __future__ import annotations
-
 import sys
 
-from factuality.build import BuildConfig, main
+from factuality import cli as entry
+from factuality.build import BuildConfig
+from factuality.build import main as build
 from factuality.config import parse_config
 from factuality.download import DownloadConfig
-from factuality.download import main as download_main
+from factuality.download import main as download
+
+BUILD = entry.Stage("build_data", BuildConfig, build)
+DOWNLOAD = entry.Stage("build_data download", DownloadConfig, download)
+
+
+def _pick(argv: list[str]) -> tuple[entry.Stage, list[str]]:
+    return (DOWNLOAD, argv[1:]) if argv[:1] == ["download"] else (BUILD, argv)
 
 
 def cli(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "download":
-        return download_main(parse_config(DownloadConfig, argv[1:], description="Download the raw datasets."))
-    return main(parse_config(BuildConfig, argv, description=__doc__.splitlines()[0]))
+    """Run from Python (tests, notebooks): errors raise instead of exiting."""
+    stage, rest = _pick(list(sys.argv[1:] if argv is None else argv))
+    return stage.run(parse_config(stage.config, rest, description=__doc__))
+
+
+def main(argv: list[str] | None = None) -> int:
+    stage, rest = _pick(list(sys.argv[1:] if argv is None else argv))
+    return entry.main(stage, __doc__, rest)
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(main())

@@ -30,7 +30,8 @@ EXIT_INTERRUPTED = 130
 @dataclass(frozen=True)
 class Stage:
     """A script's shape: its config (a dataclass or a config.StageSpec), `run(cfg) -> dict`, and
-    an optional `summary(result) -> str` printed at the end on the main process."""
+    an optional `summary(result) -> str` printed at the end on the main process. A result with
+    an `exit_code` key sets the exit code (prompt_schema.py test: 1 when a case fails)."""
 
     name: str
     config: Any
@@ -68,7 +69,7 @@ def main(stage: Stage, doc: str | None = None, argv: Sequence[str] | None = None
             text = stage.summary(result)
             if text:
                 print(text, flush=True)
-        return 0
+        return int(result.get("exit_code", 0)) if isinstance(result, dict) else 0
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted; run the same command again to continue where it stopped", file=sys.stderr)
         return EXIT_INTERRUPTED

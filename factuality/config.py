@@ -165,6 +165,9 @@ def coerce(value: Any, tp, where: str):
     if value is None:
         return None
     members = _members(tp)
+    enums = [m for m in members if _kind(m) == "enum"]
+    if enums and isinstance(value, str):  # `SchedulerType | str`: the str is the enum's spelling
+        return _coerce_one(value, enums[0], where)
     if len(members) == 1:
         return _coerce_one(value, members[0], where)
     for m in members:  # a union: the member the value already is, else the first that parses
@@ -442,9 +445,13 @@ def build_parser(cls_or_spec, description: str | None = None, prog: str | None =
     for part in spec.parts:
         group = p.add_argument_group(part.title or part.name) if len(spec.parts) > 1 else p
         for name, f in fields_of(part.cls).items():
-            if name in seen or f.metadata.get("cli") is False:
+            if name in seen or f.metadata.get("cli") is False or name in getattr(part.cls, "CLI_HIDDEN", ()):
                 continue
             seen.add(name)
+            if f.metadata.get("positional"):
+                group.add_argument(name, nargs="?", default=argparse.SUPPRESS, help=_help(f, None),
+                                   choices=f.metadata.get("choices"))
+                continue
             flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
             kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": _help(f, _default(part, f))}
             if f.metadata.get("choices"):
@@ -514,7 +521,12 @@ def parse_config(cls_or_spec, argv: Sequence[str] | None = None, description: st
             inst.config_path = config_path
         post = getattr(inst, "validate", None)
         if callable(post):
-            post()
+            try:
+                post()
+            except ValueError as e:  # a value that passed its type but not the option's own rule
+                if isinstance(e, ConfigError):
+                    raise
+                raise ConfigError(f"{config_path}: {e}" if config_path else str(e)) from None
     if len(spec.parts) == 1 and spec.parts[0].name == "config" and dataclasses.is_dataclass(cls_or_spec):
         return built["config"]
     cfg = StageConfig(spec, built, explicit, config_path, renamed)

@@ -20,9 +20,12 @@ def world_size() -> int:
 
 
 def state():
+    """accelerate's PartialState (a process-wide singleton): on a machine without CUDA, several
+    processes are MULTI_CPU ranks over gloo, as `accelerate launch --cpu` makes them."""
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def is_main_process() -> bool:

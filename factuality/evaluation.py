@@ -17,11 +17,15 @@ import json
 import logging
 import math
 import os
+import re
 from collections import defaultdict
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .config import ConfigError, to_dict
+from .generation import PREFILL_MODES
+from .modeling import EMBEDDED_MODEL, ModelOptions
 from .metrics import (HEADLINE, METRICS, BootstrapSpec, breakdown, breakdown_deltas, bucket_labels,
                       check_boundaries)
 from .prompts import PROMPT_FORMAT_VERSION, PromptTemplates, parse_output, render_prompt
@@ -29,6 +33,104 @@ from .records import (SCHEMA_VERSION, Contract, JsonlAppender, RecordError, atom
                       read_examples, read_jsonl, sha256_file, sha256_json)
 
 log = logging.getLogger(__name__)
+
+TAG_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+ATTN_IMPL = {"sdpa": "sdpa", "eager": "eager", "flash2": "flash_attention_2", "flash_attention_2": "flash_attention_2"}
+FAST_MAX_NEW_TOKENS = 64  # a grounded answer object is ~20-40 tokens; longer means it is rambling
+
+
+@dataclass
+class EvalConfig(ModelOptions):
+    """Options of evaluate_sft.py. Model loading options are ModelOptions' (TRL ModelConfig);
+    its LoRA-shaping fields mean nothing here and are left off the command line."""
+
+    CLI_HIDDEN = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_parameters",
+                  "lora_modules_to_save", "lora_task_type", "use_rslora", "use_dora", "lora_top_layers")
+    # ModelOptions' model_name_or_path / attn_implementation are set from --base-model / --attn-impl
+    model_name_or_path: str = field(default=EMBEDDED_MODEL, metadata={
+        "cli": False, "help": "set from --base-model (or the adapter's base); not set directly"})
+    attn_implementation: str = field(default="sdpa", metadata={"cli": False, "help": "set from --attn-impl"})
+
+    model_path: str | None = field(default=None, metadata={
+        "help": "the model to evaluate: a LoRA adapter dir written by train_sft.py (checkpoints/sft/<run>), "
+                "evaluated over its base, or a full model dir / hub id"})
+    base_model: str | None = field(default=None, metadata={
+        "help": f"base model id/path; default: the adapter's base_model_name_or_path, else {EMBEDDED_MODEL}"})
+    test_data: str = field(default="data/processed/test.jsonl", metadata={"help": "processed test split (build_data.py)"})
+    compare_baseline: bool = field(default=False, metadata={
+        "help": "also run the base model (adapter disabled) on the same examples and report deltas"})
+    batch_size: int = field(default=4, metadata={"min": 1, "help": "prompts generated together (length-sorted, left-padded)"})
+    max_new_tokens: int = field(default=256, metadata={"min": 1, "help": "generation limit per output"})
+    buckets: list[int] = field(default_factory=lambda: [2048, 3072, 4096, 5120, 6144, 7168, 7936], metadata={
+        "help": "prompt-token bucket boundaries: 2048,3072 gives <=2048, 2049-3072, >3072"})
+    attn_impl: str = field(default="sdpa", metadata={
+        "help": "attention kernel: sdpa, eager, flash2 (= flash_attention_2; CUDA + flash-attn)",
+        "choices": list(ATTN_IMPL)})
+    output: str = field(default="eval_results.json", metadata={
+        "help": "results JSON; predictions, summary (.md) and plots are written beside it"})
+    predictions_out: str | None = field(default=None, metadata={
+        "help": "predictions JSONL (default: <output stem>.predictions.jsonl); a rerun resumes from it"})
+    predictions: str | None = field(default=None, metadata={
+        "help": "score this JSONL of existing outputs ({id, raw_output[, model_tag]} a line) without loading a model"})
+    tokenizer: str | None = field(default=None, metadata={
+        "help": "tokenizer for prompt lengths when scoring --predictions (default: lengths recorded in the file, "
+                "else characters/4); with a model: overrides the evaluated model's tokenizer"})
+    model_tag: str = field(default="sft", metadata={"help": "tag of --model-path's rows (the base is 'base')"})
+    systems: list[str] = field(default_factory=list, metadata={
+        "help": "more systems in one run, each tag=path (an adapter dir or a full model): "
+                "--systems sft=checkpoints/sft/run,dpo=checkpoints/dpo/run; 'base' (no path) adds the base model"})
+    compare: list[str] = field(default_factory=list, metadata={
+        "help": "comparisons as new:old tag pairs, e.g. sft:base,dpo:sft (default: every system against base, "
+                "or each system against the one before it when there is no base)"})
+    fast: bool = field(default=False, metadata={
+        "help": f"quick look: greedy, max_new_tokens capped at {FAST_MAX_NEW_TOKENS}, no bootstrap intervals, no plots"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "discard an existing predictions file instead of resuming from it"})
+    limit: int = field(default=0, metadata={"min": 0, "help": "evaluate only the first N test examples (0 = all)"})
+    max_batches: int = field(default=0, metadata={"min": 0, 
+        "help": "stop after N batches per model (0 = no limit); results are marked partial and a rerun resumes"})
+    bootstrap_samples: int = field(default=1000, metadata={"min": 0, "help": "bootstrap resamples for the intervals (0 = none)"})
+    ci_level: float = field(default=0.95, metadata={"gt": 0, "lt": 1, "help": "confidence level of the intervals"})
+    seed: int = field(default=42, metadata={"help": "seed for sampling (if any) and the bootstrap"})
+    do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature (with --do-sample)"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass (with --do-sample)"})
+    prefill: str = field(default="auto", metadata={
+        "help": "auto (per_example on CPU, batched on GPU), batched (one padded forward per batch) or per_example "
+                "(each prompt alone, KV caches stacked for a batched decode)", "choices": list(PREFILL_MODES)})
+    prompts_dir: str | None = field(default=None, metadata={
+        "help": "prompt templates written by prompt_schema.py (default: the adapter's prompts/ dir, saved by "
+                "train_sft.py, else the built-in templates)"})
+    plots: bool = field(default=True, metadata={"help": "write PNG plots per bucket and per source"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def validate(self) -> None:
+        self.attn_implementation = ATTN_IMPL[self.attn_impl]
+        if self.base_model:
+            self.model_name_or_path = self.base_model
+        if not self.model_path and not self.predictions and not self.systems:
+            raise ConfigError("pass --model-path (the fine-tuned model), --systems tag=path,... or --predictions FILE "
+                              "(outputs to score)")
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ConfigError("--batch-size and --max-new-tokens must be >= 1")
+        if not 0 < self.ci_level < 1:
+            raise ConfigError(f"--ci-level {self.ci_level} must be between 0 and 1, e.g. 0.95")
+        if self.compare_baseline and self.model_tag == "base":
+            raise ConfigError("--model-tag base is the baseline's tag; pick another for the evaluated model")
+        for spec in self.systems:
+            tag, _, path = spec.partition("=")
+            if not TAG_RE.match(tag) or (tag != "base" and not path):
+                raise ConfigError(f"--systems {spec!r}: expected tag=path (tag of letters, digits, . _ -), or 'base'")
+        for pair in self.compare:
+            new, sep, old = pair.partition(":")
+            if not sep or not TAG_RE.match(new) or not TAG_RE.match(old) or new == old:
+                raise ConfigError(f"--compare {pair!r}: expected new:old with two different system tags, e.g. dpo:sft")
+        if self.fast:
+            self.do_sample = False
+            self.max_new_tokens = min(self.max_new_tokens, FAST_MAX_NEW_TOKENS)
+
 
 RESULTS_VERSION = 1
 CHARS_PER_TOKEN = 4  # the fallback length estimate when no tokenizer is at hand
@@ -379,12 +481,10 @@ def resolve_models(model_path: str, base_model: str | None) -> dict:
     """Which model is evaluated and which is the base.
 
     An adapter dir (adapter_config.json) is evaluated over its base: --base-model when given,
-    else the adapter's base_model_name_or_path (or, when that local path is gone, the run card's
-    model_name_or_path), else the embedded default. A full model is evaluated as it is; its base
-    is --base-model or the embedded default.
+    else the adapter's base_model_name_or_path (a hub id resolves through the local cache; a local
+    path that is gone falls back to the run card's model), else the embedded default. A full
+    model is evaluated as it is; its base is --base-model or the embedded default.
     """
-    from .modeling import EMBEDDED_MODEL
-
     p = Path(model_path)
     adapter = (p / "adapter_config.json").exists()
     base, base_from = base_model, "--base-model"
@@ -395,7 +495,8 @@ def resolve_models(model_path: str, base_model: str | None) -> dict:
             card = p / "run_card.json"
             alt = None
             if card.exists():
-                alt = (json.loads(card.read_text(encoding="utf-8")).get("config") or {}).get("model_name_or_path")
+                conf = json.loads(card.read_text(encoding="utf-8")).get("config") or {}
+                alt = (conf.get("model") or conf).get("model_name_or_path")
             if not alt:
                 raise RecordError(f"{p}/adapter_config.json: base model {base!r} does not exist on this machine; "
                                   f"pass --base-model <hub id or path>")
@@ -404,6 +505,42 @@ def resolve_models(model_path: str, base_model: str | None) -> dict:
         base, base_from = EMBEDDED_MODEL, "default (embedded)"
     return {"adapter": str(p) if adapter else None, "evaluated": base if adapter else str(p), "base": base,
             "base_from": base_from}
+
+
+def plan_systems(cfg) -> tuple[list[dict], list[tuple[str, str]]]:
+    """The systems of one run, in column order (base first), and the comparisons (new, old).
+
+    --model-path (tag --model-tag) and --compare-baseline are the notebook's two-system form;
+    --systems tag=path,... adds any number; 'base' is the base model itself (adapters disabled)."""
+    specs: list[tuple[str, str | None]] = []
+    if cfg.model_path:
+        specs.append((cfg.model_tag, cfg.model_path))
+    for item in cfg.systems:
+        tag, _, path = item.partition("=")
+        specs.append((tag, path or None))
+    if cfg.compare_baseline and "base" not in [t for t, _ in specs]:
+        specs.append(("base", None))
+    tags = [t for t, _ in specs]
+    dup = sorted({t for t in tags if tags.count(t) > 1})
+    if dup:
+        raise ConfigError(f"system tag {dup[0]!r} is given twice; give each system its own tag")
+    systems, base_names = [], set()
+    for tag, path in specs:
+        if tag == "base" and path is None:
+            continue
+        who = resolve_models(path, cfg.base_model)
+        base_names.add(who["base"])
+        systems.append({"tag": tag, **who})
+    if "base" in tags:
+        if len(base_names) > 1:
+            raise ConfigError(f"the systems have different bases ({', '.join(sorted(base_names))}); a 'base' column "
+                              f"needs one: pass --base-model or evaluate them in separate runs")
+        name = next(iter(base_names)) if base_names else (cfg.base_model or EMBEDDED_MODEL)
+        systems.insert(0, {"tag": "base", "adapter": None, "evaluated": name, "base": name,
+                           "base_from": systems[0]["base_from"] if systems else "--base-model", "is_base": True})
+    order = [s["tag"] for s in systems]
+    pairs = _comparisons_for(cfg, order)
+    return systems, pairs
 
 
 def _model_options(cfg, name: str):
@@ -433,23 +570,60 @@ def _fingerprint_model(name: str) -> dict:
         return {"name": name, "error": str(e)[:200]}
 
 
-def run_evaluation(cfg) -> dict:
-    """Generate (or read) predictions, score them, and write results, summary and plots."""
-    from contextlib import nullcontext
+class ModelPool:
+    """Loads each base once; adapters of the same base share it (PEFT named adapters), and the
+    base itself runs with the adapters disabled. A full (merged) model is loaded on its own."""
 
+    def __init__(self, cfg):
+        self.cfg, self.model, self.key = cfg, None, None
+
+    def _fresh(self, key, loader):
+        if self.key != key:
+            self.model = None  # free the previous model before loading the next
+            self.model, self.key = loader(), key
+        return self.model
+
+    def context(self, system: Mapping, adapters: Sequence[Mapping]):
+        """(model, context manager) to generate as `system`."""
+        from contextlib import nullcontext
+
+        from .modeling import load_adapter
+
+        if system["adapter"] is None and not system.get("is_base"):
+            return self._fresh(("full", system["evaluated"]), lambda: _load(self.cfg, system["evaluated"])), nullcontext()
+        same_base = [a for a in adapters if a["base"] == system["base"]]
+
+        def load_all():
+            model = _load(self.cfg, system["base"])
+            for a in same_base:
+                model = load_adapter(model, a["adapter"], adapter_name=a["tag"])
+            return model
+
+        model = self._fresh(("base", system["base"]), load_all)
+        if system.get("is_base"):
+            return model, (model.disable_adapter() if same_base else nullcontext())
+        model.set_adapter(system["tag"])
+        return model, nullcontext()
+
+
+def run_evaluation(cfg) -> dict:
+    """Generate (or read) predictions of every system, score them, and write results, summary and plots."""
     from .provenance import run_card, set_seed
+    from .report import compute_metrics, format_summary, write_plots
 
     set_seed(cfg.seed)
     boundaries = check_boundaries(cfg.buckets)
     paths = output_paths(cfg.output, cfg.predictions_out)
     examples = read_examples(cfg.test_data)
+    if not examples:
+        raise RecordError(f"{cfg.test_data}: no test examples; run `python build_data.py` or pass another --test-data")
     if cfg.limit:
         examples = examples[:cfg.limit]
-    ids_seen = set()
-    for e in examples:
+    ids_seen: dict[str, int] = {}
+    for n, e in enumerate(examples, start=1):
         if e["id"] in ids_seen:
-            raise RecordError(f"{cfg.test_data}: id {e['id']!r} appears twice; rebuild the test split")
-        ids_seen.add(e["id"])
+            raise RecordError(f"{cfg.test_data}:{n}: id {e['id']!r} also on line {ids_seen[e['id']]}; rebuild the test split")
+        ids_seen[e["id"]] = n
     data_sha = sha256_file(cfg.test_data)
     templates = PromptTemplates.from_dir(cfg.prompts_dir)
     templates_from = cfg.prompts_dir or "built-in (factuality/prompts.py)"
@@ -462,6 +636,9 @@ def run_evaluation(cfg) -> dict:
     if cfg.predictions:
         # ---- re-score outputs that already exist: no model is loaded ----
         rows_by_tag = read_external(cfg.predictions, cfg.model_tag)
+        if not rows_by_tag:
+            raise RecordError(f"{cfg.predictions}: no predictions; expected one {{id, raw_output[, model_tag]}} "
+                              f"object a line")
         for tag, rows in rows_by_tag.items():
             unknown = [i for i in rows if i not in by_id]
             if unknown:
@@ -469,6 +646,7 @@ def run_evaluation(cfg) -> dict:
                                   f"{cfg.test_data} (first: {unknown[0]!r}); score against the test file "
                                   f"the predictions were made on (and check --limit)")
             models_info[tag] = {"name": f"predictions file {cfg.predictions}", "fingerprint_sha256": None}
+        comparisons = _comparisons_for(cfg, list(rows_by_tag))
         tok = None
         if cfg.tokenizer:
             from .generation import encode_prompts
@@ -505,15 +683,20 @@ def run_evaluation(cfg) -> dict:
         from .generation import encode_prompts, iter_generate
         from .modeling import load_tokenizer
 
-        if not cfg.model_path:
-            raise RecordError("no --model-path: pass the fine-tuned model (checkpoints/sft/<run>) or --predictions FILE")
-        who = resolve_models(cfg.model_path, cfg.base_model)
-        trained_with = Path(who["adapter"]) / "prompts" if who["adapter"] else None
+        systems, comparisons = plan_systems(cfg)
+        adapters = [s for s in systems if s["adapter"]]
+        first = adapters[0] if adapters else systems[0]
+        trained_with = Path(first["adapter"]) / "prompts" if first["adapter"] else None
         if cfg.prompts_dir is None and trained_with is not None and (trained_with / "system.txt").exists():
             templates = PromptTemplates.from_dir(trained_with)  # the templates the adapter was trained on
             templates_from = str(trained_with)
-        tok_source = cfg.tokenizer or (who["adapter"] if who["adapter"] and
-                                       (Path(who["adapter"]) / "tokenizer_config.json").exists() else who["evaluated"])
+            for a in adapters[1:]:
+                other = Path(a["adapter"]) / "prompts"
+                if (other / "system.txt").exists() and templates_hash(PromptTemplates.from_dir(other)) != templates_hash(templates):
+                    log.warning("%s was trained with other prompt templates than %s; every system is prompted with "
+                                "the latter's (pass --prompts-dir to choose)", a["adapter"], first["adapter"])
+        tok_source = cfg.tokenizer or (first["adapter"] if first["adapter"] and
+                                       (Path(first["adapter"]) / "tokenizer_config.json").exists() else first["evaluated"])
         tok = load_tokenizer(tok_source, padding_side="left", trust_remote_code=cfg.trust_remote_code)
         prompts = [render_prompt(e, tok, templates) for e in examples]
         prompt_ids = encode_prompts(tok, prompts)
@@ -524,22 +707,25 @@ def run_evaluation(cfg) -> dict:
                     "top_p": cfg.top_p if cfg.do_sample else None, "seed": cfg.seed, "dtype": cfg.dtype,
                     "load_in_4bit": cfg.load_in_4bit, "load_in_8bit": cfg.load_in_8bit,
                     "attn_implementation": cfg.attn_implementation}
-        base_fp = _fingerprint_model(who["base"])
-        tags = [cfg.model_tag] + (["base"] if cfg.compare_baseline else [])
         payloads = {}
-        for tag in tags:
-            if tag == "base":
-                fp = {"model": who["base"], "fingerprint": fingerprint_hash(base_fp)}
-            elif who["adapter"]:
-                fp = {"model": who["base"], "fingerprint": fingerprint_hash(base_fp), "adapter": who["adapter"],
-                      "adapter_fingerprint": fingerprint_hash(model_fingerprint(who["adapter"]))}
+        base_fps: dict[str, str] = {}
+        for sysm in systems:
+            tag = sysm["tag"]
+            if sysm["base"] not in base_fps:
+                base_fps[sysm["base"]] = fingerprint_hash(_fingerprint_model(sysm["base"]))
+            if sysm.get("is_base"):
+                fp = {"model": sysm["base"], "fingerprint": base_fps[sysm["base"]]}
+            elif sysm["adapter"]:
+                fp = {"model": sysm["base"], "fingerprint": base_fps[sysm["base"]], "adapter": sysm["adapter"],
+                      "adapter_fingerprint": fingerprint_hash(model_fingerprint(sysm["adapter"]))}
             else:
-                fp = {"model": who["evaluated"], "fingerprint": fingerprint_hash(_fingerprint_model(who["evaluated"]))}
+                fp = {"model": sysm["evaluated"], "fingerprint": fingerprint_hash(_fingerprint_model(sysm["evaluated"]))}
             payloads[tag] = {**fp, **settings, "templates": templates_hash(templates), "test_data": data_sha,
                              "tokenizer": tok_source}
             signatures[tag] = signature(payloads[tag])
-            models_info[tag] = {"name": fp.get("adapter") or fp["model"], "base": who["base"] if tag != "base" else None,
-                                "base_from": who["base_from"], "fingerprint_sha256": fp.get("adapter_fingerprint") or fp["fingerprint"]}
+            models_info[tag] = {"name": fp.get("adapter") or fp["model"], "base": sysm["base"] if tag != "base" else None,
+                                "base_from": sysm["base_from"],
+                                "fingerprint_sha256": fp.get("adapter_fingerprint") or fp["fingerprint"]}
         pred_path = paths["predictions"]
         sidecar_path = Path(f"{pred_path}.signatures.json")
         if cfg.overwrite:
@@ -550,27 +736,21 @@ def run_evaluation(cfg) -> dict:
         out.close()
         existing = load_existing(pred_path)
         sidecar = json.loads(sidecar_path.read_text(encoding="utf-8")) if sidecar_path.exists() else {}
-        for tag in tags:
+        for tag in signatures:
             check_signatures(pred_path, existing, tag, signatures[tag], payloads[tag], sidecar)
             sidecar.setdefault(tag, {})[signatures[tag]] = payloads[tag]
         atomic_write_json(sidecar_path, sidecar)
 
-        model = None
+        pool = ModelPool(cfg)
         with JsonlAppender(pred_path, PREDICTION) as out:
-            for tag in tags:
+            for sysm in systems:
+                tag = sysm["tag"]
                 done = existing.get(tag, {})
                 todo = [i for i, e in enumerate(examples) if e["id"] not in done]
                 log.info("%s: %d/%d already predicted, %d to go", tag, len(examples) - len(todo), len(examples), len(todo))
                 if not todo:
                     continue
-                if tag == "base" and not who["adapter"]:
-                    model = None  # a full fine-tuned model: free it, load the base
-                    model = _load(cfg, who["base"])
-                    ctx = nullcontext()
-                else:
-                    if model is None:
-                        model = _load(cfg, who["base"], adapter=who["adapter"]) if who["adapter"] else _load(cfg, who["evaluated"])
-                    ctx = model.disable_adapter() if tag == "base" else nullcontext()
+                model, ctx = pool.context(sysm, adapters)
                 with ctx:
                     batches = iter_generate(model, tok, prompts, batch_size=cfg.batch_size,
                                             max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
@@ -590,12 +770,10 @@ def run_evaluation(cfg) -> dict:
                             break
                 if partial:
                     break
-        rows_by_tag = {t: existing.get(t, {}) for t in tags}
+        rows_by_tag = {s["tag"]: existing.get(s["tag"], {}) for s in systems}
         pred_file = str(pred_path)
 
-    scored = compute_metrics(examples, rows_by_tag, prompt_tokens, boundaries, boot, new_tag=cfg.model_tag)
-    from .config import to_dict
-
+    scored = compute_metrics(examples, rows_by_tag, prompt_tokens, boundaries, boot, comparisons=comparisons)
     results = run_card("evaluate_sft.py", to_dict(cfg), {"test_data": data_sha}, results_version=RESULTS_VERSION)
     results["inputs"] = {"test_data": {"path": str(cfg.test_data), "sha256": data_sha, "examples": len(examples)},
                          "predictions": pred_file}
@@ -616,3 +794,39 @@ def run_evaluation(cfg) -> dict:
     atomic_write_json(paths["results"], results)
     atomic_write_text(paths["summary"], format_summary(results))
     return results
+
+
+def _comparisons_for(cfg, tags: Sequence[str]) -> list[tuple[str, str]]:
+    """--compare pairs checked against the tags present, else every tag against base (or the one before)."""
+    if cfg.compare:
+        pairs = [tuple(p.split(":", 1)) for p in cfg.compare]
+        for new, old in pairs:
+            for t in (new, old):
+                if t not in tags:
+                    raise ConfigError(f"--compare {new}:{old}: no system tagged {t!r} (systems: {', '.join(tags)})")
+        return pairs
+    if "base" in tags:
+        return [(t, "base") for t in tags if t != "base"]
+    return list(zip(tags[1:], tags[:-1]))
+
+
+def summarize(results: Mapping) -> str:
+    from .report import format_comparison_table
+
+    cov = ", ".join(f"{t} {c['scored']}/{c['scored'] + c['missing']}" for t, c in results["coverage"].items())
+    lines = [f"\nscored: {cov} examples; prompt lengths: {results['prompt_length']['counted_with']}",
+             format_comparison_table(results)]
+    if not results["complete"]:
+        lines.append("PARTIAL run: rerun the same command to continue where it stopped")
+    lines.append(f"wrote {results['files']['results']}, {results['files']['summary']}, {results['files']['predictions']}")
+    return "\n".join(lines)
+
+
+def _stage():
+    from .cli import Stage
+
+    return Stage("evaluate_sft", EvalConfig, run_evaluation, summarize)
+
+
+STAGE = _stage()
+run = run_evaluation

@@ -431,15 +431,19 @@ def load_model(opts_or_name, adapter_path: str | os.PathLike | None = None, is_t
     return model
 
 
-def load_adapter(model, adapter_path: str | os.PathLike, is_trainable: bool = False):
-    """Wrap `model` with the PEFT adapter saved in `adapter_path`."""
+def load_adapter(model, adapter_path: str | os.PathLike, is_trainable: bool = False, adapter_name: str = "default"):
+    """Wrap `model` with the PEFT adapter saved in `adapter_path`; on a model that already has
+    adapters, add it beside them under `adapter_name` (one base in memory for several adapters)."""
     from peft import PeftModel
 
     p = Path(adapter_path)
     if not (p / "adapter_config.json").exists():
-        raise ModelLoadError(f"{p}: no adapter_config.json here; pass the directory train_sft.py wrote "
-                             f"(checkpoints/sft/<run_name>) or one of its checkpoint-* dirs")
-    return PeftModel.from_pretrained(model, str(p), is_trainable=is_trainable)
+        raise ModelLoadError(f"{p}: no adapter_config.json here; pass the directory a training script wrote "
+                             f"(its output_dir) or one of its checkpoint-* dirs")
+    if isinstance(model, PeftModel):
+        model.load_adapter(str(p), adapter_name=adapter_name, is_trainable=is_trainable)
+        return model
+    return PeftModel.from_pretrained(model, str(p), adapter_name=adapter_name, is_trainable=is_trainable)
 
 
 def model_summary(model) -> dict:

@@ -116,6 +116,8 @@ def prepare_training_values(values: dict[str, dict], explicit: set[str], batchin
         elif t.get(flag) and not ok:
             log.warning("%s: true needs a GPU with %s support; none here, so training runs in float32", flag, flag)
             t[flag] = False
+    if "use_cpu" not in explicit and not cuda and dist.world_size() > 1:
+        t["use_cpu"] = True  # several processes on CPUs: DDP over gloo (accelerate's MULTI_CPU)
     if "dataloader_pin_memory" not in explicit:
         t["dataloader_pin_memory"] = cuda
     if "disable_tqdm" not in explicit:
