@@ -204,8 +204,6 @@ def format_summary(results: Mapping) -> str:
     for tag, c in results.get("coverage", {}).items():
         if c.get("missing"):
             lines.append(f"- **{tag}: {c['missing']} examples have no prediction (partial run)**")
-    for skipped in results.get("comparisons_skipped", []):
-        lines.append(f"- comparison skipped: {skipped}")
     lines.append(f"- prompt length counted with: {results.get('prompt_length', {}).get('counted_with')}")
     lines.append(f"- intervals: {results.get('bootstrap', {}).get('description', 'none')}")
     lower = [METRICS[m][0] for m in TABLE_METRICS if not METRICS[m][1]]
@@ -260,9 +258,9 @@ def write_plots(results: Mapping, out_dir: Path) -> list[str]:
             ns = [max((results["metrics"][t][group].get(k, {}).get("n", 0) for t in tags), default=0) for k in keys]
             ax.set_xticklabels([f"{k}\n(n={n})" for k, n in zip(keys, ns)], fontsize=7, rotation=30)
             ax.set_ylim(0, 1.05)
-        axes.flat[0].legend()
-        fig.suptitle(f"Metrics by {title}: {', '.join(tags)} (95% bootstrap intervals; first row: headline)")
-        fig.tight_layout()
+        fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="upper right", ncol=len(tags), fontsize=8)
+        fig.suptitle(f"Metrics by {title} (95% bootstrap intervals; first row: headline)", x=0.02, ha="left")
+        fig.tight_layout(rect=(0, 0, 1, 0.95))
         path = out_dir / f"metrics_{group}.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
