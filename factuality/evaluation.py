@@ -25,12 +25,13 @@ from typing import Any, Mapping, Sequence
 
 from .config import ConfigError, to_dict
 from .generation import PREFILL_MODES
+from .metrics import BootstrapSpec, bucket_labels, check_boundaries
 from .modeling import EMBEDDED_MODEL, ModelOptions
-from .metrics import (HEADLINE, METRICS, BootstrapSpec, breakdown, breakdown_deltas, bucket_labels,
-                      check_boundaries)
 from .prompts import PROMPT_FORMAT_VERSION, PromptTemplates, parse_output, render_prompt
 from .records import (SCHEMA_VERSION, Contract, JsonlAppender, RecordError, atomic_write_json, atomic_write_text,
                       read_examples, read_jsonl, sha256_file, sha256_json)
+from .report import (comparison_rows, compute_metrics, format_comparison_table, format_summary,  # noqa: F401
+                     rescore, write_plots)
 
 log = logging.getLogger(__name__)
 
@@ -240,201 +241,6 @@ def prediction_row(example: Mapping, tag: str, raw_output: str, prompt_tokens: i
     return row
 
 
-def rescore(example: Mapping, row: Mapping) -> dict:
-    """Per-example scores recomputed from the raw output (so a metric change reaches old files)."""
-    from .metrics import score_example
-
-    return score_example(example, raw_output=row["raw_output"], output_tokens=row.get("output_tokens"))
-
-
-def compute_metrics(examples: Sequence[Mapping], rows_by_tag: Mapping[str, Mapping[str, Mapping]],
-                    prompt_tokens: Mapping[str, int], boundaries: Sequence[int], boot: BootstrapSpec | None,
-                    new_tag: str = "sft", old_tag: str = "base") -> dict:
-    """metrics per tag (overall / by_source / by_bucket) and, with both tags, paired deltas.
-
-    `rows_by_tag[tag][example_id]` is a prediction row (raw_output, output_tokens); examples
-    without a row for a tag are left out of that tag's figures and counted in `coverage`.
-    """
-    out: dict[str, Any] = {"metrics": {}, "coverage": {}}
-    scores_by_tag: dict[str, dict[str, dict]] = {}
-    for tag, rows in rows_by_tag.items():
-        present = [e for e in examples if e["id"] in rows]
-        scores = {e["id"]: rescore(e, rows[e["id"]]) for e in present}
-        scores_by_tag[tag] = scores
-        out["coverage"][tag] = {"scored": len(present), "missing": len(examples) - len(present)}
-        out["metrics"][tag] = breakdown([scores[e["id"]] for e in present], [e["source"] for e in present],
-                                        [prompt_tokens[e["id"]] for e in present], boundaries, boot)
-    if new_tag in scores_by_tag and old_tag in scores_by_tag:
-        both = [e for e in examples if e["id"] in scores_by_tag[new_tag] and e["id"] in scores_by_tag[old_tag]]
-        details = breakdown_deltas([scores_by_tag[new_tag][e["id"]] for e in both],
-                                   [scores_by_tag[old_tag][e["id"]] for e in both],
-                                   [e["source"] for e in both], [prompt_tokens[e["id"]] for e in both],
-                                   boundaries, boot)
-        out["deltas"] = {name: d["delta"] for name, d in details["overall"].items()}
-        out["delta_details"] = details
-        out["delta_details"]["compared"] = f"{new_tag} minus {old_tag} on {len(both)} shared examples"
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Reports: table, Markdown, plots
-# --------------------------------------------------------------------------------------------
-def _fmt(v, signed=False, digits=3) -> str:
-    if v is None:
-        return "n/a"
-    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
-
-
-def _fmt_ci(ci, signed=False, digits=3) -> str:
-    if not ci:
-        return "n/a"
-    return f"[{_fmt(ci[0], signed, digits)}, {_fmt(ci[1], signed, digits)}]"
-
-
-def comparison_rows(results: Mapping, metrics: Sequence[str] = HEADLINE, cell: tuple[str, ...] = ("overall",),
-                    new_tag: str = "sft", old_tag: str = "base") -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the headline table for one cell (overall, or ("by_bucket", label) ...)."""
-    def get(d, path):
-        for k in path:
-            d = (d or {}).get(k)
-        return d
-
-    tags = [t for t in (old_tag, new_tag) if t in results.get("metrics", {})] or list(results.get("metrics", {}))
-    has_delta = old_tag in tags and new_tag in tags
-    header = ["metric"] + [t if t != "sft" else "SFT" for t in tags]
-    if has_delta:
-        header += ["delta", "95% CI (delta)"]
-    else:
-        header += ["95% CI"]
-    header += ["n"]
-    rows = []
-    for name in metrics:
-        label = METRICS[name][0]
-        row = [label]
-        n = None
-        for t in tags:
-            m = get(results["metrics"][t], cell + ("metrics", name)) or {}
-            row.append(_fmt(m.get("value"), digits=1 if name == "output_tokens" else 3))
-            n = m.get("n", n)
-        if has_delta:
-            d = get(results.get("delta_details", {}), cell + (name,)) or {}
-            row += [_fmt(d.get("delta"), signed=True), _fmt_ci(d.get("ci"), signed=True)]
-        else:
-            m = get(results["metrics"][tags[-1]], cell + ("metrics", name)) or {}
-            row.append(_fmt_ci(m.get("ci")))
-        row.append(str(n if n is not None else 0))
-        rows.append(row)
-    return header, rows
-
-
-def format_comparison_table(results: Mapping, markdown: bool = False, metrics: Sequence[str] = HEADLINE,
-                            cell: tuple[str, ...] = ("overall",)) -> str:
-    """The base-against-SFT table: every headline metric with base, SFT, delta and its 95% interval.
-
-    `n` is the metric's denominator (answerable examples for EM, non-refusals for hallucination,
-    ...) of the evaluated model. Importable: the demo prints it after a run.
-    """
-    header, rows = comparison_rows(results, metrics, cell)
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    fmt_row = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    return "\n".join([fmt_row(header), "  ".join("-" * w for w in widths)] + [fmt_row(r) for r in rows])
-
-
-def _cell_table(results: Mapping, group: str, metrics: Sequence[str]) -> str:
-    """Markdown table: one row per (bucket or source) and tag, with n and the metrics."""
-    tags = list(results["metrics"])
-    keys = list(next(iter(results["metrics"].values()))[group]) if tags else []
-    for t in tags[1:]:
-        keys += [k for k in results["metrics"][t][group] if k not in keys]
-    header = [group.replace("by_", ""), "model", "n"] + [METRICS[m][0] for m in metrics]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
-    for k in keys:
-        for t in tags:
-            cell = results["metrics"][t][group].get(k)
-            if cell is None:
-                continue
-            vals = [_fmt(cell["metrics"][m]["value"]) for m in metrics]
-            lines.append("| " + " | ".join([k, t, str(cell["n"])] + vals) + " |")
-    return "\n".join(lines)
-
-
-def format_summary(results: Mapping) -> str:
-    cfg = results.get("config", {})
-    lines = [f"# Grounded-QA evaluation: {cfg.get('model_path') or cfg.get('predictions') or ''}", ""]
-    inp = results.get("inputs", {})
-    td = inp.get("test_data", {})
-    lines.append(f"- test data: `{td.get('path')}` ({td.get('examples')} examples, sha256 {str(td.get('sha256'))[:12]})")
-    for tag, info in results.get("models", {}).items():
-        lines.append(f"- {tag}: `{info.get('name')}` (fingerprint {str(info.get('fingerprint_sha256'))[:12]})")
-    cov = results.get("coverage", {})
-    for tag, c in cov.items():
-        if c.get("missing"):
-            lines.append(f"- **{tag}: {c['missing']} examples have no prediction yet (partial run)**")
-    pl = results.get("prompt_length", {})
-    lines.append(f"- prompt length counted with: {pl.get('counted_with')}")
-    lines.append(f"- intervals: {results.get('bootstrap', {}).get('description', 'none')}")
-    lines += ["", "## Headline (overall)", "", format_comparison_table(results, markdown=True), ""]
-    sel = ("em", "f1", "hallucination_rate", "citation_f1", "refusal_rate", "format_validity")
-    lines += ["## By prompt-length bucket (prompt tokens)", "", _cell_table(results, "by_bucket", sel), ""]
-    lines += ["## By source", "", _cell_table(results, "by_source", sel), ""]
-    lines += ["Metric definitions: factuality/metrics.py (docstring).", ""]
-    return "\n".join(lines)
-
-
-PLOT_METRICS = ("em", "f1", "hallucination_rate", "citation_f1", "refusal_rate", "format_validity")
-
-
-def write_plots(results: Mapping, out_dir: Path) -> list[str]:
-    """One PNG per grouping (bucket, source): a panel per metric, grouped bars per model, CI whiskers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    tags = [t for t in ("base", "sft") if t in results["metrics"]] or list(results["metrics"])
-    for group, title in (("by_bucket", "prompt tokens"), ("by_source", "source")):
-        keys = []
-        for t in tags:
-            keys += [k for k in results["metrics"][t][group] if k not in keys]
-        if not keys:
-            continue
-        fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), squeeze=False)
-        x = np.arange(len(keys))
-        width = 0.8 / max(len(tags), 1)
-        for ax, name in zip(axes.flat, PLOT_METRICS):
-            for j, t in enumerate(tags):
-                vals, lo, hi = [], [], []
-                for k in keys:
-                    m = results["metrics"][t][group].get(k, {"metrics": {}})["metrics"].get(name, {})
-                    v = m.get("value")
-                    vals.append(np.nan if v is None else v)
-                    ci = m.get("ci")
-                    lo.append(0 if (v is None or not ci) else max(v - ci[0], 0))
-                    hi.append(0 if (v is None or not ci) else max(ci[1] - v, 0))
-                ax.bar(x + (j - (len(tags) - 1) / 2) * width, vals, width, yerr=[lo, hi], capsize=2,
-                       label=t if t != "sft" else "SFT", alpha=0.85)
-            ax.set_title(METRICS[name][0])
-            ax.set_xticks(x)
-            ns = [max((results["metrics"][t][group].get(k, {}).get("n", 0) for t in tags), default=0) for k in keys]
-            ax.set_xticklabels([f"{k}\n(n={n})" for k, n in zip(keys, ns)], fontsize=7, rotation=30)
-            ax.set_ylim(0, 1.05)
-        axes.flat[0].legend()
-        fig.suptitle(f"Metrics by {title}, base against fine-tuned (95% bootstrap intervals)")
-        fig.tight_layout()
-        path = out_dir / f"metrics_{group}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(str(path))
-    return written
-
-
 # --------------------------------------------------------------------------------------------
 # Predictions files
 # --------------------------------------------------------------------------------------------
@@ -609,7 +415,6 @@ class ModelPool:
 def run_evaluation(cfg) -> dict:
     """Generate (or read) predictions of every system, score them, and write results, summary and plots."""
     from .provenance import run_card, set_seed
-    from .report import compute_metrics, format_summary, write_plots
 
     set_seed(cfg.seed)
     boundaries = check_boundaries(cfg.buckets)
@@ -773,6 +578,7 @@ def run_evaluation(cfg) -> dict:
         rows_by_tag = {s["tag"]: existing.get(s["tag"], {}) for s in systems}
         pred_file = str(pred_path)
 
+    rows_by_tag = dict(sorted(rows_by_tag.items(), key=lambda kv: kv[0] != "base"))  # base is the first column
     scored = compute_metrics(examples, rows_by_tag, prompt_tokens, boundaries, boot, comparisons=comparisons)
     results = run_card("evaluate_sft.py", to_dict(cfg), {"test_data": data_sha}, results_version=RESULTS_VERSION)
     results["inputs"] = {"test_data": {"path": str(cfg.test_data), "sha256": data_sha, "examples": len(examples)},
@@ -811,8 +617,6 @@ def _comparisons_for(cfg, tags: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def summarize(results: Mapping) -> str:
-    from .report import format_comparison_table
-
     cov = ", ".join(f"{t} {c['scored']}/{c['scored'] + c['missing']}" for t, c in results["coverage"].items())
     lines = [f"\nscored: {cov} examples; prompt lengths: {results['prompt_length']['counted_with']}",
              format_comparison_table(results)]

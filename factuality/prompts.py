@@ -5,7 +5,10 @@ and the question, and must answer with ONE JSON object:
 
     {"answer": "Linda Davis", "citations": ["E2"], "confidence": 0.9}
 
-A refusal is the schema-defined form `{"answer": "insufficient evidence", "citations": [], ...}`.
+A refusal is the schema-defined form `{"answer": "insufficient evidence", "citations": [], ...}`;
+other wordings of it (REFUSAL_PARAPHRASES, any case, quotes or punctuation around) are read as
+refusals too (`is_refusal`, the one rule the parser, the schema and the metrics share) but are
+invalid outputs.
 `parse_output` turns anything a model emits into a `ParsedOutput` and never raises: prose around
 the JSON, code fences, truncation, wrong types and unknown evidence ids each give a reason.
 """
@@ -22,6 +25,60 @@ import jsonschema
 REFUSAL_ANSWER = "insufficient evidence"
 PROMPT_FORMAT_VERSION = 1
 
+# --------------------------------------------------------------------------------------------
+# Refusal detection: one rule for the parser, the output schema and the metrics
+# --------------------------------------------------------------------------------------------
+# An answer is a refusal when, ignoring letter case, white space and any quotes or punctuation
+# around it, it is one of these wordings (inner white space may be any run of spaces). The
+# canonical refusal is REFUSAL_ANSWER exactly; any other wording is a *non-canonical* refusal: a
+# refusal all the same (the metrics count it as one, and count it apart), but not a valid output
+# (the schema asks for the canonical form).
+REFUSAL_PARAPHRASES: tuple[str, ...] = (
+    REFUSAL_ANSWER,
+    "insufficient information", "insufficient info", "insufficient context",
+    "not enough evidence", "not enough information", "not enough info", "not enough context",
+    "there is insufficient evidence", "there is not enough evidence", "there is not enough information",
+    "the evidence is insufficient", "the evidence does not contain the answer",
+    "the answer is not in the evidence", "cannot be determined from the evidence",
+    "cannot be answered from the evidence", "unanswerable", "no answer", "i don't know", "i do not know",
+)
+# white space, ASCII punctuation, typographic quotes, guillemets and the ellipsis character
+_REFUSAL_EDGE = "[\\s!-/:-@\\[-`{-~\u2018\u2019\u201c\u201d\u00ab\u00bb\u2026]"
+
+
+def _refusal_pattern(phrases: Sequence[str]) -> str:
+    """A regular expression (ECMA-262 and Python alike: no inline flags) matching exactly the
+    refusals: each letter as [xX], each space as one or more white-space characters, an
+    apostrophe straight or typographic, any run of _REFUSAL_EDGE characters at either end."""
+    def one(phrase: str) -> str:
+        out = []
+        for ch in phrase:
+            if ch.isalpha():
+                out.append(f"[{ch.lower()}{ch.upper()}]")
+            elif ch == " ":
+                out.append("\\s+")
+            elif ch == "'":
+                out.append("['\u2019]")
+            else:
+                out.append(re.escape(ch))
+        return "".join(out)
+    return f"^{_REFUSAL_EDGE}*(?:{'|'.join(one(p) for p in phrases)}){_REFUSAL_EDGE}*$"
+
+
+REFUSAL_PATTERN = _refusal_pattern(REFUSAL_PARAPHRASES)
+_REFUSAL_RE = re.compile(REFUSAL_PATTERN)
+
+
+def is_refusal(answer: str | None) -> bool:
+    """True when `answer` is a refusal in any wording of REFUSAL_PARAPHRASES (see above). The
+    output schema's refusal rule uses the same REFUSAL_PATTERN, so parser and schema agree."""
+    return isinstance(answer, str) and _REFUSAL_RE.search(answer) is not None
+
+
+def is_canonical_refusal(answer: str | None) -> bool:
+    """True only for the exact form the schema asks for (REFUSAL_ANSWER)."""
+    return answer == REFUSAL_ANSWER
+
 OUTPUT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "grounded answer with citations",
@@ -30,13 +87,15 @@ OUTPUT_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "properties": {
         "answer": {"type": "string", "minLength": 1,
-                   "description": f"the answer, or exactly {REFUSAL_ANSWER!r} when the evidence does not hold it"},
+                   "description": f"the answer, or exactly {REFUSAL_ANSWER!r} when the evidence does not hold it "
+                                  f"(any other refusal wording, e.g. 'Not enough information.', is invalid)"},
         "citations": {"type": "array", "items": {"type": "string", "pattern": "^E[0-9]+$"}, "uniqueItems": True,
                       "description": "ids of the evidence chunks that support the answer; empty for a refusal"},
         "confidence": {"type": "number", "minimum": 0, "maximum": 1},
     },
-    "if": {"properties": {"answer": {"const": REFUSAL_ANSWER}}},
-    "then": {"properties": {"citations": {"maxItems": 0}}},
+    # a refusal in any wording (is_refusal's pattern) must be the canonical form and cite nothing
+    "if": {"required": ["answer"], "properties": {"answer": {"type": "string", "pattern": REFUSAL_PATTERN}}},
+    "then": {"properties": {"answer": {"const": REFUSAL_ANSWER}, "citations": {"maxItems": 0}}},
     "else": {"properties": {"citations": {"minItems": 1}}},
 }
 
@@ -195,10 +254,6 @@ _CONF_RE = re.compile(r'"confidence"\s*:\s*"?(-?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]
 _validator = jsonschema.Draft202012Validator(OUTPUT_SCHEMA)
 
 
-def is_refusal(answer: str | None) -> bool:
-    return answer is not None and " ".join(answer.lower().split()).strip(" .") == REFUSAL_ANSWER
-
-
 def _first_object(text: str):
     """(object, start, end) of the first decodable JSON object in text, or None."""
     dec = json.JSONDecoder()
@@ -281,6 +336,8 @@ def parse_output(text: Any, evidence_ids: Sequence[str] | None = None) -> Parsed
         where = ".".join(map(str, e.absolute_path)) or "(object)"
         out.valid = False
         out.reason = f"schema: {where}: {e.message[:160]}"
+        if out.refusal and where == "answer" and e.validator == "const":
+            out.reason = f"schema: answer: a refusal must be worded exactly {REFUSAL_ANSWER!r}, not {out.answer[:60]!r}"
         if isinstance(cites, list) and len(set(map(str, cites))) != len(cites):
             out.reason = "schema: citations: duplicate ids"
     if evidence_ids is not None:

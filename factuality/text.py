@@ -1,7 +1,14 @@
-"""Text normalisation shared by data building (has_answer) and metrics (EM/F1).
+"""Text normalisation shared by data building (has_answer) and metrics (EM/F1, support).
 
-One definition, used everywhere: SQuAD's normalisation (lowercase, drop punctuation, drop the
+One definition, used everywhere: SQuAD v1.1's normalisation (lowercase, drop punctuation, drop the
 articles a/an/the, collapse white space).
+
+Empty answers (written down because the SQuAD versions disagree): a prediction or a gold alias
+that normalises to the empty string ("", "The", "!") matches nothing, so `exact_match` and
+`token_f1` give 0 whenever either side is empty, two empty sides included. SQuAD v1.1's script
+gives EM 1 and F1 0 to two empty strings; SQuAD 2.0's gives 1 to both, because there an empty gold
+means "no answer". Here "no answer" is the explicit refusal (scored by the refusal measures), so an
+answer with no content is never a correct answer, and a gold alias with no content is never matched.
 """
 from __future__ import annotations
 
@@ -25,13 +32,16 @@ def answer_tokens(s: str) -> list[str]:
 
 
 def exact_match(prediction: str, gold: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(gold))
+    """1.0 when both normalise to the same non-empty string (empty answers: module docstring)."""
+    pred = normalize_answer(prediction)
+    return float(bool(pred) and pred == normalize_answer(gold))
 
 
 def token_f1(prediction: str, gold: str) -> float:
+    """SQuAD token F1 of the normalised tokens; 0.0 when either side is empty (module docstring)."""
     pred, ref = answer_tokens(prediction), answer_tokens(gold)
     if not pred or not ref:
-        return float(pred == ref)
+        return 0.0
     common = Counter(pred) & Counter(ref)
     same = sum(common.values())
     if same == 0:

@@ -88,7 +88,7 @@ def test_results_file_has_everything(full_run, tmp_path, examples, tiny_model_di
     assert "| EM |" in md and "By prompt-length bucket" in md
     assert sorted(p.name for p in (tmp_path / "eval_plots").glob("*.png")) == ["metrics_by_bucket.png",
                                                                            "metrics_by_source.png"]
-    assert "Hallucination rate" in printed and "delta" in printed
+    assert "Hallucination rate" in printed and "sft-base" in printed   # the delta column of the comparison
 
 
 def test_rescoring_predictions_without_a_model(full_run, adapter_dir, test_file, tmp_path, monkeypatch):
@@ -124,7 +124,7 @@ def test_interrupted_run_resumes_without_duplicates(full_run, adapter_dir, test_
     part = evaluate_sft.main(make_cfg(adapter_dir, test_file, out, max_batches=1))
     rows = read_rows(out.with_name("eval.predictions.jsonl"))
     assert part["complete"] is False and len(rows) == 2            # one batch of 2, then stopped
-    assert part["coverage"]["sft"] == {"scored": 2, "missing": len(examples) - 2}
+    assert part["coverage"]["sft"] == {"scored": 2, "missing": len(examples) - 2, "left_out": 0}
     with open(out.with_name("eval.predictions.jsonl"), "a") as f:
         f.write('{"schema_version": 1, "id": "nq:3", "model_t')   # a line torn by a kill
     done = evaluate_sft.main(make_cfg(adapter_dir, test_file, out))
