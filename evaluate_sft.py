@@ -16,9 +16,14 @@ examples. Writes <output>.json, <output stem>.predictions.jsonl (resumable: a re
 import sys
 
 from factuality import cli
-from factuality.evaluation import STAGE, EvalConfig, run_evaluation  # noqa: F401 - importable names
+from factuality.evaluation import STAGE, EvalConfig, run_evaluation, summarize  # noqa: F401 - importable names
 
-main = run_evaluation
+
+def main(cfg: EvalConfig) -> dict:
+    """Run from Python with a parsed config (tests, notebooks): evaluate, print the table, return the results."""
+    results = run_evaluation(cfg)
+    print(summarize(results))
+    return results
 
 if __name__ == "__main__":
     sys.exit(cli.main(STAGE, __doc__))

@@ -330,21 +330,21 @@ def plan_systems(cfg) -> tuple[list[dict], list[tuple[str, str]]]:
     dup = sorted({t for t in tags if tags.count(t) > 1})
     if dup:
         raise ConfigError(f"system tag {dup[0]!r} is given twice; give each system its own tag")
-    systems, base_names = [], set()
-    for tag, path in specs:
-        if tag == "base" and path is None:
+    resolved = {tag: resolve_models(path, cfg.base_model) for tag, path in specs if path is not None}
+    base_names = {who["base"] for who in resolved.values()}
+    if "base" in tags and len(base_names) > 1:
+        raise ConfigError(f"the systems have different bases ({', '.join(sorted(base_names))}); a 'base' column "
+                          f"needs one: pass --base-model or evaluate them in separate runs")
+    systems = []
+    for tag, path in specs:  # generation runs in the order given; the report puts base first
+        if path is not None:
+            systems.append({"tag": tag, **resolved[tag]})
             continue
-        who = resolve_models(path, cfg.base_model)
-        base_names.add(who["base"])
-        systems.append({"tag": tag, **who})
-    if "base" in tags:
-        if len(base_names) > 1:
-            raise ConfigError(f"the systems have different bases ({', '.join(sorted(base_names))}); a 'base' column "
-                              f"needs one: pass --base-model or evaluate them in separate runs")
         name = next(iter(base_names)) if base_names else (cfg.base_model or EMBEDDED_MODEL)
-        systems.insert(0, {"tag": "base", "adapter": None, "evaluated": name, "base": name,
-                           "base_from": systems[0]["base_from"] if systems else "--base-model", "is_base": True})
-    order = [s["tag"] for s in systems]
+        from_ = next(iter(resolved.values()))["base_from"] if resolved else "--base-model"
+        systems.append({"tag": "base", "adapter": None, "evaluated": name, "base": name, "base_from": from_,
+                        "is_base": True})
+    order = sorted((s["tag"] for s in systems), key=lambda t: t != "base")
     pairs = _comparisons_for(cfg, order)
     return systems, pairs
 
