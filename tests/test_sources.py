@@ -138,3 +138,32 @@ def test_passage_corpus_tsv(tmp_path):
     p.write_text("pid\ttext\n1\tx\n")
     with pytest.raises(RecordError, match="column 'id' is missing"):
         list(S.read_passages(p, S.BadRecords()))
+
+
+def test_registry_one_module_per_dataset_with_its_inputs_downloads_and_task():
+    from factuality.records import SOURCES
+    assert list(S.REGISTRY) == list(SOURCES)
+    for name, mod in S.REGISTRY.items():
+        assert mod.NAME == name and mod.__name__ == f"factuality.sources.{name}"
+        assert set(mod.READERS) <= set(mod.INPUTS) and mod.DOWNLOADS and callable(mod.draft)
+    assert S.prompt_task("fever") == "claim" and {S.prompt_task(s) for s in ("hotpotqa", "nq", "popqa")} == {"question"}
+    assert S.input_globs(["popqa"]) == {"popqa": "popqa/*.tsv", "corpus": "corpus/*.tsv"}
+    assert S.dataset("nq").READERS == {"nq_dpr": S.read_dpr, "nq_open": S.read_nq_open}
+    from factuality import download as D
+    assert D.OFFICIAL == {name: list(mod.DOWNLOADS) for name, mod in S.REGISTRY.items()}
+    with pytest.raises(ValueError, match="unknown source 'squad'"):
+        S.dataset("squad")
+
+
+def test_register_checks_the_module_protocol():
+    import types
+    mod = types.ModuleType("factuality.sources.toy")
+    mod.NAME, mod.TASK, mod.INPUTS, mod.DOWNLOADS = "toy", "question", {"toy": "toy/*.jsonl"}, []
+    mod.READERS = {"toy": lambda path, bad: iter(())}
+    with pytest.raises(TypeError, match="draft missing"):
+        S.register(mod)
+    mod.draft = lambda exs, ctx: []
+    mod.TASK = "essay"
+    with pytest.raises(TypeError, match="TASK 'essay'"):
+        S.register(mod)
+    assert "toy" not in S.REGISTRY
