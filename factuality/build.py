@@ -24,6 +24,7 @@ import random
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Callable
 
@@ -150,7 +151,6 @@ def discover_inputs(roots: list[Path], sources: list[str]) -> dict[str, list[Pat
 
 def _glob_match(rel_parts: tuple[str, ...], pattern: str) -> bool:
     """Path.glob semantics for a relative path: one pattern part per path part."""
-    from fnmatch import fnmatchcase
     pat = pattern.split("/")
     return len(pat) == len(rel_parts) and all(fnmatchcase(p, q) for p, q in zip(rel_parts, pat))
 

@@ -15,6 +15,7 @@ umask (readable by the group where the umask says so), never private temp-file m
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
 import ctypes
 import ctypes.util
@@ -26,7 +27,6 @@ import re
 import secrets
 import shutil
 import signal
-import stat
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -392,7 +392,7 @@ def recover_dir(target: str | os.PathLike) -> None:
     removed; unfinished temp folders and temp files are removed; files the committed set still
     had to place outside itself are placed.
     """
-    target = Path(target)
+    target = _real(target)
     if not target.exists():
         ready = _leftovers(target, (_NEW,)) or _leftovers(target, (_OLD,))
         if ready:
@@ -407,6 +407,19 @@ def recover_dir(target: str | os.PathLike) -> None:
         _place_pending(target)
 
 
+def _real(target: str | os.PathLike) -> Path:
+    """A folder reached through a symlink is replaced where it really is (the link stays a link)."""
+    target = Path(target)
+    return target.resolve() if target.is_symlink() else target
+
+
+def _link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:   # a file system without hard links
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
 def _carry_over(old: Path, new: Path) -> None:
     """Entries of the old folder that the new set does not write are kept (hard links: no copy)."""
     for entry in old.iterdir():
@@ -416,17 +429,20 @@ def _carry_over(old: Path, new: Path) -> None:
         if entry.is_symlink():
             os.symlink(os.readlink(entry), dst)
         elif entry.is_dir():
-            shutil.copytree(entry, dst, symlinks=True, copy_function=os.link)
+            shutil.copytree(entry, dst, symlinks=True, copy_function=_link_or_copy)
         else:
-            os.link(entry, dst)
+            _link_or_copy(entry, dst)
     shutil.copymode(old, new)
 
 
 def _commit_dir(tmp: Path, target: Path) -> None:
     for root, _, files in os.walk(tmp):
         for name in files:
-            with open(os.path.join(root, name), "rb+") as f:
-                os.fsync(f.fileno())
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         _fsync_dir(Path(root))
     if not target.exists():
         fault_point("set:ready")
@@ -469,7 +485,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
             (tmp / "train.jsonl").write_text(...)
             write_run_card(tmp / "run_card.json", card)    # lists each file's sha256
     """
-    target = Path(target)
+    target = _real(target)
     recover_dir(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     while True:
@@ -558,6 +574,15 @@ class Where:
             return f"{self.file}:{self.line}"
         return f"{self.file}[{self.index}]" if self.index is not None else self.file
 
+    @classmethod
+    def parse(cls, text: str) -> Where:
+        """The inverse of str(): 'file:line', 'file[index]' or a bare file."""
+        m = re.fullmatch(r"(.+):(\d+)", text)
+        if m:
+            return cls(m.group(1), line=int(m.group(2)))
+        m = re.fullmatch(r"(.+)\[(\d+)\]", text)
+        return cls(m.group(1), index=int(m.group(2))) if m else cls(text)
+
 
 REJECT_SCHEMA: dict[str, Any] = {
     "title": "a malformed record set aside (the rejects file of every reader)",
@@ -579,7 +604,7 @@ REJECT = Contract("reject", REJECT_SCHEMA)
 
 def _split_problem(problem: str) -> tuple[str, str]:
     """'field: problem' (Contract.problem's form) -> (field, problem)."""
-    m = re.match(r"([\w.\[\]()-]+): (.*)", problem, flags=re.S)
+    m = re.match(r"([\w.\[\]()-]+): (.*)", problem, flags=re.DOTALL)
     return (m.group(1), m.group(2)) if m else ("(record)", problem)
 
 
@@ -613,7 +638,7 @@ class Rejects:
         msg = f"{where}: {field_name}: {problem}"
         if self.raising:
             raise RecordError(f"{msg}; {self.hint}" if self.hint else msg)
-        loc = where if isinstance(where, Where) else Where(str(where))
+        loc = where if isinstance(where, Where) else Where.parse(str(where))
         row = {"where": str(where), "file": loc.file, "line": loc.line, "field": field_name, "problem": problem,
                "raw": printable(raw if raw is not None else "")}
         if loc.index is not None:
@@ -637,10 +662,11 @@ class Rejects:
 # --------------------------------------------------------------------------------------------
 # Strict reading: UTF-8 checked per line, JSONL, JSON, run-card check
 # --------------------------------------------------------------------------------------------
-def _not_utf8(e: UnicodeDecodeError, line_start: int) -> tuple[int, str]:
-    """(file offset, problem) for a UnicodeDecodeError raised on bytes that start at `line_start`."""
-    offset = line_start + e.start
-    return offset, (f"byte 0x{e.object[e.start]:02x} at byte offset {offset} (column {e.start + 1}) is not UTF-8; "
+def _not_utf8(data: bytes, pos: int, data_offset: int = 0) -> tuple[int, str]:
+    """(file offset, problem) for the undecodable byte at data[pos]; `data` starts at `data_offset` in the file."""
+    column = pos - (data.rfind(b"\n", 0, pos) + 1) + 1
+    offset = data_offset + pos
+    return offset, (f"byte 0x{data[pos]:02x} at byte offset {offset} (column {column}) is not UTF-8; "
                     "re-save the file as UTF-8 or re-download it")
 
 
@@ -652,7 +678,7 @@ def decode_lines(path: Path, bad: Rejects) -> Iterator[tuple[int, str | None, by
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                byte, problem = _not_utf8(e, offset)
+                byte, problem = _not_utf8(raw, e.start, offset)
                 bad.report(Where(str(path), lineno), "(encoding)", problem, raw.rstrip(b"\r\n"), byte=byte)
                 text = None
             offset += len(raw)
@@ -729,18 +755,19 @@ def read_json(path: str | os.PathLike, bad: Rejects | None = None, expected: str
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        pos = 0
-        while True:   # every undecodable byte, in order
-            try:
-                data[pos:].decode("utf-8")
-                break
-            except UnicodeDecodeError as err:
-                bad_offsets.append(pos + err.start)
-                pos += err.end
         if bad is None or bad.raising:
-            off, problem = _not_utf8(e, 0)
+            off, problem = _not_utf8(data, e.start)
             raise RecordError(f"{path}:{_line_of(data, off)}: (encoding): {problem}"
                               + (f"; {bad.hint}" if bad is not None and bad.hint else "")) from None
+        view, pos = memoryview(data), e.start
+        while True:   # every undecodable byte, in order: each step decodes only up to the next one
+            bad_offsets.append(pos)
+            pos += 1
+            try:
+                codecs.utf_8_decode(view[pos:], "strict", True)
+                break
+            except UnicodeDecodeError as err:
+                pos += err.start
         text = data.decode("utf-8", "surrogateescape")
     if not text.strip():
         raise RecordError(f"{path}: the file is empty; expected {expected}. Check that it was written completely "
@@ -748,6 +775,9 @@ def read_json(path: str | os.PathLike, bad: Rejects | None = None, expected: str
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
+        if bad_offsets:   # an undecodable byte outside any string breaks the JSON itself: say so
+            raise RecordError(f"{path}:{_line_of(data, bad_offsets[0])}: (encoding): "
+                              f"{_not_utf8(data, bad_offsets[0])[1]}") from None
         raise RecordError(f"{path}:{e.lineno}: (file): not valid JSON ({e.msg}); expected {expected}. Re-download "
                           "or rebuild the file") from None
     if not bad_offsets:
@@ -758,14 +788,12 @@ def read_json(path: str | os.PathLike, bad: Rejects | None = None, expected: str
     queue = iter(bad_offsets)
     out = []
     for i, rec in enumerate(obj):
-        n = _surrogates(rec)
-        if not n:
+        offsets = [o for o in (next(queue, None) for _ in range(_surrogates(rec))) if o is not None]
+        if not offsets:
             out.append(rec)
             continue
-        offsets = [next(queue) for _ in range(n)]
-        bad.report(Where(str(path), index=i), "(encoding)",
-                   f"byte 0x{data[offsets[0]]:02x} at byte offset {offsets[0]} (line {_line_of(data, offsets[0])}) "
-                   "is not UTF-8; re-save the file as UTF-8 or re-download it", rec, byte=offsets[0])
+        bad.report(Where(str(path), index=i), "(encoding)", f"line {_line_of(data, offsets[0])}: "
+                   + _not_utf8(data, offsets[0])[1], rec, byte=offsets[0])
         out.append(UNDECODABLE)
     return out
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -167,3 +166,55 @@ def test_register_checks_the_module_protocol():
     with pytest.raises(TypeError, match="TASK 'essay'"):
         S.register(mod)
     assert "toy" not in S.REGISTRY
+
+
+def test_bytes_that_are_not_utf8_in_each_raw_format(tmp_path):
+    """JSONL, JSON and TSV: file, line and byte offset in the error; with a rejects file, only that record goes."""
+    nq = tmp_path / "nq.jsonl"
+    nq.write_bytes(b'{"question": "q1", "answer": ["a"]}\n{"question": "q\xff2", "answer": ["b"]}\n'
+                   b'{"question": "q3", "answer": ["c"]}\n')
+    with pytest.raises(RecordError, match=r"nq\.jsonl:2: \(encoding\): byte 0xff at byte offset 51 \(column 16\) is not UTF-8"):
+        list(S.read_nq_open(nq, S.BadRecords()))
+    bad = S.BadRecords(collect=True)
+    assert [e.question for e in S.read_nq_open(nq, bad)] == ["q1", "q3"]
+    assert bad.items[0]["line"] == 2 and bad.items[0]["byte"] == 51 and bad.items[0]["field"] == "(encoding)"
+
+    data = json.loads((RAW / "hotpotqa" / "hotpot_train_sample.json").read_text())[:3]
+    text = json.dumps(data, indent=1, ensure_ascii=False).encode()
+    q = data[1]["question"].encode()
+    hot = tmp_path / "hotpot.json"
+    hot.write_bytes(text.replace(q, q[:5] + b"\xc3(" + q[7:]))
+    offset = text.index(q) + 5
+    line = text[:offset].count(b"\n") + 1
+    with pytest.raises(RecordError, match=rf"hotpot\.json:{line}: \(encoding\): byte 0xc3 at byte offset {offset}"):
+        list(S.read_hotpotqa(hot, S.BadRecords()))
+    bad = S.BadRecords(collect=True)
+    assert [e.orig_id for e in S.read_hotpotqa(hot, bad)] == [data[0]["_id"], data[2]["_id"]]
+    (row,) = bad.items
+    assert row["where"].endswith("hotpot.json[1]") and row["index"] == 1 and row["byte"] == offset
+    assert "\\xc3" in row["raw"]
+
+    rows = (FIX / "popqa" / "popQA.fixture.tsv").read_bytes().split(b"\n")
+    rows[2] = rows[2].replace(b"physicist", b"physic\xe9ist", 1)
+    tsv = tmp_path / "popqa.tsv"
+    tsv.write_bytes(b"\n".join(rows))
+    with pytest.raises(RecordError, match=r"popqa\.tsv:3: \(encoding\): byte 0xe9 at byte offset \d+ \(column \d+\)"):
+        list(S.read_popqa(tsv, S.BadRecords()))
+    bad = S.BadRecords(collect=True)
+    assert len(list(S.read_popqa(tsv, bad))) == 39 and bad.items[0]["line"] == 3
+
+
+@pytest.mark.parametrize("reader,content,needle", [
+    (S.read_fever_claims, b"", r"claims: the file is empty \(no records\); expected FEVER claims \{id, label, claim, evidence\}"),
+    (S.read_nq_open, b"\n\n", r"expected NQ-Open questions"),
+    (S.read_hotpotqa, b"[]", r"the array is empty \(no records\); expected HotpotQA records"),
+    (S.read_dpr, b"", r"the file is empty; expected a JSON array of DPR retriever records"),
+    (S.read_popqa, b"id\tsubj\tprop\tobj\ts_pop\to_pop\tquestion\tpossible_answers\n",
+     r"the file has a header but no rows; expected PopQA rows"),
+    (S.read_passages, b"", r"the file is empty; expected a DPR passage corpus"),
+])
+def test_empty_raw_file_is_refused_saying_what_was_expected(tmp_path, reader, content, needle):
+    p = tmp_path / "claims"
+    p.write_bytes(content)
+    with pytest.raises(RecordError, match=needle):
+        list(reader(p, S.BadRecords(collect=True)))

@@ -79,7 +79,7 @@ class DraftContext:
 
     cfg: Any
     inputs: dict[str, list[Path]]
-    bad: "BadRecords"
+    bad: BadRecords
     shared: dict[str, Any] = field(default_factory=dict)
 
 
