@@ -3,37 +3,40 @@
 Order of work (each step in its own function, so tests can call them):
 1. resolve the raw roots (`{data_dir}/raw`, or the bundled sample) and find the input files;
 2. verify every input's sha256 against the manifest (nothing is written when one differs);
-3. read each source with its reader (sources.py), malformed records -> error or rejects file;
+3. read each source with its dataset module's readers (factuality/sources/<name>.py), malformed
+   records -> error or rejects file;
 4. remove duplicate questions (normalised), count them;
-5. attach evidence: gold/support chunks and BM25-ranked hard negatives within a token budget;
-   FEVER NOT ENOUGH INFO and a seeded `no_oracle_fraction` of answerable examples become
-   unanswerable (the target is a refusal);
+5. attach evidence (each dataset module's `draft`): gold/support chunks and BM25-ranked hard
+   negatives, fitted to a token budget here; FEVER NOT ENOUGH INFO and a seeded
+   `no_oracle_fraction` of answerable examples become unanswerable (the target is a refusal);
 6. shuffle each example's evidence with a per-example seeded RNG and name chunks E1, E2, ...;
 7. split by a seeded hash of the normalised question (no question in two splits);
-8. validate everything against records.EXAMPLE, then write the splits, rejects, run card and
-   (when accepted) the manifest, all atomically.
+8. validate everything against records.EXAMPLE, then write the splits, rejects and run card (which
+   lists each output's sha256) as one set (`records.atomic_dir`: a temp folder swapped in with one
+   rename); the accepted manifest is part of the same commit (placed right after it, or by the next
+   run when a kill came in between). A kill at any point leaves the old set or the new one.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
-
-from tqdm import tqdm
+from typing import Any, Callable
 
 from . import sources as S
 from .config import to_dict
 from .provenance import run_card, set_seed, write_run_card
-from .records import (EXAMPLE, SCHEMA_VERSION, SOURCES, SPLITS, RecordError, atomic_write_json,
-                      atomic_write_text, dumps_line, sha256_file, with_hash)
-from .retrieval import BM25Index, approx_tokens, chunk_words, rank_small, truncate_to_tokens, window_around_span
-from .text import has_answer, normalize_answer
+from .records import (EXAMPLE, RUN_CARD_NAME, SCHEMA_VERSION, SOURCES, SPLITS, RecordError, atomic_dir,
+                      dumps_line, fault_point, json_text, read_json, recover_dir, sha256_file, stage_outside,
+                      with_hash)
+from .retrieval import approx_tokens, truncate_to_tokens, window_around_span
+from .sources import Draft
+from .text import normalize_answer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
@@ -91,9 +94,9 @@ class BuildConfig:
     quiet: bool = field(default=False, metadata={"help": "no progress bars or table"})
 
     def validate(self) -> None:
-        bad = [s for s in self.sources if s not in SOURCES]
+        bad = [s for s in self.sources if s not in S.REGISTRY]
         if bad:
-            raise ValueError(f"sources: unknown source {bad[0]!r}; choose from {', '.join(SOURCES)}")
+            raise ValueError(f"sources: unknown source {bad[0]!r}; choose from {', '.join(S.REGISTRY)}")
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6 or min(self.split_fractions) < 0:
             raise ValueError(f"split_fractions {self.split_fractions} must be three shares >= 0 that sum to 1, "
                              "e.g. --split-fractions 0.8,0.1,0.1")
@@ -116,17 +119,6 @@ class HashMismatch(RuntimeError):
 # --------------------------------------------------------------------------------------------
 # Inputs and hashes
 # --------------------------------------------------------------------------------------------
-INPUT_GLOBS = {  # role -> (source, glob under a raw root)
-    "hotpotqa": ("hotpotqa", "hotpotqa/*.json"),
-    "fever_claims": ("fever", "fever/*.jsonl"),
-    "fever_wiki": ("fever", "fever/wiki-pages/*.jsonl"),
-    "nq_dpr": ("nq", "nq/*.json"),
-    "nq_open": ("nq", "nq/*.jsonl"),
-    "popqa": ("popqa", "popqa/*.tsv"),
-    "corpus": ("nq,popqa", "corpus/*.tsv"),
-}
-
-
 @dataclass
 class RawLayout:
     roots: list[Path]
@@ -139,16 +131,17 @@ def resolve_layout(cfg: BuildConfig) -> RawLayout:
     if cfg.raw_dir:
         return RawLayout([Path(cfg.raw_dir)], data_dir / MANIFEST_NAME, False)
     raw = data_dir / "raw"
-    if raw.is_dir() and any(p.is_file() for p in raw.rglob("*")):
+    # A manifest of the user's own means their raw files are the inputs, even if all of them vanished:
+    # falling back to the bundled sample then would hide the loss.
+    if (raw.is_dir() and any(p.is_file() for p in raw.rglob("*"))) or (data_dir / MANIFEST_NAME).exists():
         return RawLayout([raw], data_dir / MANIFEST_NAME, False)
     return RawLayout([SAMPLE_DIR / "raw", SAMPLE_DIR / "fixtures"], SAMPLE_DIR / MANIFEST_NAME, True)
 
 
 def discover_inputs(roots: list[Path], sources: list[str]) -> dict[str, list[Path]]:
+    """{role: files} for every raw file the sources' dataset modules read, found under the roots."""
     out: dict[str, list[Path]] = {}
-    for role, (srcs, pattern) in INPUT_GLOBS.items():
-        if not set(srcs.split(",")) & set(sources):
-            continue
+    for role, pattern in S.input_globs(sources).items():
         files = []
         for root in roots:
             files += sorted(p for p in root.glob(pattern) if p.is_file() and not p.name.startswith("."))
@@ -156,12 +149,38 @@ def discover_inputs(roots: list[Path], sources: list[str]) -> dict[str, list[Pat
     return out
 
 
+def _glob_match(rel_parts: tuple[str, ...], pattern: str) -> bool:
+    """Path.glob semantics for a relative path: one pattern part per path part."""
+    pat = pattern.split("/")
+    return len(pat) == len(rel_parts) and all(fnmatchcase(p, q) for p, q in zip(rel_parts, pat))
+
+
+def input_scope(roots: list[Path], sources: list[str]) -> Callable[[Path], bool]:
+    """Whether a path is one this build would read (under a root, matching an input glob): a file the
+    manifest lists that is in scope and missing has vanished."""
+    patterns = list(S.input_globs(sources).values())
+
+    def in_scope(path: Path) -> bool:
+        for root in roots:
+            try:
+                rel = path.resolve().relative_to(root.resolve()).parts
+            except ValueError:
+                continue
+            if not (rel and rel[-1].startswith(".")) and any(_glob_match(rel, p) for p in patterns):
+                return True
+        return False
+
+    return in_scope
+
+
 def _rel(path: Path, base: Path) -> str:
     return Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()
 
 
-def verify_hashes(files: list[Path], manifest_path: Path, accept_new: bool) -> tuple[dict[str, str], dict | None]:
-    """sha256 of each input checked against the manifest.
+def verify_hashes(files: list[Path], manifest_path: Path, accept_new: bool,
+                  in_scope: Callable[[Path], bool] | None = None) -> tuple[dict[str, str], dict | None]:
+    """sha256 of each input checked against the manifest; a file the manifest lists (and that
+    `in_scope` says this run reads; default: every listed file) must still exist.
 
     Returns ({relative path: sha256}, manifest to write or None). Raises HashMismatch naming the
     file, both hashes and the fix; nothing has been written at that point.
@@ -170,14 +189,26 @@ def verify_hashes(files: list[Path], manifest_path: Path, accept_new: bool) -> t
     manifest = {"files": {}}
     if manifest_path.exists():
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-            assert isinstance(manifest.get("files"), dict)
-        except (json.JSONDecodeError, AssertionError):
+            manifest = read_json(manifest_path, expected="a hash manifest {'files': {path: sha256}}")
+            if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+                raise RecordError("not a mapping with 'files'")
+        except RecordError:
             raise HashMismatch(f"{manifest_path}: not a valid hash manifest ({{'files': {{path: sha256}}}}); "
                                "delete it and rerun with --accept-new-hash") from None
     recorded = manifest["files"]
     current = {_rel(p, base): sha256_file(p) for p in files}
     changed = False
+    for rel in sorted(recorded):
+        if rel in current or (base / rel).exists() or (in_scope is not None and not in_scope(base / rel)):
+            continue
+        if not accept_new:
+            raise HashMismatch(
+                f"{base / rel}: listed in {manifest_path} (sha256 {recorded[rel]}) but missing; a raw input "
+                "vanished since it was accepted. Restore or re-download it (python build_data.py download), or, if "
+                "you removed it on purpose, rerun with --accept-new-hash to drop it from the manifest; nothing was "
+                "written")
+        del recorded[rel]
+        changed = True
     for rel, digest in current.items():
         old = recorded.get(rel)
         if old == digest:
@@ -231,16 +262,15 @@ def read_sources(cfg: BuildConfig, inputs: dict[str, list[Path]], bad: S.BadReco
                  base: Path | None = None) -> dict[str, list[S.RawExample]]:
     """All raw examples per source, in file order; `where` made relative to `base` (the manifest's folder)."""
     out: dict[str, list[S.RawExample]] = {s: [] for s in cfg.sources}
-    readers = [("hotpotqa", "hotpotqa", S.read_hotpotqa), ("fever_claims", "fever", S.read_fever_claims),
-               ("nq_dpr", "nq", S.read_dpr), ("nq_open", "nq", S.read_nq_open), ("popqa", "popqa", S.read_popqa)]
-    for role, source, reader in readers:
+    for source in SOURCES:
         if source not in cfg.sources:
             continue
-        for path in inputs.get(role, []):
-            rel = _rel(path, base) if base else str(path)
-            for ex in reader(path, bad):
-                ex.where = rel + ex.where[len(str(path)):] if ex.where.startswith(str(path)) else ex.where
-                out[source].append(ex)
+        for role, reader in S.dataset(source).READERS.items():
+            for path in inputs.get(role, []):
+                rel = _rel(path, base) if base else str(path)
+                for ex in reader(path, bad):
+                    ex.where = rel + ex.where[len(str(path)):] if ex.where.startswith(str(path)) else ex.where
+                    out[source].append(ex)
     if cfg.max_examples_per_source:
         for s, exs in out.items():
             if len(exs) > cfg.max_examples_per_source:
@@ -271,22 +301,27 @@ def dedupe(raw: dict[str, list[S.RawExample]]) -> tuple[dict[str, list[S.RawExam
     return out, removed
 
 
+def refuse_repeated_ids(raw: dict[str, list[S.RawExample]], bad: S.BadRecords) -> dict[str, list[S.RawExample]]:
+    """Two different questions under one id (after duplicate questions were removed) would give a
+    processed file with a repeated id: the second is a bad record, naming where the first was read."""
+    out = {}
+    for source, exs in raw.items():
+        first: dict[str, str] = {}
+        keep = []
+        for ex in exs:
+            if ex.id in first:
+                bad.report(ex.where, "id", f"{ex.orig_id!r} was already read at {first[ex.id]} with another "
+                           "question; ids must be unique within a dataset", {"id": ex.orig_id, "question": ex.question})
+                continue
+            first[ex.id] = ex.where
+            keep.append(ex)
+        out[source] = keep
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Evidence assembly
 # --------------------------------------------------------------------------------------------
-@dataclass
-class Draft:
-    """An example before shuffling: gold chunks with spans and ranked negatives."""
-
-    raw: S.RawExample
-    gold: list[tuple[S.Chunk, list[tuple[int, int]]]]
-    negatives: list[tuple[S.Chunk, float | None]]
-    answerable: bool
-    evidence_origin: str
-    unanswerable_reason: str | None = None
-    gold_scores: list[float | None] = field(default_factory=list)
-
-
 def _chunk_tokens(c: S.Chunk) -> int:
     return approx_tokens(c.title) + approx_tokens(c.text)
 
@@ -384,123 +419,6 @@ def finalize(d: Draft, cfg: BuildConfig, split: str) -> dict:
     return with_hash(rec)
 
 
-def _filter_candidates(cands: list[S.Chunk], answers: list[str], exclude: set[str]) -> list[S.Chunk]:
-    out, seen = [], set(exclude)
-    for c in cands:
-        if c.doc_id in seen or has_answer(c.text, answers):
-            continue
-        seen.add(c.doc_id)
-        out.append(c)
-    return out
-
-
-def draft_hotpotqa(exs: list[S.RawExample], cfg: BuildConfig) -> list[Draft]:
-    drafts = []
-    for ex in tqdm(exs, desc="hotpotqa: rank distractors", disable=cfg.quiet or len(exs) < 2000):
-        gold = ex.gold[:cfg.max_support_chunks]
-        cands = _filter_candidates(ex.candidates, ex.answers, {c.doc_id for c, _ in ex.gold})
-        ranked = rank_small(ex.question, [f"{c.title}. {c.text}" for c in cands])
-        negs = [(cands[h.index], h.score) for h in ranked]
-        drafts.append(Draft(ex, gold, negs, True, "context"))
-    return drafts
-
-
-def draft_dpr(exs: list[S.RawExample], cfg: BuildConfig) -> list[Draft]:
-    drafts = []
-    for ex in exs:
-        cands = _filter_candidates(ex.candidates, ex.answers, {c.doc_id for c, _ in ex.gold})
-        drafts.append(Draft(ex, ex.gold[:1], [(c, None) for c in cands], True, "dpr"))
-    return drafts
-
-
-def load_corpus(paths: list[Path], bad: S.BadRecords, cfg: BuildConfig) -> list[S.Chunk]:
-    chunks: list[S.Chunk] = []
-    for path in paths:
-        for c in tqdm(S.read_passages(path, bad), desc=f"corpus {path.name}",
-                      disable=cfg.quiet or path.stat().st_size < 50_000_000, leave=False):
-            parts = chunk_words(c.text, cfg.chunk_words)
-            if len(parts) == 1:
-                chunks.append(c)
-            else:
-                chunks += [S.Chunk(f"{c.doc_id}#{j}", c.title, t) for j, t in enumerate(parts)]
-    return chunks
-
-
-def draft_retrieved(exs: list[S.RawExample], index: BM25Index, corpus: list[S.Chunk], cfg: BuildConfig,
-                    bad: S.BadRecords, source: str) -> list[Draft]:
-    """NQ-Open / PopQA: BM25 over the passage corpus; the best hit holding a gold answer is support."""
-    if not exs:
-        return []
-    hits_all = index.search([ex.question for ex in exs], cfg.retrieve_k, show_progress=not cfg.quiet and len(exs) > 2000)
-    drafts = []
-    for ex, hits in zip(exs, hits_all):
-        norm = [normalize_answer(a) for a in ex.answers if normalize_answer(a)]
-        gold, negs = [], []
-        for h in hits:
-            c = corpus[h.index]
-            if index.norm.has_answer(h.index, norm):
-                if not gold:
-                    span = S.find_span(c.text, ex.answers)
-                    if span:
-                        gold.append((c, [span], h.score))
-                continue   # answer-holding passages are never negatives
-            negs.append((c, h.score))
-        if gold:
-            c, spans, score = gold[0]
-            drafts.append(Draft(ex, [(c, spans)], negs, True, "bm25", gold_scores=[score]))
-        elif cfg.retrieval_miss == "unanswerable" and negs:
-            drafts.append(Draft(ex, [], negs, False, "bm25", unanswerable_reason="retrieval_miss"))
-        else:
-            bad.drop(f"{source}_no_support_retrieved")
-    return drafts
-
-
-def draft_fever(exs: list[S.RawExample], wiki_paths: list[Path], cfg: BuildConfig, bad: S.BadRecords) -> list[Draft]:
-    pages_needed = {p for ex in exs for s in ex.fever_sets for p, _ in s}
-    scope = pages_needed if cfg.fever_wiki_scope == "referenced" else None
-    sentences: list[S.WikiSentence] = []
-    for path in wiki_paths:
-        sentences += list(tqdm(S.read_wiki_pages(path, bad, scope), desc=f"wiki {path.name}",
-                               disable=cfg.quiet or path.stat().st_size < 50_000_000, leave=False))
-    if not sentences:
-        if exs:
-            raise RecordError("FEVER: no wiki-pages sentences found (expected fever/wiki-pages/*.jsonl under the raw "
-                              "root); download them with `python build_data.py download --sources fever`")
-        return []
-    by_key = {(s.page, s.sent_id): i for i, s in enumerate(sentences)}
-    chunks = [S.Chunk(s.doc_id, S.page_title(s.page), s.text) for s in sentences]
-    index = BM25Index([f"{c.title}. {c.text}" for c in chunks], show_progress=not cfg.quiet and len(chunks) > 50_000,
-                      n_threads=cfg.n_threads)
-    usable: list[tuple[S.RawExample, list[int] | None]] = []
-    for ex in exs:
-        if ex.label == "NOT ENOUGH INFO":
-            usable.append((ex, None))
-            continue
-        chosen = next((s for s in ex.fever_sets if all((p, n) in by_key for p, n in s)), None)
-        if chosen is None:
-            bad.drop("fever_evidence_not_in_wiki_pages")
-            continue
-        usable.append((ex, [by_key[k] for k in chosen][:cfg.max_support_chunks]))
-    excl = []
-    for ex, gold_idx in usable:
-        all_ev = {by_key[(p, n)] for s in ex.fever_sets for p, n in s if (p, n) in by_key}
-        excl.append(all_ev | set(gold_idx or []))
-    mined = index.mine([ex.question for ex, _ in usable], [[] for _ in usable], cfg.num_distractors + cfg.max_support_chunks + 1,
-                       exclude=excl, k=cfg.retrieve_k, show_progress=not cfg.quiet and len(usable) > 2000)
-    drafts = []
-    for (ex, gold_idx), hits in zip(usable, mined):
-        negs = [(chunks[h.index], h.score) for h in hits]
-        if gold_idx is None:
-            if not negs:
-                bad.drop("fever_nei_nothing_retrieved")
-                continue
-            drafts.append(Draft(ex, [], negs, False, "wiki_bm25", unanswerable_reason="fever_nei"))
-        else:
-            gold = [(chunks[i], [(0, len(chunks[i].text))]) for i in gold_idx]
-            drafts.append(Draft(ex, gold, negs, True, "wiki"))
-    return drafts
-
-
 # --------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------
@@ -509,49 +427,42 @@ def build(cfg: BuildConfig) -> dict:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     set_seed(cfg.seed)
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.data_dir) / "processed"
+    recover_dir(out_dir)   # finish (or undo) what a killed earlier build left, before anything is read
     if cfg.download:
         from .download import download_sources
         download_sources(Path(cfg.data_dir) / "raw", cfg.sources, quiet=cfg.quiet)
     layout = resolve_layout(cfg)
     inputs = discover_inputs(layout.roots, cfg.sources)
     all_files = sorted({p for files in inputs.values() for p in files})
+    t = time.perf_counter()
+    hashes, manifest_to_write = verify_hashes(all_files, layout.manifest, cfg.accept_new_hash,
+                                              input_scope(layout.roots, cfg.sources))
+    timings["hash_s"] = time.perf_counter() - t
     if not all_files:
         raise FileNotFoundError(f"no raw input files under {', '.join(map(str, layout.roots))} for sources "
                                 f"{cfg.sources}; run `python build_data.py download --data-dir {cfg.data_dir}`")
     for s in cfg.sources:
-        roles = [r for r, (srcs, _) in INPUT_GLOBS.items() if s in srcs.split(",") and r != "corpus"]
+        globs = S.dataset(s).INPUTS
+        roles = list(S.dataset(s).READERS)
         if not any(inputs.get(r) for r in roles):
             raise FileNotFoundError(f"source {s!r}: no raw files under {', '.join(map(str, layout.roots))} "
-                                    f"(expected {', '.join(INPUT_GLOBS[r][1] for r in roles)}); drop it from --sources "
+                                    f"(expected {', '.join(globs[r] for r in roles)}); drop it from --sources "
                                     "or download it")
-    t = time.perf_counter()
-    hashes, manifest_to_write = verify_hashes(all_files, layout.manifest, cfg.accept_new_hash)
-    timings["hash_s"] = time.perf_counter() - t
 
     bad = S.BadRecords(collect=cfg.rejects is not None)
     t = time.perf_counter()
     raw = read_sources(cfg, inputs, bad, layout.manifest.parent)
     raw, dups = dedupe(raw)
+    raw = refuse_repeated_ids(raw, bad)
     timings["read_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    ctx = S.DraftContext(cfg, inputs, bad)
     drafts: list[Draft] = []
-    if "hotpotqa" in raw:
-        drafts += draft_hotpotqa(raw["hotpotqa"], cfg)
-    if "fever" in raw:
-        drafts += draft_fever(raw["fever"], inputs.get("fever_wiki", []), cfg, bad)
-    retrieval_exs = {s: [e for e in raw.get(s, []) if not e.gold] for s in ("nq", "popqa")}
-    if "nq" in raw:
-        drafts += draft_dpr([e for e in raw["nq"] if e.gold], cfg)
-    if any(retrieval_exs.values()):
-        corpus = load_corpus(inputs.get("corpus", []), bad, cfg)
-        if not corpus:
-            raise FileNotFoundError("NQ-Open/PopQA need a passage corpus (corpus/psgs_w100.tsv under the raw root); "
-                                    "run `python build_data.py download --sources nq`")
-        index = BM25Index([f"{c.title}. {c.text}" for c in corpus], show_progress=not cfg.quiet and len(corpus) > 50_000,
-                          n_threads=cfg.n_threads)
-        for s, exs in retrieval_exs.items():
-            drafts += draft_retrieved(exs, index, corpus, cfg, bad, s)
+    for source in SOURCES:
+        if source in raw:
+            drafts += S.dataset(source).draft(raw[source], ctx)
     timings["evidence_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -566,18 +477,6 @@ def build(cfg: BuildConfig) -> dict:
             EXAMPLE.validate(r, where=f"{name} id={r['id']!r} (from {r['meta']['raw_record']})")
     timings["assemble_s"] = time.perf_counter() - t
 
-    # ---- write: everything validated above, each file atomic ----
-    out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.data_dir) / "processed"
-    outputs = {}
-    for name, recs in splits.items():
-        path = out_dir / f"{name}.jsonl"
-        atomic_write_text(path, "".join(dumps_line(r) for r in recs))
-        outputs[name] = str(path)
-    if cfg.rejects:
-        atomic_write_text(cfg.rejects, "".join(dumps_line(r) for r in bad.items))
-    if manifest_to_write is not None:
-        atomic_write_json(layout.manifest, manifest_to_write)
-
     counts: dict[str, dict[str, dict[str, int]]] = {}
     labels: dict[str, Counter] = defaultdict(Counter)
     for name, recs in splits.items():
@@ -585,9 +484,8 @@ def build(cfg: BuildConfig) -> dict:
             c = counts.setdefault(r["source"], {}).setdefault(name, {"answerable": 0, "unanswerable": 0})
             c["answerable" if r["answerable"] else "unanswerable"] += 1
             labels[r["source"]][r["meta"].get("original_label") or r["meta"].get("unanswerable_reason") or "answerable"] += 1
-    timings["total_s"] = time.perf_counter() - t_start
     summary = {
-        "outputs": outputs,
+        "outputs": {name: str(out_dir / f"{name}.jsonl") for name in splits},
         "out_dir": str(out_dir),
         "bundled_sample": layout.bundled_sample,
         "manifest": str(layout.manifest),
@@ -600,13 +498,47 @@ def build(cfg: BuildConfig) -> dict:
         "rejected": len(bad.items),
         "rejects_file": cfg.rejects,
         "dropped": dict(bad.dropped),
-        "timings": {k: round(v, 3) for k, v in timings.items()},
     }
-    card = run_card("build_data.py", to_dict(cfg), inputs=hashes, **{k: v for k, v in summary.items() if k != "outputs"},
-                    output_sha256={k: sha256_file(v) for k, v in outputs.items()})
-    write_run_card(out_dir / "run_card.json", card)
-    summary["run_card"] = str(out_dir / "run_card.json")
+    write_outputs(out_dir, splits, bad.items if cfg.rejects else None, cfg, summary, hashes,
+                  (layout.manifest, manifest_to_write) if manifest_to_write is not None else None,
+                  timings, t_start)
+    summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    summary["run_card"] = str(out_dir / RUN_CARD_NAME)
     return summary
+
+
+def write_outputs(out_dir: Path, splits: dict[str, list[dict]], rejects: list[dict] | None, cfg: BuildConfig,
+                  summary: dict, hashes: dict[str, str], manifest: tuple[Path, dict] | None,
+                  timings: dict[str, float], t_start: float) -> None:
+    """The splits, the rejects, the run card (every output's sha256) and the accepted manifest, as one
+    set (records.atomic_dir). Each step is a `fault_point` named `build:wrote:<file>`."""
+    with atomic_dir(out_dir) as tmp:
+        output_sha256 = {}
+
+        def put(name: str, text: str) -> None:
+            data = text.encode("utf-8")
+            (tmp / name).write_bytes(data)
+            output_sha256[name] = hashlib.sha256(data).hexdigest()
+            fault_point(f"build:wrote:{name}")
+
+        for name, recs in splits.items():
+            put(f"{name}.jsonl", "".join(dumps_line(r) for r in recs))
+        if rejects is not None:
+            text = "".join(dumps_line(r) for r in rejects)
+            rejects_path = Path(cfg.rejects)
+            if rejects_path.resolve().parent == out_dir.resolve():
+                put(rejects_path.name, text)          # inside the output folder: one of the set
+            else:
+                stage_outside(tmp, rejects_path, text)
+                summary["rejects_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        if manifest is not None:
+            stage_outside(tmp, manifest[0], json_text(manifest[1]))
+        timings["total_s"] = time.perf_counter() - t_start
+        summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
+        card = run_card("build_data.py", to_dict(cfg), inputs=hashes,
+                        **{k: v for k, v in summary.items() if k != "outputs"}, output_sha256=output_sha256)
+        write_run_card(tmp / RUN_CARD_NAME, card)
+        fault_point(f"build:wrote:{RUN_CARD_NAME}")
 
 
 def format_table(summary: dict) -> str:

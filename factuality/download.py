@@ -1,8 +1,9 @@
 """Download the raw datasets from their official URLs into `{data_dir}/raw/<layout>`.
 
+The URLs and target paths are each dataset module's `DOWNLOADS` (factuality/sources/<name>.py).
 Each file is streamed to a temp file beside its target and renamed into place only when complete
 (gunzip / unzip happen on the temp copy first), so an interrupted download never leaves a file
-that looks whole. Existing files are kept unless `--force`. The files then go through the same
+that looks whole; the temp files of an interrupted download are removed by the next one. Existing files are kept unless `--force`. The files then go through the same
 sha256 manifest check as any raw input: the first build after a download needs
 `--accept-new-hash`.
 
@@ -10,11 +11,9 @@ sha256 manifest check as any raw input: the first build after a download needs
 """
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
 import shutil
-import tempfile
 import urllib.request
 import zipfile
 from dataclasses import dataclass, field
@@ -22,32 +21,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .records import SOURCES
+from . import sources
+from .records import SOURCES, atomic_open
+from .sources import RemoteFile
 
-
-@dataclass(frozen=True)
-class RemoteFile:
-    url: str
-    dest: str                 # path under the raw root (a folder for "unzip")
-    unpack: str = "none"      # none | gunzip | unzip
-
-
-PSGS_W100 = RemoteFile("https://dl.fbaipublicfiles.com/dpr/wikipedia_split/psgs_w100.tsv.gz",
-                       "corpus/psgs_w100.tsv", "gunzip")
-OFFICIAL: dict[str, list[RemoteFile]] = {
-    "hotpotqa": [RemoteFile("http://curtis.ml.cmu.edu/datasets/hotpot/hotpot_train_v1.1.json",
-                            "hotpotqa/hotpot_train_v1.1.json")],
-    "fever": [RemoteFile("https://fever.ai/download/fever/paper_dev.jsonl", "fever/paper_dev.jsonl"),
-              RemoteFile("https://fever.ai/download/fever/wiki-pages.zip", "fever", "unzip")],
-    "nq": [RemoteFile("https://dl.fbaipublicfiles.com/dpr/data/retriever/biencoder-nq-dev.json.gz",
-                      "nq/biencoder-nq-dev.json", "gunzip"),
-           RemoteFile("https://raw.githubusercontent.com/google-research-datasets/natural-questions/master/"
-                      "nq_open/NQ-open.dev.jsonl", "nq/NQ-open.dev.jsonl"),
-           PSGS_W100],
-    "popqa": [RemoteFile("https://raw.githubusercontent.com/AlexTMallen/adaptive-retrieval/main/data/popQA.tsv",
-                         "popqa/popQA.tsv"),
-              PSGS_W100],
-}
+OFFICIAL: dict[str, list[RemoteFile]] = {name: sources.downloads(name) for name in sources.REGISTRY}
 
 
 @dataclass
@@ -80,12 +58,10 @@ def _url(rf: RemoteFile, mirror: str | None) -> str:
 
 
 def fetch(url: str, dest: Path, timeout_s: float = 60.0, quiet: bool = False) -> Path:
-    """Stream `url` to a temp file in dest's folder, then rename it to `dest`."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    """Stream `url` to a temp file in dest's folder, then rename it to `dest` (records.atomic_open)."""
     try:
         req = urllib.request.Request(url, headers={"User-Agent": "factuality-build-data/0.1"})
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        with atomic_open(dest, "wb") as out, urllib.request.urlopen(req, timeout=timeout_s) as resp:
             total = resp.headers.get("Content-Length")
             with tqdm(total=int(total) if total else None, unit="B", unit_scale=True, desc=dest.name,
                       disable=quiet, leave=False) as bar:
@@ -94,33 +70,25 @@ def fetch(url: str, dest: Path, timeout_s: float = 60.0, quiet: bool = False) ->
                     bar.update(len(block))
             if total and out.tell() != int(total):
                 raise DownloadError(f"{url}: got {out.tell()} of {total} bytes; the connection was cut, run again")
-        os.replace(tmp, dest)
+    except DownloadError:
+        raise
     except Exception as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(e, DownloadError):
-            raise
         raise DownloadError(f"{url}: download failed ({type(e).__name__}: {e}); check the network or pass "
                             "--mirror with a reachable copy") from e
     return dest
 
 
 def _gunzip(src: Path, dest: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, gzip.open(src, "rb") as f:
-            shutil.copyfileobj(f, out, 1 << 20)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_open(dest, "wb") as out, gzip.open(src, "rb") as f:
+        shutil.copyfileobj(f, out, 1 << 20)
 
 
 def _unzip(src: Path, dest_dir: Path) -> list[Path]:
     """Extract into a temp folder beside dest_dir, then move each member into place."""
     dest_dir.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".unzip.", dir=dest_dir))
+    tmp_dir = dest_dir / ".unzip.tmp"
+    shutil.rmtree(tmp_dir, ignore_errors=True)   # left by an interrupted unzip
+    tmp_dir.mkdir()
     out = []
     try:
         with zipfile.ZipFile(src) as z:
@@ -165,10 +133,7 @@ def download_sources(raw_dir: str | Path, sources, mirror: str | None = None, fo
                 done[rf.dest] = [fetch(url, target, timeout_s, quiet)]
                 continue
             target_dir = target if rf.unpack == "unzip" else target.parent
-            target_dir.mkdir(parents=True, exist_ok=True)
-            fd, packed = tempfile.mkstemp(prefix=".download.", suffix=".part", dir=target_dir)
-            os.close(fd)
-            packed = Path(packed)
+            packed = target_dir / f".{rf.url.rsplit('/', 1)[1]}.download"   # the packed file, removed below
             try:
                 fetch(url, packed, timeout_s, quiet)
                 if rf.unpack == "gunzip":
@@ -180,7 +145,7 @@ def download_sources(raw_dir: str | Path, sources, mirror: str | None = None, fo
             except (OSError, zipfile.BadZipFile, EOFError) as e:
                 raise DownloadError(f"{url}: could not unpack ({type(e).__name__}: {e}); run again") from e
             finally:
-                with contextlib.suppress(FileNotFoundError):
+                if packed.exists():
                     packed.unlink()
     files = sorted({p for ps in done.values() for p in ps})
     if not quiet:

@@ -65,7 +65,7 @@ def test_download_all_then_build_needs_accept(mirror, tmp_path):
     assert (raw / "corpus/psgs_w100.tsv").read_bytes() == (FIX / "corpus/psgs_w100.fixture.tsv").read_bytes()
     assert (raw / "fever/wiki-pages/wiki-001.jsonl").exists() and raw / "popqa/popQA.tsv" in files
     assert requests.count("/psgs_w100.tsv.gz") == 1          # shared by nq and popqa, fetched once
-    assert not [p for p in raw.rglob("*") if p.name.endswith(".part") or ".unzip." in str(p)]
+    assert not [p for p in raw.rglob("*") if p.name.endswith((".part", ".tmp", ".download")) or ".unzip" in str(p)]
     with pytest.raises(HashMismatch, match="new raw input"):
         build(BuildConfig(data_dir=str(data), quiet=True))
     summary = build(BuildConfig(data_dir=str(data), quiet=True, accept_new_hash=True))

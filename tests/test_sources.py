@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -138,3 +137,84 @@ def test_passage_corpus_tsv(tmp_path):
     p.write_text("pid\ttext\n1\tx\n")
     with pytest.raises(RecordError, match="column 'id' is missing"):
         list(S.read_passages(p, S.BadRecords()))
+
+
+def test_registry_one_module_per_dataset_with_its_inputs_downloads_and_task():
+    from factuality.records import SOURCES
+    assert list(S.REGISTRY) == list(SOURCES)
+    for name, mod in S.REGISTRY.items():
+        assert mod.NAME == name and mod.__name__ == f"factuality.sources.{name}"
+        assert set(mod.READERS) <= set(mod.INPUTS) and mod.DOWNLOADS and callable(mod.draft)
+    assert S.prompt_task("fever") == "claim" and {S.prompt_task(s) for s in ("hotpotqa", "nq", "popqa")} == {"question"}
+    assert S.input_globs(["popqa"]) == {"popqa": "popqa/*.tsv", "corpus": "corpus/*.tsv"}
+    assert S.dataset("nq").READERS == {"nq_dpr": S.read_dpr, "nq_open": S.read_nq_open}
+    from factuality import download as D
+    assert D.OFFICIAL == {name: list(mod.DOWNLOADS) for name, mod in S.REGISTRY.items()}
+    with pytest.raises(ValueError, match="unknown source 'squad'"):
+        S.dataset("squad")
+
+
+def test_register_checks_the_module_protocol():
+    import types
+    mod = types.ModuleType("factuality.sources.toy")
+    mod.NAME, mod.TASK, mod.INPUTS, mod.DOWNLOADS = "toy", "question", {"toy": "toy/*.jsonl"}, []
+    mod.READERS = {"toy": lambda path, bad: iter(())}
+    with pytest.raises(TypeError, match="draft missing"):
+        S.register(mod)
+    mod.draft = lambda exs, ctx: []
+    mod.TASK = "essay"
+    with pytest.raises(TypeError, match="TASK 'essay'"):
+        S.register(mod)
+    assert "toy" not in S.REGISTRY
+
+
+def test_bytes_that_are_not_utf8_in_each_raw_format(tmp_path):
+    """JSONL, JSON and TSV: file, line and byte offset in the error; with a rejects file, only that record goes."""
+    nq = tmp_path / "nq.jsonl"
+    nq.write_bytes(b'{"question": "q1", "answer": ["a"]}\n{"question": "q\xff2", "answer": ["b"]}\n'
+                   b'{"question": "q3", "answer": ["c"]}\n')
+    with pytest.raises(RecordError, match=r"nq\.jsonl:2: \(encoding\): byte 0xff at byte offset 51 \(column 16\) is not UTF-8"):
+        list(S.read_nq_open(nq, S.BadRecords()))
+    bad = S.BadRecords(collect=True)
+    assert [e.question for e in S.read_nq_open(nq, bad)] == ["q1", "q3"]
+    assert bad.items[0]["line"] == 2 and bad.items[0]["byte"] == 51 and bad.items[0]["field"] == "(encoding)"
+
+    data = json.loads((RAW / "hotpotqa" / "hotpot_train_sample.json").read_text())[:3]
+    text = json.dumps(data, indent=1, ensure_ascii=False).encode()
+    q = data[1]["question"].encode()
+    hot = tmp_path / "hotpot.json"
+    hot.write_bytes(text.replace(q, q[:5] + b"\xc3(" + q[7:]))
+    offset = text.index(q) + 5
+    line = text[:offset].count(b"\n") + 1
+    with pytest.raises(RecordError, match=rf"hotpot\.json:{line}: \(encoding\): byte 0xc3 at byte offset {offset}"):
+        list(S.read_hotpotqa(hot, S.BadRecords()))
+    bad = S.BadRecords(collect=True)
+    assert [e.orig_id for e in S.read_hotpotqa(hot, bad)] == [data[0]["_id"], data[2]["_id"]]
+    (row,) = bad.items
+    assert row["where"].endswith("hotpot.json[1]") and row["index"] == 1 and row["byte"] == offset
+    assert "\\xc3" in row["raw"]
+
+    rows = (FIX / "popqa" / "popQA.fixture.tsv").read_bytes().split(b"\n")
+    rows[2] = rows[2].replace(b"physicist", b"physic\xe9ist", 1)
+    tsv = tmp_path / "popqa.tsv"
+    tsv.write_bytes(b"\n".join(rows))
+    with pytest.raises(RecordError, match=r"popqa\.tsv:3: \(encoding\): byte 0xe9 at byte offset \d+ \(column \d+\)"):
+        list(S.read_popqa(tsv, S.BadRecords()))
+    bad = S.BadRecords(collect=True)
+    assert len(list(S.read_popqa(tsv, bad))) == 39 and bad.items[0]["line"] == 3
+
+
+@pytest.mark.parametrize("reader,content,needle", [
+    (S.read_fever_claims, b"", r"claims: the file is empty \(no records\); expected FEVER claims \{id, label, claim, evidence\}"),
+    (S.read_nq_open, b"\n\n", r"expected NQ-Open questions"),
+    (S.read_hotpotqa, b"[]", r"the array is empty \(no records\); expected HotpotQA records"),
+    (S.read_dpr, b"", r"the file is empty; expected a JSON array of DPR retriever records"),
+    (S.read_popqa, b"id\tsubj\tprop\tobj\ts_pop\to_pop\tquestion\tpossible_answers\n",
+     r"the file has a header but no rows; expected PopQA rows"),
+    (S.read_passages, b"", r"the file is empty; expected a DPR passage corpus"),
+])
+def test_empty_raw_file_is_refused_saying_what_was_expected(tmp_path, reader, content, needle):
+    p = tmp_path / "claims"
+    p.write_bytes(content)
+    with pytest.raises(RecordError, match=needle):
+        list(reader(p, S.BadRecords(collect=True)))

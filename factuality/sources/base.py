@@ -1,0 +1,210 @@
+"""What every dataset module shares: intermediate records, bad-record reporting, field checks,
+the raw-file readers (JSONL, JSON array, TSV) and the draft handed to the build.
+
+A dataset module (see `factuality/sources/__init__.py` for the protocol) reads its raw files
+into `RawExample`s and turns them into `Draft`s (gold chunks with spans, ranked negatives);
+`factuality.build` then fits the evidence budget, shuffles, splits and writes.
+"""
+from __future__ import annotations
+
+import csv
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..records import (UNDECODABLE, RecordError, Rejects, Where, decode_lines, iter_json_lines, read_json,
+                       sha256_text)
+from ..text import find_answer_span, has_answer
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+# --------------------------------------------------------------------------------------------
+# Intermediate records
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Chunk:
+    doc_id: str          # stable id of the passage / sentence / paragraph in its dataset
+    title: str
+    text: str
+
+
+@dataclass
+class RawExample:
+    source: str
+    orig_id: str
+    question: str
+    answers: list[str]
+    where: str                                     # file:line or file[index], for messages
+    gold: list[tuple[Chunk, list[tuple[int, int]]]] = field(default_factory=list)
+    candidates: list[Chunk] = field(default_factory=list)   # distractors the dataset ships
+    label: str | None = None                       # FEVER verdict
+    fever_sets: list[list[tuple[str, int]]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.source}:{self.orig_id}"
+
+
+@dataclass
+class Draft:
+    """An example before shuffling: gold chunks with spans and ranked negatives."""
+
+    raw: RawExample
+    gold: list[tuple[Chunk, list[tuple[int, int]]]]
+    negatives: list[tuple[Chunk, float | None]]
+    answerable: bool
+    evidence_origin: str
+    unanswerable_reason: str | None = None
+    gold_scores: list[float | None] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file a dataset publishes, and where it goes under the raw root."""
+
+    url: str
+    dest: str                 # path under the raw root (a folder for "unzip")
+    unpack: str = "none"      # none | gunzip | unzip
+
+
+@dataclass
+class DraftContext:
+    """What a dataset's `draft` may use: the build config, its input files per role, where bad
+    records go, and resources built once and shared between datasets (the passage corpus index)."""
+
+    cfg: Any
+    inputs: dict[str, list[Path]]
+    bad: BadRecords
+    shared: dict[str, Any] = field(default_factory=dict)
+
+
+class BadRecords(Rejects):
+    """Malformed raw records: an error naming file, line and field (default), or collected for the
+    build's rejects file (`collect=True`). Well-formed records that cannot be used are counted in
+    `dropped` by reason."""
+
+    def __init__(self, collect: bool = False):
+        super().__init__(collect=collect, hint="fix or remove the record, or pass --rejects FILE to set bad "
+                                               "records aside and count them")
+        self.dropped: Counter = Counter()
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
+
+
+# --------------------------------------------------------------------------------------------
+# Field checks and small helpers
+# --------------------------------------------------------------------------------------------
+def short_hash(text: str, n: int = 12) -> str:
+    return sha256_text(text)[:n]
+
+
+def str_field(rec: dict, key: str, allow_empty: bool = False) -> str | None:
+    v = rec.get(key)
+    if not isinstance(v, str) or (not allow_empty and not v.strip()):
+        return None
+    return v
+
+
+def str_list(v: Any) -> list[str] | None:
+    if not isinstance(v, list) or not v or not all(isinstance(x, str) and x.strip() for x in v):
+        return None
+    return v
+
+
+def answer_variants(answers: list[str]) -> list[str]:
+    """Answers plus de-tokenised forms ("July 5 , 2018" -> "July 5, 2018"), as NQ/DPR answers are PTB-spaced."""
+    out = []
+    for a in answers:
+        for v in (a, re.sub(r"\s+([,.;:!?%)\]'])", r"\1", re.sub(r"([(\[$])\s+", r"\1", a)), a.replace("\u00a0", " ")):
+            if v.strip() and v not in out:
+                out.append(v)
+    return out
+
+
+def find_span(text: str, answers: list[str]) -> tuple[int, int] | None:
+    """text.find_answer_span over the answers and their de-tokenised variants."""
+    return find_answer_span(text, answer_variants(answers))
+
+
+def filter_candidates(cands: list[Chunk], answers: list[str], exclude: set[str]) -> list[Chunk]:
+    """Distractor candidates that hold no gold answer, without repeats or the excluded doc ids."""
+    out, seen = [], set(exclude)
+    for c in cands:
+        if c.doc_id in seen or has_answer(c.text, answers):
+            continue
+        seen.add(c.doc_id)
+        out.append(c)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Raw-file readers (the records module's readers, with the dataset's description of the file)
+# --------------------------------------------------------------------------------------------
+def jsonl_records(path: Path, bad: BadRecords, expected: str) -> Iterator[tuple[Where, dict, str]]:
+    """(where, object, line without its newline) per non-blank line; an empty file is refused."""
+    for where, rec, line in iter_json_lines(path, bad, expected):
+        yield where, rec, line.rstrip("\r\n")
+
+
+def json_array(path: Path, bad: BadRecords, expected: str) -> Iterator[tuple[Where, Any]]:
+    """(where, record) of a JSON array file; an empty array is refused. Records holding bytes that
+    are not UTF-8 went to `bad` and are skipped."""
+    data = read_json(path, bad, expected=f"a JSON array of {expected}")
+    if not isinstance(data, list):
+        raise RecordError(f"{path}: (file): a JSON array of {expected} is expected, got {type(data).__name__}")
+    if not data:
+        raise RecordError(f"{path}: (file): the array is empty (no records); expected {expected}. Check that it "
+                          "was downloaded completely")
+    for i, rec in enumerate(data):
+        if rec is not UNDECODABLE:
+            yield Where(str(path), index=i), rec
+
+
+def tsv_rows(path: Path, bad: BadRecords, required: tuple[str, ...], expected: str) -> Iterator[tuple[Where, dict, str]]:
+    """Rows of a pandas-style TSV (header line, quoted cells): (where of the row's last line, {column:
+    cell}, the row as text). A row on a line that is not UTF-8 goes to `bad`; no data row is refused."""
+    lines = decode_lines(path, bad)
+    undecodable: set[int] = set()
+
+    def text_lines():
+        for lineno, text, raw in lines:
+            if text is None:
+                undecodable.add(lineno)
+                text = raw.decode("utf-8", "surrogateescape")
+            yield text
+
+    reader = csv.reader(text_lines(), delimiter="\t")
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise RecordError(f"{path}:1: (header): the file is empty; expected {expected} with a header "
+                          f"{list(required)}") from None
+    if undecodable:
+        raise RecordError(f"{path}:1: (header): the header is not UTF-8; re-save the file as UTF-8 or re-download it")
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise RecordError(f"{path}:1: (header): column {missing[0]!r} is missing; expected columns "
+                          f"{list(required)} (is this the right file?)")
+    n_rows, first = 0, 2
+    for row in reader:
+        last = reader.line_num
+        lines_of_row, first = range(first, last + 1), last + 1
+        if not row or all(not c for c in row):
+            continue
+        n_rows += 1
+        if undecodable.intersection(lines_of_row):
+            continue   # reported with its byte offset as the line was read
+        where = Where(str(path), last)
+        if len(row) != len(header):
+            bad.report(where, "(row)", f"{len(row)} cells, the header has {len(header)}", "\t".join(row))
+            continue
+        yield where, dict(zip(header, row)), "\t".join(row)
+    if not n_rows:
+        raise RecordError(f"{path}: the file has a header but no rows; expected {expected}. Check that it was "
+                          "downloaded completely")
