@@ -141,7 +141,7 @@ ERROR_CASES = [
     (["train_sft.py", "--lora-rnak", "8"], "unknown option --lora-rnak; did you mean --lora-r"),
     (["train_sft.py", "--learning-rate", "-1"], "--learning-rate: -1.0 must be > 0"),
     (["train_sft.py", "--model-name-or-path", "./no/such/model", "--train-file", "{train}"], "no such local model"),
-    (["evaluate_sft.py", "--predictions", "nosuch.jsonl"], "nosuch.jsonl"),
+    (["evaluate_sft.py", "--predictions", "nosuch.jsonl", "--test-data", "{train}"], "nosuch.jsonl"),
     (["evaluate_sft.py"], "pass --model-path"),
     (["evaluate_sft.py", "--systems", "dpo", "--test-data", "{train}"], "--systems 'dpo': expected tag=path"),
     (["prompt_schema.py", "render", "--data", "nosuch.jsonl"], "nosuch.jsonl"),
