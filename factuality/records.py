@@ -168,6 +168,48 @@ EXAMPLE = Contract("example", EXAMPLE_SCHEMA, _check_example, unique=("id",), al
                    expected="processed examples, one JSON object a line, as build_data.py writes them")
 
 
+# A preference pair (make_prefs.py writes, train_rm.py and train_dpo.py read). `prompt`, `chosen`
+# and `rejected` are TRL's standard (string) preference format: the prompt as rendered for the
+# policy (chat template applied, generation prompt added), the completions as the model's raw
+# answer text (no end-of-turn token: the trainers append it). The rest is what the reward model's
+# penalties and the reports need.
+PREFERENCE_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "one preference pair (prefs/preferences_<signature>.jsonl)",
+    "type": "object",
+    "required": ["schema_version", "id", "example_id", "split", "source", "prompt", "chosen", "rejected", "margin",
+                 "chosen_score", "rejected_score", "kind", "chosen_origin", "rejected_origin", "evidence",
+                 "support_ids", "answerable"],
+    "properties": {
+        "schema_version": {"const": SCHEMA_VERSION},
+        "id": {"type": "string", "minLength": 1, "description": "<example id>#<k>: the k-th pair of that example"},
+        "example_id": {"type": "string", "minLength": 1},
+        "split": {"enum": ["train", "val", "test"], "description": "the example's split; test never becomes a pair"},
+        "source": {"type": "string", "minLength": 1},
+        "prompt": {"type": "string", "minLength": 1},
+        "chosen": {"type": "string"},
+        "rejected": {"type": "string"},
+        "margin": {"type": "number", "description": "chosen_score - rejected_score (>= the run's min_margin)"},
+        "chosen_score": {"type": "number"},
+        "rejected_score": {"type": "number"},
+        "kind": {"type": "string", "minLength": 1,
+                 "description": "model (two model candidates) or perturb:<what> (a labelled edit of a good answer)"},
+        "chosen_origin": {"type": "string", "description": "sft, base, sft_sample_<k>, gold, perturb:<what>"},
+        "rejected_origin": {"type": "string"},
+        "evidence": {"type": "array", "items": {"type": "object", "required": ["id", "text"],
+                                                "properties": {"id": {"type": "string"}, "title": {"type": "string"},
+                                                               "text": {"type": "string"}}}},
+        "support_ids": {"type": "array", "items": {"type": "string"}},
+        "hard_negative_ids": {"type": "array", "items": {"type": "string"}},
+        "answerable": {"type": "boolean"},
+        "answers": {"type": "array", "items": {"type": "string"}},
+        "details": {"type": "object", "description": "--output-mode rich: parsed outputs, judge rationale, verifier breakdown"},
+    },
+}
+PREFERENCE = Contract("preference pair", PREFERENCE_SCHEMA, unique=("id",), allow_empty=False,
+                      expected="preference pairs, one JSON object a line, as make_prefs.py --phase judge writes them")
+
+
 def _path_str(path) -> str:
     out = ""
     for p in path:
