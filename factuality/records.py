@@ -317,6 +317,21 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def apply_umask(root: str | os.PathLike) -> None:
+    """Give every file and folder under `root` the mode a plain open/mkdir would (0o666 / 0o777
+    less the umask): libraries that save through private temp files leave 0o600 behind."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            full = 0o777 if os.stat(p).st_mode & 0o111 else 0o666  # executables keep their x bits
+            os.chmod(p, full & ~mask)
+        for name in dirnames:
+            p = os.path.join(dirpath, name)
+            os.chmod(p, 0o777 & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
     """Open a temp file beside `path`; on clean exit fsync and rename it over `path`.

@@ -33,7 +33,8 @@ from .config import ConfigError, LazySpec, Part, StageSpec, to_dict
 from .modeling import ModelOptions, base_model_id, is_embedded, load_model, load_tokenizer, model_summary, resolve_dtype
 from .prompts import PromptTemplates, completion_text, fit_evidence, render_prompt, tokenize_prompt
 from .provenance import run_card, set_seed, write_run_card
-from .records import atomic_write_json, atomic_write_text, read_examples, sha256_file, sha256_text
+from .records import (apply_umask, atomic_write_json, atomic_write_text, fault_point, read_examples, sha256_file,
+                      sha256_text)
 
 log = logging.getLogger("factuality.sft")
 
@@ -273,21 +274,112 @@ def trainer_args(cfg, **overrides):
 
 def build_trainer(cfg, train_ds, eval_ds, tokenizer, model=None, callbacks=None, **arg_overrides):
     """TRL's SFTTrainer (model loaded through modeling.load_model, LoRA from the model options)."""
-    from trl import SFTTrainer
-
     if model is None:
         model = load_model(cfg.model, is_trainable=True)
     num_layers = getattr(model.config.get_text_config(), "num_hidden_layers", None)
     args = trainer_args(cfg, **arg_overrides)
     if eval_ds is None:
         args.eval_strategy = "no"
-    return SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                      processing_class=tokenizer, peft_config=lora_config(cfg.model, num_layers), callbacks=callbacks)
+    return trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                           processing_class=tokenizer, peft_config=lora_config(cfg.model, num_layers),
+                           callbacks=[save_fault_callback()] + list(callbacks or []))
 
 
-def find_last_checkpoint(run_dir: Path) -> Path | None:
-    ckpts = [p for p in Path(run_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
+def checkpoint_complete(ckpt: Path) -> bool:
+    """transformers writes trainer_state.json last into a checkpoint: a checkpoint whose state
+    file is missing or unreadable was cut by a kill during saving."""
+    try:
+        json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return any((ckpt / f).is_file() and (ckpt / f).stat().st_size > 0
+               for f in ("adapter_model.safetensors", "model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"))
+
+
+def find_last_checkpoint(run_dir: Path, complete_only: bool = True) -> Path | None:
+    """The newest checkpoint-N under run_dir (only complete ones by default), or None."""
+    ckpts = sorted((p for p in Path(run_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for p in ckpts:
+        if not complete_only or checkpoint_complete(p):
+            return p
+    return None
+
+
+def resume_point(run_dir: Path) -> Path:
+    """The checkpoint --resume continues from: the newest complete one; an incomplete newer one
+    (a kill while saving) is reported and skipped."""
+    newest = find_last_checkpoint(run_dir, complete_only=False)
+    last = find_last_checkpoint(run_dir)
+    if last is None:
+        raise FileNotFoundError(f"{run_dir}: --resume given but there is no complete checkpoint-* to resume from")
+    if newest != last:
+        log.warning("%s is incomplete (killed while saving?); resuming from %s instead", newest, last.name)
+    return last
+
+
+def finished_run(run_dir: Path) -> dict | None:
+    """The run card of a run that finished (it is written last), else None."""
+    card = run_dir / "run_card.json"
+    if not card.is_file():
+        return None
+    try:
+        return json.loads(card.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+
+
+def save_fault_callback():
+    """A trainer callback marking each checkpoint save as a named fault point (`sft:saved:<step>`),
+    so tests can SIGKILL a real run right after a given checkpoint (records.fault_point)."""
+    from transformers import TrainerCallback
+
+    class SaveFaultPoint(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            fault_point(f"sft:saved:{state.global_step}")
+
+    return SaveFaultPoint()
+
+
+def epoch_seeded_sampler(sampler, seed: int):
+    """A length-grouped sampler whose order depends only on (seed, epoch).
+
+    transformers' LengthGroupedSampler draws its order from the global RNG when an epoch starts;
+    a run resumed mid-epoch starts that epoch with another RNG state and so sees other batches.
+    Seeding each epoch's order from (seed, epoch) makes resume exact (set_epoch is called by the
+    Trainer at every epoch start, on resume too)."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = int(epoch)
+
+        def __iter__(self):
+            g = torch.Generator()
+            g.manual_seed(seed * 1_000_003 + getattr(self, "epoch", 0))
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
+
+    out = EpochSeededLengthGroupedSampler.__new__(EpochSeededLengthGroupedSampler)
+    out.__dict__.update(sampler.__dict__)
+    out.epoch = 0
+    return out
+
+
+def trainer_class():
+    """TRL's SFTTrainer with the exact-resume sampler (built on first use: TRL imports take seconds)."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+    from trl import SFTTrainer
+
+    class GroundedSFTTrainer(SFTTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            sampler = super()._get_train_sampler(train_dataset)
+            if isinstance(sampler, LengthGroupedSampler):
+                seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+                return epoch_seeded_sampler(sampler, seed)
+            return sampler
+
+    return GroundedSFTTrainer
 
 
 RUN_FILES = ("adapter_config.json", "adapter_model.safetensors", "model.safetensors", "run_card.json")
@@ -304,10 +396,7 @@ def check_run_dir(cfg) -> Path | None:
     """Checks the run dir against --resume/--overwrite (no changes); the checkpoint to resume from."""
     run_dir = run_dir_of(cfg)
     if cfg.run.resume:
-        last = find_last_checkpoint(run_dir) if run_dir.exists() else None
-        if last is None:
-            raise FileNotFoundError(f"{run_dir}: --resume given but there is no checkpoint-* to resume from")
-        return last
+        return resume_point(run_dir)
     if _holds_a_run(run_dir) and not cfg.run.overwrite:
         raise FileExistsError(f"{run_dir}: a run exists here; pass --resume to continue it, --overwrite to "
                               f"replace it, or another --output-dir")
@@ -363,6 +452,12 @@ def run(cfg) -> dict:
     set_seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     run_dir = run_dir_of(cfg)
+    done = finished_run(run_dir) if cfg.run.resume else None
+    if done is not None:
+        log.info("%s: this run already finished (%s steps; run_card.json); --resume changes nothing. Pass "
+                 "--overwrite to train it again, or raise --max-steps / --num-train-epochs and start a new run",
+                 run_dir, done.get("global_step"))
+        return {**done, "already_finished": True}
     resume_from = check_run_dir(cfg)
     templates = PromptTemplates.from_dir(cfg.run.prompts_dir)
 
@@ -421,7 +516,8 @@ def run(cfg) -> dict:
             tokenizer={"eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token,
                        "chat_template_sha256": _sha(tokenizer.chat_template)},
         )
-        write_run_card(run_dir / "run_card.json", card)
+        apply_umask(run_dir)  # the libraries save some files private (0600); the team may read them
+        write_run_card(run_dir / "run_card.json", card)  # written last: its presence means the run finished
         log.info("done in %.0f s: %d steps, train loss %s -> %s, eval loss %s; adapter in %s", train_s,
                  trainer.state.global_step, _fmt(losses["first_train_loss"]), _fmt(losses["final_train_loss"]),
                  _fmt(losses["final_eval_loss"]), run_dir)
