@@ -15,7 +15,14 @@ import sys
 
 from factuality import cli
 from factuality.prompt_tool import (  # noqa: F401 - importable names
-    CASES, STAGE, Case, check_case, example_for_docs, render, run_tests, save,
+    CASES,
+    STAGE,
+    Case,
+    check_case,
+    example_for_docs,
+    render,
+    run_tests,
+    save,
 )
 
 

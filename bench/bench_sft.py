@@ -99,7 +99,7 @@ class TokenCounter:
 def worker(args) -> dict:
     import torch
 
-    from factuality.modeling import load_tokenizer, load_model
+    from factuality.modeling import load_model, load_tokenizer
     from factuality.prompts import DEFAULT_TEMPLATES, completion_text, render_prompt
     from factuality.sft import SFTRunConfig, build_dataset, build_trainer, lora_config
 

@@ -31,9 +31,23 @@ from typing import Any, Callable
 from . import sources as S
 from .config import to_dict
 from .provenance import run_card, set_seed, write_run_card
-from .records import (EXAMPLE, RUN_CARD_NAME, SCHEMA_VERSION, SOURCES, SPLITS, RecordError, atomic_dir,
-                      dumps_line, fault_point, json_text, read_json, recover_dir, sha256_file, stage_outside,
-                      with_hash)
+from .records import (
+    EXAMPLE,
+    RUN_CARD_NAME,
+    SCHEMA_VERSION,
+    SOURCES,
+    SPLITS,
+    RecordError,
+    atomic_dir,
+    dumps_line,
+    fault_point,
+    json_text,
+    read_json,
+    recover_dir,
+    sha256_file,
+    stage_outside,
+    with_hash,
+)
 from .retrieval import approx_tokens, truncate_to_tokens, window_around_span
 from .sources import Draft
 from .text import normalize_answer

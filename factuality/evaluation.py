@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 from collections import defaultdict
@@ -28,10 +27,27 @@ from .generation import PREFILL_MODES
 from .metrics import BootstrapSpec, bucket_labels, check_boundaries
 from .modeling import EMBEDDED_MODEL, ModelOptions
 from .prompts import PROMPT_FORMAT_VERSION, PromptTemplates, parse_output, render_prompt
-from .records import (SCHEMA_VERSION, Contract, JsonlAppender, RecordError, atomic_write_json, atomic_write_text,
-                      read_examples, read_jsonl, sha256_file, sha256_json)
-from .report import (comparison_rows, compute_metrics, format_comparison_table, format_summary,  # noqa: F401
-                     rescore, write_plots)
+from .records import (
+    SCHEMA_VERSION,
+    Contract,
+    JsonlAppender,
+    RecordError,
+    atomic_write_json,
+    atomic_write_text,
+    read_examples,
+    read_jsonl,
+    sha256_file,
+    sha256_json,
+)
+from .report import (  # noqa: F401
+    comparison_rows,
+    compute_metrics,
+    format_comparison_table,
+    format_summary,
+    rescore,
+    write_plots,
+)
+from .text import approx_tokens
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +150,6 @@ class EvalConfig(ModelOptions):
 
 
 RESULTS_VERSION = 1
-CHARS_PER_TOKEN = 4  # the fallback length estimate when no tokenizer is at hand
 
 # --------------------------------------------------------------------------------------------
 # Contracts
@@ -172,7 +187,8 @@ EXTERNAL_PREDICTION_SCHEMA: dict[str, Any] = {
         "output_tokens": {"type": ["integer", "null"], "minimum": 0},
     },
 }
-EXTERNAL_PREDICTION = Contract("external prediction", EXTERNAL_PREDICTION_SCHEMA)
+EXTERNAL_PREDICTION = Contract("external prediction", EXTERNAL_PREDICTION_SCHEMA, unique=("model_tag", "id"),
+                               allow_empty=False, expected="model outputs, one {id, raw_output[, model_tag]} object a line")
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,10 +240,6 @@ def signature(payload: Mapping) -> str:
 # --------------------------------------------------------------------------------------------
 # Scoring rows
 # --------------------------------------------------------------------------------------------
-def approx_tokens(text: str) -> int:
-    return max(1, math.ceil(len(text) / CHARS_PER_TOKEN)) if text else 0
-
-
 def prediction_row(example: Mapping, tag: str, raw_output: str, prompt_tokens: int, output_tokens: int | None,
                    sig: str, stopped: bool | None = None) -> dict:
     from .metrics import score_example
@@ -272,11 +284,11 @@ def check_signatures(path: Path, existing: Mapping[str, Mapping[str, dict]], tag
 def read_external(path: str | os.PathLike, default_tag: str) -> dict[str, dict[str, dict]]:
     """{tag: {id: row}} from --predictions (this suite's file, or {id, raw_output} rows)."""
     out: dict[str, dict[str, dict]] = defaultdict(dict)
-    for lineno_row in read_jsonl(path, EXTERNAL_PREDICTION):
-        tag = lineno_row.get("model_tag") or default_tag
-        if lineno_row["id"] in out[tag]:
-            raise RecordError(f"{path}: id {lineno_row['id']!r} appears twice for model tag {tag!r}")
-        out[tag][lineno_row["id"]] = lineno_row
+    for row in read_jsonl(path, EXTERNAL_PREDICTION):  # a repeated (model_tag, id) is refused with both lines
+        tag = row.get("model_tag") or default_tag
+        if row["id"] in out[tag]:  # one row without a tag, one with the default tag
+            raise RecordError(f"{path}: id {row['id']!r} appears twice for model tag {tag!r}")
+        out[tag][row["id"]] = row
     return out
 
 
@@ -472,7 +484,7 @@ def run_evaluation(cfg) -> dict:
             for e in missing:
                 prompt_tokens[e["id"]] = approx_tokens(render_prompt(e, None, templates))
             if missing:
-                counted_with = (f"approximation, characters/{CHARS_PER_TOKEN} of the plain-rendered prompt, for "
+                counted_with = (f"approximation, words x 4/3 of the plain-rendered prompt (text.approx_tokens), for "
                                 f"{len(missing)}/{len(examples)} examples (pass --tokenizer for exact counts)")
                 log.warning("prompt lengths: %s", counted_with)
             else:

@@ -140,9 +140,8 @@ def _forward_into(model, input_ids, cache):
 
 def _stack_left_padded(caches, config):
     """One batch cache from per-row caches of different lengths, left-padded with zeros (masked)."""
-    from transformers import DynamicCache
-
     import torch
+    from transformers import DynamicCache
 
     per_layer = []
     n_layers = len(caches[0].layers)

@@ -13,7 +13,13 @@ from pathlib import Path
 
 from .config import ConfigError
 from .prompts import (
-    OUTPUT_SCHEMA, REFUSAL_ANSWER, PromptTemplates, completion_text, gold_target, parse_output, render_prompt,
+    OUTPUT_SCHEMA,
+    REFUSAL_ANSWER,
+    PromptTemplates,
+    completion_text,
+    gold_target,
+    parse_output,
+    render_prompt,
 )
 from .records import RecordError, atomic_write_text, read_examples
 

@@ -8,7 +8,6 @@ with a larger k. This is what makes 10k questions over 100k passages take second
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -16,16 +15,10 @@ from typing import Iterable, Sequence
 import bm25s
 import numpy as np
 
-from .text import answer_tokens
+from .text import TOKENS_PER_WORD, answer_tokens, approx_tokens  # noqa: F401 - approx_tokens re-exported
 
 # English averages about 0.75 words per subword token (GPT-2 / Llama tokenizers), so
 # whitespace words x 4/3 is a cheap, tokenizer-free estimate that errs slightly high.
-TOKENS_PER_WORD = 4 / 3
-
-
-def approx_tokens(text: str) -> int:
-    """Approximate token count: whitespace-separated words x 4/3, rounded up."""
-    return math.ceil(len(text.split()) * TOKENS_PER_WORD)
 
 
 def truncate_to_tokens(text: str, max_tokens: int) -> str:

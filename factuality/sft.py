@@ -30,11 +30,32 @@ import yaml
 from . import dist
 from .cli import Stage
 from .config import ConfigError, LazySpec, Part, StageSpec, to_dict
-from .modeling import ModelOptions, base_model_id, is_embedded, load_model, load_tokenizer, model_summary, resolve_dtype
-from .prompts import PromptTemplates, completion_text, fit_evidence, render_prompt, tokenize_prompt
+from .modeling import (
+    ModelOptions,
+    base_model_id,
+    is_embedded,
+    load_model,
+    load_tokenizer,
+    model_summary,
+    resolve_dtype,
+)
+from .prompts import (
+    PromptTemplates,
+    completion_text,
+    fit_evidence,
+    render_prompt,
+    tokenize_prompt,
+)
 from .provenance import run_card, set_seed, write_run_card
-from .records import (apply_umask, atomic_write_json, atomic_write_text, fault_point, read_examples, sha256_file,
-                      sha256_text)
+from .records import (
+    apply_umask,
+    atomic_write_json,
+    atomic_write_text,
+    fault_point,
+    read_examples,
+    sha256_file,
+    sha256_text,
+)
 
 log = logging.getLogger("factuality.sft")
 
@@ -349,7 +370,10 @@ def epoch_seeded_sampler(sampler, seed: int):
     Seeding each epoch's order from (seed, epoch) makes resume exact (set_epoch is called by the
     Trainer at every epoch start, on resume too)."""
     import torch
-    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+    from transformers.trainer_pt_utils import (
+        LengthGroupedSampler,
+        get_length_grouped_indices,
+    )
 
     class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         def set_epoch(self, epoch: int) -> None:

@@ -12,6 +12,7 @@ answer with no content is never a correct answer, and a gold alias with no conte
 """
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections import Counter
@@ -76,3 +77,13 @@ def find_answer_span(text: str, answers) -> tuple[int, int] | None:
         if m and (best is None or m.start() < best[0]):
             best = (m.start(), m.end())
     return best
+
+
+# The one token estimate of the package, for when no tokenizer is at hand (evidence budgets in
+# build_data, prompt-length buckets of re-scored outputs): English averages ~4/3 tokens a word.
+TOKENS_PER_WORD = 4 / 3
+
+
+def approx_tokens(text: str) -> int:
+    """Approximate token count: whitespace-separated words x 4/3, rounded up (0 for empty text)."""
+    return math.ceil(len(text.split()) * TOKENS_PER_WORD)

@@ -14,10 +14,16 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from _data_helpers import REPO, copy_sample_raw, load_all
+
 from factuality.build import BuildConfig, HashMismatch, build, question_key
-from factuality.records import KILL_AT_ENV, TRACE_ENV, RecordError, read_examples, sha256_file
+from factuality.records import (
+    KILL_AT_ENV,
+    TRACE_ENV,
+    RecordError,
+    read_examples,
+    sha256_file,
+)
 
 SPLIT_FILES = ("train.jsonl", "val.jsonl", "test.jsonl")
 

@@ -103,6 +103,7 @@ def test_truncated_stream_is_an_error(monkeypatch, tmp_path):
 
 def test_cli_download_subcommand(mirror, tmp_path):
     import _data_helpers  # noqa: F401  (puts the repo root on sys.path)
+
     import build_data
     url, _ = mirror
     out = build_data.cli(["download", "--data-dir", str(tmp_path / "d"), "--sources", "hotpotqa", "--mirror", url, "--quiet"])

@@ -11,7 +11,6 @@ from factuality.config import ConfigError, parse_config
 from factuality.evaluation import resolve_models
 from factuality.records import RecordError, write_jsonl
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -5,11 +5,17 @@ import copy
 
 import pytest
 
-from factuality.generation import (Generation, GenerationStats, common_prefix_len, generate, iter_generate,
-                                   length_sorted_batches, stop_token_ids)
+from factuality.generation import (
+    Generation,
+    GenerationStats,
+    common_prefix_len,
+    generate,
+    iter_generate,
+    length_sorted_batches,
+    stop_token_ids,
+)
 from factuality.prompts import render_prompt
 from factuality.testing import make_example
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

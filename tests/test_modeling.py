@@ -12,8 +12,15 @@ import torch
 
 from factuality import modeling
 from factuality.modeling import (
-    EMBEDDED_MODEL, ModelLoadError, ModelOptions, load_model, load_tokenizer, pick_device, resolve_attn_implementation,
-    resolve_dtype, resolve_model_path,
+    EMBEDDED_MODEL,
+    ModelLoadError,
+    ModelOptions,
+    load_model,
+    load_tokenizer,
+    pick_device,
+    resolve_attn_implementation,
+    resolve_dtype,
+    resolve_model_path,
 )
 
 

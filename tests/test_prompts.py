@@ -9,7 +9,13 @@ import pytest
 
 import prompt_schema
 from factuality.prompts import (
-    OUTPUT_SCHEMA, PromptTemplates, completion_text, fit_evidence, gold_target, parse_output, render_prompt,
+    OUTPUT_SCHEMA,
+    PromptTemplates,
+    completion_text,
+    fit_evidence,
+    gold_target,
+    parse_output,
+    render_prompt,
     tokenize_prompt,
 )
 from factuality.testing import make_example

@@ -7,9 +7,22 @@ from dataclasses import dataclass, field
 import pytest
 
 from factuality.config import ConfigError, parse_config
-from factuality.records import (EXAMPLE, REJECT, JsonlAppender, RecordError, atomic_dir, atomic_open,
-                                atomic_write_text, read_examples, read_json, read_jsonl, recover_dir, stage_outside,
-                                with_hash, write_jsonl)
+from factuality.records import (
+    EXAMPLE,
+    REJECT,
+    JsonlAppender,
+    RecordError,
+    atomic_dir,
+    atomic_open,
+    atomic_write_text,
+    read_examples,
+    read_json,
+    read_jsonl,
+    recover_dir,
+    stage_outside,
+    with_hash,
+    write_jsonl,
+)
 
 
 def example(**over) -> dict:

@@ -1,8 +1,14 @@
 """Chunking, token budget helpers and batched BM25 hard-negative mining."""
 from __future__ import annotations
 
-from factuality.retrieval import (BM25Index, approx_tokens, chunk_words, rank_small, truncate_to_tokens,
-                                  window_around_span)
+from factuality.retrieval import (
+    BM25Index,
+    approx_tokens,
+    chunk_words,
+    rank_small,
+    truncate_to_tokens,
+    window_around_span,
+)
 from factuality.text import has_answer
 
 CORPUS = [

@@ -9,9 +9,21 @@ import pytest
 import torch
 
 from factuality.config import ConfigError, parse_config
-from factuality.prompts import completion_text, gold_target, render_prompt, tokenize_prompt
+from factuality.prompts import (
+    completion_text,
+    gold_target,
+    render_prompt,
+    tokenize_prompt,
+)
 from factuality.records import EXAMPLE, write_jsonl
-from factuality.sft import IGNORE_INDEX, SFT_SPEC, build_dataset, build_trainer, find_last_checkpoint, main
+from factuality.sft import (
+    IGNORE_INDEX,
+    SFT_SPEC,
+    build_dataset,
+    build_trainer,
+    find_last_checkpoint,
+    main,
+)
 from factuality.testing import make_example
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,7 +201,7 @@ def test_resume_continues_without_loss_or_duplication(tiny_model_dir, data):
 
 def test_resume_without_checkpoint_is_an_error(tiny_model_dir, data):
     tmp_path, _ = data
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         main(tiny_cfg(tiny_model_dir, tmp_path, "--resume", run="never"))
 
 

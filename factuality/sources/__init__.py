@@ -26,10 +26,27 @@ import importlib
 from types import ModuleType
 
 from ..records import SOURCES
-from .base import (BadRecords, Chunk, Draft, DraftContext, RawExample, RemoteFile, answer_variants,
-                   filter_candidates, find_span, short_hash)
+from .base import (
+    BadRecords,
+    Chunk,
+    Draft,
+    DraftContext,
+    RawExample,
+    RemoteFile,
+    answer_variants,
+    filter_candidates,
+    find_span,
+    short_hash,
+)
 from .corpus import PASSAGE_COLUMNS, read_passages
-from .fever import FEVER_LABELS, WikiSentence, page_title, read_fever_claims, read_wiki_pages, unescape_ptb
+from .fever import (
+    FEVER_LABELS,
+    WikiSentence,
+    page_title,
+    read_fever_claims,
+    read_wiki_pages,
+    unescape_ptb,
+)
 from .hotpotqa import paragraph_chunk, read_hotpotqa
 from .nq import read_dpr, read_nq_open
 from .popqa import POPQA_COLUMNS, read_popqa

@@ -15,8 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..records import (UNDECODABLE, RecordError, Rejects, Where, decode_lines, iter_json_lines, read_json,
-                       sha256_text)
+from ..records import (
+    UNDECODABLE,
+    RecordError,
+    Rejects,
+    Where,
+    decode_lines,
+    iter_json_lines,
+    read_json,
+    sha256_text,
+)
 from ..text import find_answer_span, has_answer
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))

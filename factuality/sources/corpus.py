@@ -14,7 +14,16 @@ from tqdm import tqdm
 
 from ..retrieval import BM25Index, chunk_words
 from ..text import normalize_answer
-from .base import BadRecords, Chunk, Draft, DraftContext, RawExample, RemoteFile, find_span, tsv_rows
+from .base import (
+    BadRecords,
+    Chunk,
+    Draft,
+    DraftContext,
+    RawExample,
+    RemoteFile,
+    find_span,
+    tsv_rows,
+)
 
 INPUTS = {"corpus": "corpus/*.tsv"}
 PSGS_W100 = RemoteFile("https://dl.fbaipublicfiles.com/dpr/wikipedia_split/psgs_w100.tsv.gz",

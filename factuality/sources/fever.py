@@ -17,7 +17,16 @@ from tqdm import tqdm
 
 from ..records import RecordError
 from ..retrieval import BM25Index
-from .base import BadRecords, Chunk, Draft, DraftContext, RawExample, RemoteFile, jsonl_records, str_field
+from .base import (
+    BadRecords,
+    Chunk,
+    Draft,
+    DraftContext,
+    RawExample,
+    RemoteFile,
+    jsonl_records,
+    str_field,
+)
 
 NAME = "fever"
 TASK = "claim"      # the prompt states a claim; the answer is the verdict

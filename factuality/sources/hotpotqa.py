@@ -13,8 +13,17 @@ from typing import Iterator
 from tqdm import tqdm
 
 from ..retrieval import rank_small
-from .base import (BadRecords, Chunk, Draft, DraftContext, RawExample, RemoteFile, filter_candidates, json_array,
-                   str_field)
+from .base import (
+    BadRecords,
+    Chunk,
+    Draft,
+    DraftContext,
+    RawExample,
+    RemoteFile,
+    filter_candidates,
+    json_array,
+    str_field,
+)
 
 NAME = "hotpotqa"
 TASK = "question"   # the prompt asks a question; the answer is a span

@@ -11,8 +11,21 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import corpus
-from .base import (BadRecords, Chunk, Draft, DraftContext, RawExample, RemoteFile, filter_candidates, find_span,
-                   json_array, jsonl_records, short_hash, str_field, str_list)
+from .base import (
+    BadRecords,
+    Chunk,
+    Draft,
+    DraftContext,
+    RawExample,
+    RemoteFile,
+    filter_candidates,
+    find_span,
+    json_array,
+    jsonl_records,
+    short_hash,
+    str_field,
+    str_list,
+)
 
 NAME = "nq"
 TASK = "question"

@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Iterator
 
 from . import corpus
-from .base import BadRecords, Draft, DraftContext, RawExample, RemoteFile, str_list, tsv_rows
+from .base import (
+    BadRecords,
+    Draft,
+    DraftContext,
+    RawExample,
+    RemoteFile,
+    str_list,
+    tsv_rows,
+)
 
 NAME = "popqa"
 TASK = "question"
