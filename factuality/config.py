@@ -435,10 +435,18 @@ def _default(part: Part, f: dataclasses.Field):
     return None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are ConfigErrors (one `error:` line from the entry point, not a usage dump)."""
+
+    def error(self, message):
+        raise ConfigError(f"{message}; `{self.prog} --help` lists every option")
+
+
 def build_parser(cls_or_spec, description: str | None = None, prog: str | None = None) -> argparse.ArgumentParser:
     spec = _as_spec(cls_or_spec)
-    p = argparse.ArgumentParser(description=description, prog=prog, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(description=description, prog=prog, allow_abbrev=False,
+                usage="%(prog)s [-h] [-c CONFIG.yaml] [--option VALUE ...]",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", help="YAML file of option: value; flags given here override it")
     p.add_argument("--traceback", action="store_true", help="on an error, show the full Python traceback (also FACTUALITY_DEBUG=1)")
     seen: set[str] = set()
@@ -477,9 +485,9 @@ def parse_config(cls_or_spec, argv: Sequence[str] | None = None, description: st
     if extra:
         bad = extra[0].split("=")[0]
         if not bad.startswith("-"):
-            parser.error(f"unexpected argument {bad!r}")
+            raise ConfigError(f"unexpected argument {bad!r}; `--help` lists the arguments")
         close = closest(bad, [f"--{n.replace('_', '-')}" for n in known_fields], n=1)
-        parser.error(f"unknown option {bad}" + (f"; did you mean {close[0]}?" if close else "; --help lists every option"))
+        raise ConfigError(f"unknown option {bad}" + (f"; did you mean {close[0]}?" if close else "; --help lists every option"))
     raw: dict[str, tuple[Any, str]] = {}  # key -> (value, where it came from)
     renamed: list[str] = []
     config_path = ns.config

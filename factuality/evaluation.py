@@ -134,6 +134,7 @@ class EvalConfig(ModelOptions):
             raise ConfigError("--batch-size and --max-new-tokens must be >= 1")
         if not 0 < self.ci_level < 1:
             raise ConfigError(f"--ci-level {self.ci_level} must be between 0 and 1, e.g. 0.95")
+        check_boundaries(self.buckets)
         if self.compare_baseline and self.model_tag == "base":
             raise ConfigError("--model-tag base is the baseline's tag; pick another for the evaluated model")
         for spec in self.systems:

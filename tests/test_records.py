@@ -190,7 +190,7 @@ def test_unknown_config_key_is_an_error(tmp_path):
     y.write_text("seed: 3\nnum_distractor: 4\n")
     with pytest.raises(ConfigError, match=r"c\.yaml: unknown key 'num_distractor'; did you mean 'num_distractors'"):
         parse_config(_Cfg, ["-c", str(y)])
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="unknown option --num-distractorz; did you mean --num-distractors"):
         parse_config(_Cfg, ["--num-distractorz", "2"])
     y.write_text("seed: 3\n")
     assert parse_config(_Cfg, ["-c", str(y), "--num-distractors", "5"]) == _Cfg(seed=3, num_distractors=5)

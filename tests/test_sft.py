@@ -81,7 +81,7 @@ def test_bad_config_key_is_a_clear_error(tmp_path):
     bad.write_text(TINY_YAML.read_text() + "lora_rank: 8\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'lora_rank'; did you mean 'lora_r'\?"):
         parse_config(SFT_SPEC, ["-c", str(bad)])
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="unknown option --lora-rnak; did you mean --lora-r"):
         parse_config(SFT_SPEC, ["-c", str(TINY_YAML), "--lora-rnak", "8"])
     with pytest.raises(ConfigError, match="batching"):
         parse_config(SFT_SPEC, ["-c", str(TINY_YAML)], batching="sorted")

@@ -1,0 +1,185 @@
+"""A table of bad inputs across the scripts: each exits 2 with one `error:` line that names the
+input, prints no traceback, and leaves every output as it was.
+
+The scripts are driven in-process through their entry point (`main(argv)`, the same code path as
+the command line, without a Python start-up per case); tests/test_stage_shape.py runs a handful
+as real subprocesses."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import build_data
+import prompt_schema
+from factuality import cli
+from factuality.evaluation import STAGE as EVAL
+from factuality.records import EXAMPLE, write_jsonl
+from factuality.sft import STAGE as SFT
+from factuality.testing import make_example
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "sample"
+
+
+def _sft(argv):
+    return cli.main(SFT, "train_sft", argv)
+
+
+def _eval(argv):
+    return cli.main(EVAL, "evaluate_sft", argv)
+
+
+SCRIPTS = {"build_data": build_data.main, "train_sft": _sft, "evaluate_sft": _eval, "prompt_schema": prompt_schema.main}
+
+
+def _write(path: Path, text: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+
+
+def _edit_json(path: Path, fn) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    fn(data)
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def _edit_first_line(path: Path, fn) -> None:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    row = json.loads(lines[0])
+    fn(row)
+    lines[0] = json.dumps(row)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+HOTPOT = "raw/hotpotqa/hotpot_train_sample.json"
+FEVER = "raw/fever/paper_dev.sample.jsonl"
+NQ_OPEN = "raw/nq/NQ-open.dev.sample.jsonl"
+POPQA = "raw/popqa/popQA.fixture.tsv"
+B = ["--data-dir", "{d}", "--accept-new-hash", "--quiet"]  # past the hash check, into the readers
+
+# (script, argv, prepare(d) -> None, what the one error line must contain)
+CASES = [
+    # ---- build_data: raw files in each dataset's format, and options
+    ("build_data", B + ["--sources", "hotpotqa"], lambda d: _write(d / HOTPOT, '[{"_id": "x", "question": '), "hotpot_train_sample.json"),
+    ("build_data", B + ["--sources", "hotpotqa"], lambda d: _edit_json(d / HOTPOT, lambda a: a[0].pop("question")), "question"),
+    ("build_data", B + ["--sources", "hotpotqa"], lambda d: _edit_json(d / HOTPOT, lambda a: a[0].update(answer=[1])), "answer"),
+    ("build_data", B + ["--sources", "hotpotqa"], lambda d: _write(d / HOTPOT, b'[{"question": "caf\xe9"}]'), "hotpot_train_sample.json"),
+    ("build_data", B + ["--sources", "hotpotqa"], lambda d: _write(d / HOTPOT, "[]"), "hotpot_train_sample.json"),
+    ("build_data", B + ["--sources", "fever"], lambda d: _write(d / FEVER, "{not json}\n"), "paper_dev.sample.jsonl:1"),
+    ("build_data", B + ["--sources", "fever"], lambda d: _edit_first_line(d / FEVER, lambda r: r.update(label="MAYBE")), "label"),
+    ("build_data", B + ["--sources", "fever"], lambda d: _write(d / FEVER, ""), "paper_dev.sample.jsonl"),
+    ("build_data", B + ["--sources", "fever"], lambda d: _write(d / FEVER, b'{"id": 1, "claim": "\xff\xfe"}\n'), "paper_dev.sample.jsonl:1"),
+    ("build_data", B + ["--sources", "nq"], lambda d: _edit_first_line(d / NQ_OPEN, lambda r: r.update(answer="x")), "answer"),
+    ("build_data", B + ["--sources", "popqa"], lambda d: _write(d / POPQA, "id\tsubj\n1\tx\n"), "popQA.fixture.tsv"),
+    ("build_data", B + ["--sources", "hotpotqa"], lambda d: _edit_json(d / HOTPOT, lambda a: a[0].update(supporting_facts="x")), "supporting_facts"),
+    ("build_data", ["--data-dir", "{d}", "--quiet"], lambda d: (d / NQ_OPEN).unlink(), "NQ-open.dev.sample.jsonl"),
+    ("build_data", ["--data-dir", "{d}", "--quiet"], lambda d: _edit_first_line(d / NQ_OPEN, lambda r: r.update(question="changed")), "NQ-open.dev.sample.jsonl"),
+    ("build_data", B + ["--split-fractions", "0.5,0.2"], None, "split"),
+    ("build_data", B + ["--num-distractors", "-1"], None, "num_distractors"),
+    ("build_data", B + ["--sources", "fever,nosuch"], None, "nosuch"),
+    ("build_data", ["-c", "{d}/empty.yaml"], lambda d: _write(d / "empty.yaml", ""), "empty.yaml"),
+    ("build_data", ["-c", "{d}/bad.yaml"], lambda d: _write(d / "bad.yaml", "seeds: 3\n"), "bad.yaml: unknown key 'seeds'"),
+    ("build_data", ["-c", "{d}/bad.yaml"], lambda d: _write(d / "bad.yaml", "seed: true\n"), "bad.yaml: seed"),
+    # ---- train_sft: data files and options
+    ("train_sft", ["--train-file", "{d}/nosuch.jsonl"], None, "nosuch.jsonl"),
+    ("train_sft", ["--train-file", "{d}/t.jsonl"], lambda d: _write(d / "t.jsonl", "{oops\n"), "t.jsonl:1"),
+    ("train_sft", ["--train-file", "{d}/t.jsonl"], lambda d: _write(d / "t.jsonl", '{"id": "a"}\n'), "t.jsonl:1"),
+    ("train_sft", ["--train-file", "{d}/t.jsonl"], lambda d: _dup(d / "t.jsonl"), "t.jsonl:2"),
+    ("train_sft", ["--train-file", "{d}/t.jsonl"], lambda d: _write(d / "t.jsonl", ""), "t.jsonl"),
+    ("train_sft", ["--train-file", "{d}/t.jsonl"], lambda d: _write(d / "t.jsonl", b'{"id": "\xff"}\n'), "t.jsonl:1"),
+    ("train_sft", ["--train-file", "{d}/ex/train.jsonl", "--val-file", "{d}/v.jsonl"], lambda d: _write(d / "v.jsonl", "[]\n"), "v.jsonl:1"),
+    ("train_sft", ["--learning-rate", "-1"], None, "--learning-rate"),
+    ("train_sft", ["--per-device-train-batch-size", "0"], None, "--per-device-train-batch-size"),
+    ("train_sft", ["--max-steps", "true"], None, "--max-steps"),
+    ("train_sft", ["--lora-r", "-2"], None, "--lora-r"),
+    ("train_sft", ["--batching", "sorted"], None, "sorted"),
+    ("train_sft", ["--lora-rnak", "8"], None, "--lora-rnak"),
+    ("train_sft", ["--max-samples", "-1"], None, "--max-samples"),
+    ("train_sft", ["--train-file", "{d}/ex/train.jsonl", "--val-file", "", "--model-name-or-path", "{d}/no-model"], None, "no-model"),
+    ("train_sft", ["--train-file", "{d}/ex/train.jsonl", "--output-dir", "{d}/never", "--resume"], None, "never"),
+    ("train_sft", ["-c", "{d}/s.yaml"], lambda d: _write(d / "s.yaml", "lora:\n  rank: 8\n"), "s.yaml: unknown key 'rank'"),
+    # ---- evaluate_sft: test data, predictions, options
+    ("evaluate_sft", ["--predictions", "{d}/p.jsonl", "--test-data", "{d}/nosuch.jsonl"], lambda d: _preds(d, 1), "nosuch.jsonl"),
+    ("evaluate_sft", ["--predictions", "{d}/p.jsonl", "--test-data", "{d}/empty.jsonl"], lambda d: (_preds(d, 1), _write(d / "empty.jsonl", "")), "empty.jsonl"),
+    ("evaluate_sft", ["--predictions", "{d}/p.jsonl", "--test-data", "{d}/ex/test.jsonl"], lambda d: _write(d / "p.jsonl", ""), "p.jsonl"),
+    ("evaluate_sft", ["--predictions", "{d}/p.jsonl", "--test-data", "{d}/ex/test.jsonl"], lambda d: _preds(d, 2, dup=True), "already appears on line 1"),
+    ("evaluate_sft", ["--predictions", "{d}/p.jsonl", "--test-data", "{d}/ex/test.jsonl"], lambda d: _write(d / "p.jsonl", '{"id": "nope", "raw_output": "x"}\n'), "nope"),
+    ("evaluate_sft", ["--predictions", "{d}/p.jsonl", "--test-data", "{d}/ex/test.jsonl"], lambda d: _write(d / "p.jsonl", '{"id": "x"}\n'), "p.jsonl:1"),
+    ("evaluate_sft", ["--predictions", "{d}/p.jsonl", "--limit", "-1"], lambda d: _preds(d, 1), "--limit"),
+    ("evaluate_sft", ["--predictions", "{d}/p.jsonl", "--bootstrap-samples", "-5"], lambda d: _preds(d, 1), "--bootstrap-samples"),
+    ("evaluate_sft", ["--predictions", "{d}/p.jsonl", "--ci-level", "1.5"], lambda d: _preds(d, 1), "--ci-level"),
+    ("evaluate_sft", ["--predictions", "{d}/p.jsonl", "--test-data", "{d}/ex/test.jsonl", "--compare", "dpo:sft"], lambda d: _preds(d, 1), "dpo"),
+    ("evaluate_sft", ["--predictions", "{d}/p.jsonl", "--test-data", "{d}/ex/test.jsonl", "--buckets", "300,200"], lambda d: _preds(d, 1), "300"),
+    ("evaluate_sft", ["--systems", "sft"], None, "--systems 'sft'"),
+    ("evaluate_sft", ["--model-path", "{d}/no-adapter", "--test-data", "{d}/ex/test.jsonl", "--base-model", "{d}/no-base"], None, "no-"),
+    # ---- prompt_schema
+    ("prompt_schema", ["render", "--data", "{d}/nosuch.jsonl"], None, "nosuch.jsonl"),
+    ("prompt_schema", ["render", "--data", "{d}/ex/test.jsonl", "--index", "99"], None, "--index 99"),
+    ("prompt_schema", ["render", "--data", "{d}/ex/test.jsonl", "--id", "nope"], None, "nope"),
+    ("prompt_schema", ["parse"], None, "parse needs the model output"),
+    ("prompt_schema", ["bogus"], None, "bogus"),
+]
+
+
+def _dup(path: Path) -> None:
+    ex = make_example(0)
+    _write(path, json.dumps(ex) + "\n" + json.dumps(ex) + "\n")
+
+
+def _preds(d: Path, n: int, dup: bool = False) -> None:
+    ids = [json.loads(x)["id"] for x in (d / "ex/test.jsonl").read_text().splitlines()][:n]
+    rows = [{"id": i, "raw_output": '{"answer": "x", "citations": ["E1"], "confidence": 0.5}'} for i in ids]
+    if dup:
+        rows.append(rows[0])
+    _write(d / "p.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _snapshot(d: Path) -> dict:
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """A data dir with the bundled sample's raw files (fixtures merged into raw/), built once, so
+    every case starts from real outputs and a real manifest that a failed run must leave as they are."""
+    d = tmp_path_factory.mktemp("bad") / "w"
+    shutil.copytree(SAMPLE / "raw", d / "raw")
+    shutil.copytree(SAMPLE / "fixtures", d / "raw", dirs_exist_ok=True)
+    assert build_data.main(["--data-dir", str(d), "--accept-new-hash", "--quiet"]) == 0
+    exs = [make_example(i, split=s) for i, s in enumerate(["train"] * 6 + ["test"] * 3)]
+    write_jsonl(d / "ex" / "train.jsonl", exs[:6], EXAMPLE)
+    write_jsonl(d / "ex" / "test.jsonl", exs[6:], EXAMPLE)
+    return d
+
+
+@pytest.fixture()
+def workdir(template, tmp_path, monkeypatch):
+    d = tmp_path / "w"
+    shutil.copytree(template, d)
+    monkeypatch.chdir(d)  # defaults such as checkpoints/sft/default land here, so "untouched" covers them
+    return d
+
+
+def test_the_table_is_large_and_covers_every_script():
+    assert len(CASES) >= 40 and {c[0] for c in CASES} == set(SCRIPTS)
+
+
+@pytest.mark.parametrize("script, argv, prepare, needle", CASES,
+                         ids=[f"{c[0]}-{i}-{c[3][:30]}" for i, c in enumerate(CASES)])
+def test_bad_input_gives_one_line_and_changes_nothing(workdir, capsys, script, argv, prepare, needle):
+    if prepare is not None:
+        prepare(workdir)
+    before = _snapshot(workdir)
+    rc = SCRIPTS[script]([a.replace("{d}", str(workdir)) for a in argv])
+    err = capsys.readouterr().err
+    assert rc == 2, err[-1500:]
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err[-1500:]
+    assert needle in lines[0], lines[0]
+    assert _snapshot(workdir) == before, "a failed run changed files"
