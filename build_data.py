@@ -11,14 +11,9 @@ Every option and why it exists: configs/data.yaml, and the help of factuality.bu
 import sys
 
 from factuality import cli as entry
-from factuality.build import BuildConfig
-from factuality.build import main as build
+from factuality.build import STAGE as BUILD
 from factuality.config import parse_config
-from factuality.download import DownloadConfig
-from factuality.download import main as download
-
-BUILD = entry.Stage("build_data", BuildConfig, build)
-DOWNLOAD = entry.Stage("build_data download", DownloadConfig, download)
+from factuality.download import STAGE as DOWNLOAD
 
 
 def _pick(argv: list[str]) -> tuple[entry.Stage, list[str]]:

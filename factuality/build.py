@@ -587,7 +587,20 @@ def format_table(summary: dict) -> str:
 
 
 def main(cfg: BuildConfig) -> dict:
+    """The stage's run: build, print the table unless quiet, return the summary (counts, files, hashes)."""
     summary = build(cfg)
     if not cfg.quiet:
         print(format_table(summary))
     return summary
+
+
+run = main
+
+
+def _stage():
+    from .cli import Stage
+
+    return Stage("build_data", BuildConfig, main)
+
+
+STAGE = _stage()

@@ -157,3 +157,13 @@ def download_sources(raw_dir: str | Path, sources, mirror: str | None = None, fo
 def main(cfg: DownloadConfig) -> dict:
     files = download_sources(Path(cfg.data_dir) / "raw", cfg.sources, cfg.mirror, cfg.force, cfg.timeout_s, cfg.quiet)
     return {"files": [str(p) for p in files], "raw_dir": str(Path(cfg.data_dir) / "raw")}
+
+
+def _stage():
+    from .cli import Stage
+
+    return Stage("build_data download", DownloadConfig, main,
+                 lambda r: f"downloaded {len(r['files'])} files under {r['raw_dir']}")
+
+
+STAGE = _stage()

@@ -608,10 +608,14 @@ def run_evaluation(cfg) -> dict:
     results.update(scored)
     results.setdefault("deltas", {})
     results["files"] = {"results": str(paths["results"]), "predictions": pred_file, "summary": str(paths["summary"])}
+    # One set: plots and summary first, the results file last, holding their hashes (and the number of
+    # prediction rows), so a kill leaves results that describe exactly the files beside them or the old ones.
     if cfg.plots and not cfg.fast:
         results["files"]["plots"] = write_plots(results, paths["plots"])
-    atomic_write_json(paths["results"], results)
     atomic_write_text(paths["summary"], format_summary(results))
+    results["files_sha256"] = {str(p): sha256_file(p) for p in [paths["summary"], *results["files"].get("plots", [])]}
+    results["prediction_rows"] = sum(len(r) for r in rows_by_tag.values())
+    atomic_write_json(paths["results"], results)
     return results
 
 

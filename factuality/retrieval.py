@@ -8,6 +8,7 @@ with a larger k. This is what makes 10k questions over 100k passages take second
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -16,6 +17,9 @@ import bm25s
 import numpy as np
 
 from .text import TOKENS_PER_WORD, answer_tokens, approx_tokens  # noqa: F401 - approx_tokens re-exported
+
+# bm25s logs every index build at INFO (dozens a corpus build); keep its warnings only.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 # English averages about 0.75 words per subword token (GPT-2 / Llama tokenizers), so
 # whitespace words x 4/3 is a cheap, tokenizer-free estimate that errs slightly high.
