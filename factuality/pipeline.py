@@ -1,0 +1,241 @@
+"""The main job: the seven scripts in order, each as its own command, reusing what is up to date.
+
+    python pipeline.py                      # the embedded defaults: bundled sample, SmolLM2-135M, CPU
+    python pipeline.py --force train_dpo    # redo one step (and every step after it)
+    python pipeline.py --dry-run            # say what would run and what is reused
+
+Each step is the command a user would type (its own process, its own progress bars and run card).
+A step is skipped when its *key* matches the last successful run's: the sha256 of its command
+line, of every config file and input file it names, of the outputs of the steps it reads from, and
+of the package source; and when the files it wrote still have the hashes recorded then. Anything
+else redoes the step and every step after it. State: `<state_dir>/state.json` (written after each
+step, so a killed pipeline resumes at the step it was in: each script resumes on its own).
+
+It ends with one table: base / SFT / DPO on the test split (the headline measures with intervals
+and the deltas), the reward model's ROC-AUC and gaming probes, and the time of each step.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .config import ConfigError
+from .records import atomic_write_json, atomic_write_text, sha256_file, sha256_json
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Step:
+    """One command of the pipeline. `outputs` are globs (relative to the working dir) of what it
+    writes and later steps read; `reads` names the earlier steps whose outputs it depends on."""
+
+    name: str
+    argv: list[str]
+    outputs: list[str]
+    reads: list[str] = field(default_factory=list)
+    redo_flag: str | None = "--overwrite"   # what the script needs to replace an earlier run of itself
+
+
+@dataclass
+class PipelineConfig:
+    """Options of pipeline.py."""
+
+    preset: str = field(default="cpu", metadata={
+        "help": "cpu: the embedded model on the bundled sample (minutes on a laptop); gpu: the notebook's "
+                "Gemma-2 recipes (configs/*.yaml)", "choices": ["cpu", "gpu"]})
+    force: list[str] = field(default_factory=list, metadata={
+        "help": "steps to redo even when up to date (and every step after the first of them); 'all' for everything"})
+    only: list[str] = field(default_factory=list, metadata={"help": "run only these steps (their inputs must exist)"})
+    dry_run: bool = field(default=False, metadata={"help": "print what would run and what would be reused, run nothing"})
+    state_dir: str = field(default="runs/pipeline", metadata={"help": "where the step keys, logs and the summary go"})
+    python: str = field(default=sys.executable, metadata={"help": "interpreter for the steps", "cli": False})
+
+
+def steps_for(preset: str) -> list[Step]:
+    cpu = preset == "cpu"
+    c = (lambda name: f"configs/{name}_cpu.yaml") if cpu else (lambda name: f"configs/{name}.yaml")
+    sft_dir = "checkpoints/sft/smollm2-cpu" if cpu else "checkpoints/sft/gemma2-9b-qlora"
+    dpo_dir = "checkpoints/dpo/smollm2-cpu" if cpu else "checkpoints/dpo/gemma2-9b-qlora"
+    rm_dir = "checkpoints/rm/smollm2-cpu" if cpu else "checkpoints/rm"
+    evaluation = "configs/eval_pipeline_cpu.yaml" if cpu else "configs/eval_pipeline.yaml"
+    return [
+        Step("build_data", ["build_data.py"], ["data/processed/*.jsonl", "data/processed/run_card.json"], redo_flag=None),
+        Step("prompt_schema", ["prompt_schema.py", "save", "--prompts-dir", "prompts"], ["prompts/*"], redo_flag=None),
+        Step("train_sft", ["train_sft.py", "-c", "configs/sft_cpu.yaml" if cpu else "configs/sft_gemma2.yaml"],
+             [f"{sft_dir}/adapter_*", f"{sft_dir}/run_card.json"], reads=["build_data", "prompt_schema"]),
+        Step("make_prefs generate", ["make_prefs.py", "--phase", "generate", "-c", c("prefs")],
+             ["prefs/cache/*/*"], reads=["build_data", "train_sft"], redo_flag=None),
+        Step("make_prefs judge", ["make_prefs.py", "--phase", "judge", "-c", c("prefs")],
+             ["prefs/preferences_*.jsonl"], reads=["make_prefs generate"], redo_flag=None),
+        Step("train_rm", ["train_rm.py", "-c", c("rm")], [f"{rm_dir}/best/*", f"{rm_dir}/*.json"],
+             reads=["make_prefs judge"]),
+        Step("train_dpo", ["train_dpo.py", "-c", c("dpo")], [f"{dpo_dir}/adapter_*", f"{dpo_dir}/run_card.json"],
+             reads=["make_prefs judge", "train_sft", "train_rm"]),
+        Step("evaluate", ["evaluate_sft.py", "-c", evaluation, "--overwrite"], ["runs/eval-pipeline/*.json"],
+             reads=["train_sft", "train_dpo"], redo_flag=None),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Keys: what determines a step's result
+# --------------------------------------------------------------------------------------------
+def _files(patterns: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for pat in patterns:
+        out += [Path(p) for p in sorted(glob.glob(pat)) if Path(p).is_file()]
+    return out
+
+
+def hash_files(patterns: list[str]) -> dict[str, str]:
+    return {str(p): sha256_file(p) for p in _files(patterns)}
+
+
+def source_hash() -> str:
+    """sha256 of the package source and the scripts: a code change redoes every step."""
+    files = sorted(ROOT.glob("factuality/**/*.py")) + sorted(ROOT.glob("*.py"))
+    return sha256_json({str(p.relative_to(ROOT)): sha256_file(p) for p in files})
+
+
+def _named_files(argv: list[str]) -> list[str]:
+    """Files the command line names (config files and paths that exist)."""
+    return [a for a in argv if Path(a).is_file()]
+
+
+def step_key(step: Step, state: dict, code: str) -> str:
+    return sha256_json({
+        "argv": step.argv,
+        "files": {p: sha256_file(p) for p in _named_files(step.argv)},
+        "upstream": {r: state.get(r, {}).get("outputs") for r in step.reads},
+        "code": code,
+    })
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+def _fmt_s(s: float) -> str:
+    return f"{s:.0f}" if s >= 10 else f"{s:.1f}"
+
+
+def run(cfg: PipelineConfig, runner: Callable[[list[str]], int] | None = None) -> dict:
+    """Run (or reuse) every step; returns {"steps": [{name, status, seconds}], "summary": text}."""
+    steps = steps_for(cfg.preset)
+    names = [s.name for s in steps]
+    for n in list(cfg.force) + list(cfg.only):
+        if n != "all" and n not in names:
+            raise ConfigError(f"no step {n!r}; steps: {', '.join(names)}")
+    state_dir = Path(cfg.state_dir)
+    state_path = state_dir / "state.json"
+    state: dict = json.loads(state_path.read_text(encoding="utf-8")) if state_path.exists() else {}
+    code = source_hash()
+    forced_from = min((names.index(n) for n in cfg.force if n in names), default=None)
+    if "all" in cfg.force:
+        forced_from = 0
+    runner = runner or (lambda argv: subprocess.call([cfg.python, *argv], cwd=os.getcwd()))
+    report: list[dict] = []
+    redo_rest = False
+    for i, step in enumerate(steps):
+        if cfg.only and step.name not in cfg.only:
+            continue
+        key = step_key(step, state, code)
+        prev = state.get(step.name, {})
+        current = prev.get("key") == key and prev.get("outputs") and hash_files(step.outputs) == prev["outputs"]
+        redo = redo_rest or (forced_from is not None and i >= forced_from) or not current
+        if not redo:
+            log.info("[%d/%d] %s: up to date (reused)", i + 1, len(steps), step.name)
+            report.append({"name": step.name, "status": "reused", "seconds": prev.get("seconds")})
+            continue
+        redo_rest = True  # whatever reads this step's outputs is redone too
+        argv = list(step.argv)
+        if step.redo_flag and prev:
+            argv.append(step.redo_flag)
+        print(f"\n=== [{i + 1}/{len(steps)}] {step.name}: python {' '.join(argv)}", flush=True)
+        if cfg.dry_run:
+            report.append({"name": step.name, "status": "would run", "seconds": None})
+            continue
+        t0 = time.time()
+        rc = runner(argv)
+        seconds = time.time() - t0
+        if rc != 0:
+            raise ConfigError(f"step {step.name} failed (exit {rc}); fix what it said above and run pipeline.py "
+                              f"again: finished steps are reused")
+        key = step_key(step, state, code)  # inputs it created itself (none today) count from now on
+        state[step.name] = {"key": key, "outputs": hash_files(step.outputs), "seconds": round(seconds, 1),
+                            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        atomic_write_json(state_path, state)
+        report.append({"name": step.name, "status": "ran", "seconds": round(seconds, 1)})
+    summary = final_summary(report) if not cfg.dry_run else ""
+    if summary:
+        atomic_write_text(state_dir / "summary.md", summary + "\n")
+    return {"steps": report, "summary": summary}
+
+
+def _read_json(pattern: str) -> dict | None:
+    files = sorted(glob.glob(pattern), key=os.path.getmtime)
+    return json.loads(Path(files[-1]).read_text(encoding="utf-8")) if files else None
+
+
+def final_summary(report: list[dict]) -> str:
+    """The table of base / SFT / DPO, the reward model's AUC and probes, and the step times."""
+    from .report import format_comparison_table
+
+    parts: list[str] = []
+    results = _read_json("runs/eval-pipeline/eval_results.json")
+    if results:
+        parts += ["## Base, SFT and DPO on the test split (headline measures; 95% intervals of the deltas)", "",
+                  format_comparison_table(results, markdown=True), ""]
+    rm = _read_json("checkpoints/rm/*/report.json") or _read_json("checkpoints/rm/report.json")
+    if rm:
+        parts += ["## Reward model (held-out pairs)", "", rm_lines(rm), ""]
+    rows = ["| step | status | seconds |", "|---|---|---:|"]
+    total = 0.0
+    for r in report:
+        s = r.get("seconds")
+        total += s or 0
+        rows.append(f"| {r['name']} | {r['status']} | {'' if s is None else _fmt_s(s)} |")
+    rows.append(f"| total | | {_fmt_s(total)} |")
+    parts += ["## Steps", "", *rows]
+    return "\n".join(parts)
+
+
+def rm_lines(rm: dict) -> str:
+    """The reward model's report as Markdown (whatever figures the report holds)."""
+    lines = []
+    ev = rm.get("eval") or rm.get("validation") or {}
+    overall = ev.get("overall", ev)
+    if overall:
+        keys = [k for k in ("roc_auc", "accuracy", "ece", "brier", "n_pairs") if k in overall]
+        lines += ["| " + " | ".join(keys) + " |", "|" + "---:|" * len(keys),
+                  "| " + " | ".join(f"{overall[k]:.3f}" if isinstance(overall[k], float) else str(overall[k])
+                                    for k in keys) + " |", ""]
+    probes = rm.get("probes") or {}
+    if probes:
+        lines += ["| gaming probe | honest wins (penalties on) | honest wins (off) | n |", "|---|---:|---:|---:|"]
+        for trick, p in probes.items():
+            if isinstance(p, dict):
+                lines.append(f"| {trick} | {p.get('on', p.get('with_penalties', 0)):.3f} | "
+                             f"{p.get('off', p.get('without_penalties', 0)):.3f} | {p.get('n', '')} |")
+    return "\n".join(lines)
+
+
+def summarize(result: dict) -> str:
+    return "\n" + result["summary"] if result.get("summary") else ""
+
+
+def _stage():
+    from .cli import Stage
+
+    return Stage("pipeline", PipelineConfig, run, summarize)
+
+
+STAGE = _stage()
