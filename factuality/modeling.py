@@ -440,6 +440,10 @@ def load_adapter(model, adapter_path: str | os.PathLike, is_trainable: bool = Fa
     if not (p / "adapter_config.json").exists():
         raise ModelLoadError(f"{p}: no adapter_config.json here; pass the directory a training script wrote "
                              f"(its output_dir) or one of its checkpoint-* dirs")
+    from .records import check_against_run_card
+
+    for f in ("adapter_config.json", "adapter_model.safetensors"):
+        check_against_run_card(p / f)  # an adapter swapped or edited after its run card was written is refused
     if isinstance(model, PeftModel):
         model.load_adapter(str(p), adapter_name=adapter_name, is_trainable=is_trainable)
         return model

@@ -537,6 +537,8 @@ def run(cfg) -> dict:
             global_step=trainer.state.global_step, train_seconds=round(train_s, 1),
             train_loss_mean=result.training_loss, losses=losses, merged_dir=merged,
             renamed_config_keys=cfg.renamed,
+            output_sha256={f.name: sha256_file(f) for f in sorted(run_dir.iterdir())
+                           if f.is_file() and (f.name.startswith(("adapter_", "model")) or f.name == "config.yaml")},
             tokenizer={"eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token,
                        "chat_template_sha256": _sha(tokenizer.chat_template)},
         )

@@ -105,3 +105,20 @@ def test_outputs_are_readable_by_the_group(setup):
     private = [p for p in (tmp_path / "r").rglob("*") if p.is_file() and not p.stat().st_mode & 0o040]
     assert not private, private[:3]
     shutil.rmtree(tmp_path / "r")
+
+
+def test_an_adapter_swapped_after_the_run_is_refused(setup, tiny_model_dir):
+    from factuality.modeling import load_model
+    from factuality.records import RecordError
+
+    tmp_path, args = setup
+    run_dir = tmp_path / "r"
+    card = run(parse_config(SFT_SPEC, args + ["--output-dir", str(run_dir), "--max-steps", "2"]))
+    assert set(card["output_sha256"]) >= {"adapter_model.safetensors", "adapter_config.json", "config.yaml"}
+    load_model(str(tiny_model_dir), adapter_path=run_dir)       # the set as written loads
+    shutil.copy(run_dir / "checkpoint-2" / "adapter_model.safetensors", run_dir / "adapter_model.safetensors")
+    ckpt_card = json.loads((run_dir / "checkpoint-2" / "trainer_state.json").read_text())
+    assert ckpt_card["global_step"] == 2
+    (run_dir / "adapter_model.safetensors").write_bytes((run_dir / "adapter_model.safetensors").read_bytes() + b" ")
+    with pytest.raises(RecordError, match="adapter_model.safetensors: sha256 .* differs"):
+        load_model(str(tiny_model_dir), adapter_path=run_dir)
