@@ -118,9 +118,12 @@ def _cuda():
     return torch.cuda.is_available(), torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def prepare_training_values(values: dict[str, dict], explicit: set[str], batching_key: str = "batching") -> None:
+def prepare_training_values(values: dict[str, dict], explicit: set[str], batching_key: str | None = "batching",
+                            has_val: bool | None = None) -> None:
     """Derive TRL training options from ours, unless the user set them by their TRL name:
-    mixed precision from the model dtype and the hardware, batching mode, evaluation schedule."""
+    mixed precision from the model dtype and the hardware, batching mode, evaluation schedule.
+    `batching_key=None`: the stage has no batching option (its trainer batches as TRL does);
+    `has_val`: whether the stage evaluates (default: a `val_file` is set)."""
     import sys
 
     import torch
@@ -145,12 +148,13 @@ def prepare_training_values(values: dict[str, dict], explicit: set[str], batchin
         t["disable_tqdm"] = not sys.stderr.isatty()
     if "data_seed" not in explicit and t.get("seed") is not None:
         t["data_seed"] = t["seed"]
-    batching = r.get(batching_key, SFTOptions.batching)
-    if not explicit & {"packing", "padding_free", "train_sampling_strategy"}:
+    if batching_key is not None and not explicit & {"packing", "padding_free", "train_sampling_strategy"}:
+        batching = r.get(batching_key, SFTOptions.batching)
         t["packing"] = batching == "packed"
         t["padding_free"] = batching == "padding_free"
         t["train_sampling_strategy"] = "group_by_length" if batching == "group_by_length" else "random"
-    has_val = bool(r.get("val_file", SFTOptions.val_file))
+    if has_val is None:
+        has_val = bool(r.get("val_file", SFTOptions.val_file))
     if "eval_strategy" not in explicit:
         t["eval_strategy"] = "steps" if has_val and t.get("eval_steps") else "no"
     elif not has_val:
@@ -551,15 +555,16 @@ def run(cfg) -> dict:
     return card
 
 
-def flat_config(cfg) -> dict:
+def flat_config(cfg, train_defaults: dict[str, Any] | None = None) -> dict:
     """The resolved config as one flat mapping, loadable again with -c: our options, the model
-    options, and the training options that were set (by the user or by the recipe defaults).
-    Values derived from others (mixed precision, batching flags) are left out and derived again;
-    the run card holds every resolved TrainingArguments value."""
+    options, and the training options that were set (by the user or by the recipe defaults,
+    `train_defaults`: the stage's, SFT's when None). Values derived from others (mixed precision,
+    batching flags) are left out and derived again; the run card holds every resolved
+    TrainingArguments value."""
     out: dict[str, Any] = {k: v for k, v in to_dict(cfg.run).items() if k != "config_path"}
     out.update(to_dict(cfg.model))
     train = to_dict(cfg.train)
-    for k in list(SFT_TRAIN_DEFAULTS) + sorted(cfg.explicit):
+    for k in list(SFT_TRAIN_DEFAULTS if train_defaults is None else train_defaults) + sorted(cfg.explicit):
         if k in train and k not in out and (k in cfg.explicit or k not in DERIVED_TRAIN_KEYS):
             out[k] = train[k]
     return out
