@@ -113,8 +113,10 @@ def _extra_citation(ex, good, rng):
 def _unknown_id(ex, good, rng):
     if not ex["answerable"]:
         return None
-    ids = _ids(ex)
-    return _obj(good["answer"], list(good["citations"]) + [f"E{len(ids) + 1}"], good["confidence"])
+    ids, n = _ids(ex), len(_ids(ex)) + 1
+    while f"E{n}" in ids:  # evidence cut to fit a prompt may skip ids (E1, E3): the new id must be unknown
+        n += 1
+    return _obj(good["answer"], list(good["citations"]) + [f"E{n}"], good["confidence"])
 
 
 def _cite_all(ex, good, rng):

@@ -1,0 +1,444 @@
+"""Reward model: the loss and metrics by hand, the frozen base, cached features against full forward
+passes, resume after a kill, --validate-only, the notebook's rm.yaml as written, the LoRA option."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from factuality.config import ConfigError, parse_config
+from factuality.records import EXAMPLE, PREFERENCE, RecordError, read_jsonl, write_jsonl
+from factuality.testing import make_example
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_YAML = ROOT / "configs" / "rm_tiny.yaml"
+NOTEBOOK_RM = Path(__file__).resolve().parent / "fixtures" / "notebook_rm.yaml"   # Step 7 of the notebook, verbatim
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
+       "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+SOURCES = ["nq", "hotpotqa", "popqa", "fever"]
+
+
+def write_examples(d: Path, n_train: int = 24, n_val: int = 8) -> Path:
+    out = d / "data" / "processed"
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "train.jsonl", [make_example(i, source=SOURCES[i % 4], answerable=i % 3 != 2, n_chunks=3 + i % 2,
+                                                   gold_position=i % 3, split="train") for i in range(n_train)], EXAMPLE)
+    write_jsonl(out / "val.jsonl", [make_example(100 + i, source=SOURCES[i % 4], answerable=i % 3 != 2, n_chunks=4,
+                                                 gold_position=i % 4, split="val") for i in range(n_val)], EXAMPLE)
+    return out
+
+
+def make_pairs(d: Path, tiny_model_dir: Path, n_train: int = 30, n_val: int = 12) -> Path:
+    """Synthetic pairs of the hand-made examples, written through records.PREFERENCE."""
+    from factuality.modeling import load_tokenizer
+    from factuality.reward import synthetic_pairs
+
+    data = write_examples(d)
+    tok = load_tokenizer(str(tiny_model_dir))
+    rows = []
+    for split, n in (("train", n_train), ("val", n_val)):
+        rows += synthetic_pairs(read_jsonl(data / f"{split}.jsonl", EXAMPLE), tok, n, per_example=2, seed=0,
+                                max_prompt_tokens=896)
+    path = d / "prefs" / "preferences_test.jsonl"
+    write_jsonl(path, rows, PREFERENCE)
+    return path
+
+
+def tiny_cfg(d: Path, tiny_model_dir: Path, *argv, **overrides):
+    from factuality.reward import RM_SPEC
+
+    base = dict(model_name_or_path=str(tiny_model_dir), pairs_path=str(d / "prefs" / "preferences_test.jsonl"),
+                probe_data=str(d / "data" / "processed" / "val.jsonl"), feature_cache_dir=str(d / "cache"),
+                output_dir=str(d / "run"))
+    base.update(overrides)
+    return parse_config(RM_SPEC, ["-c", str(TINY_YAML), *argv], **base)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir):
+    """One training run on the tiny model, shared by the tests that read its outputs."""
+    from factuality.reward import run
+
+    d = tmp_path_factory.mktemp("rm")
+    make_pairs(d, tiny_model_dir)
+    result = run(tiny_cfg(d, tiny_model_dir, plots=True))
+    return d, result
+
+
+# ------------------------------------------------------------------ loss and metrics by hand
+def test_bt_loss_by_hand():
+    import torch
+
+    from factuality.reward import bt_loss
+
+    c, r = torch.tensor([2.0, 0.0, -1.0]), torch.tensor([0.0, 0.0, 1.0])
+    want = np.mean([math.log(1 + math.exp(-2)), math.log(2), math.log(1 + math.exp(2))])
+    assert float(bt_loss(c, r)) == pytest.approx(want, rel=1e-6)
+    # TRL's margin column: -log sigmoid(dr - margin)
+    assert float(bt_loss(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([1.0]))) == pytest.approx(math.log(2))
+    # the gradient pushes the chosen reward up and the rejected one down
+    c = torch.tensor([0.5], requires_grad=True)
+    r = torch.tensor([0.2], requires_grad=True)
+    bt_loss(c, r).backward()
+    assert c.grad.item() < 0 < r.grad.item()
+
+
+def test_pair_metrics_by_hand():
+    from factuality.reward import expected_calibration_error, pair_metrics
+
+    c = np.array([2.0, 1.0, 0.0, 0.5])
+    r = np.array([0.0, 1.5, -1.0, 0.5])
+    m = pair_metrics(c, r)
+    assert m["accuracy"] == pytest.approx((1 + 0 + 1 + 0.5) / 4)          # a tie counts one half
+    # AUC: chosen {2, 1, 0, .5} against rejected {0, 1.5, -1, .5}: wins + ties/2 over 16 comparisons
+    wins = sum((a > b) + 0.5 * (a == b) for a in c for b in r)
+    assert m["roc_auc"] == pytest.approx(wins / 16)
+    p = 1 / (1 + np.exp(-(c - r)))
+    prob, outcome = np.r_[p, 1 - p], np.r_[np.ones(4), np.zeros(4)]
+    assert m["brier"] == pytest.approx(np.mean((prob - outcome) ** 2))
+    # ECE, 10 bins: sum over bins |sum(outcome) - sum(prob)| / n
+    bins = np.minimum((prob * 10).astype(int), 9)
+    ece = sum(abs(outcome[bins == b].sum() - prob[bins == b].sum()) for b in range(10)) / 8
+    assert m["ece"] == pytest.approx(ece) and expected_calibration_error(prob, outcome) == pytest.approx(ece)
+    assert pair_metrics(np.zeros(0), np.zeros(0))["roc_auc"] is None
+
+
+def test_probe_table_by_hand():
+    from factuality.reward import Probe, probe_table
+
+    probes = [Probe("a", "honest", "p", "x"), Probe("a", "cite_all", "p", "y"), Probe("a", "unknown_id", "p", "z"),
+              Probe("b", "honest", "q", "x"), Probe("b", "cite_all", "q", "y")]
+    table = probe_table(probes, {"on": np.array([1.0, 0.0, 2.0, 0.0, 0.0])})
+    assert table["cite_all"] == {"n": 2, "honest_wins_on": 0.5}        # a wins; b ties (a tie is no win)
+    assert table["unknown_id"] == {"n": 1, "honest_wins_on": 0.0}
+    assert table["filler_padding"] == {"n": 0, "honest_wins_on": None}
+
+
+# ------------------------------------------------------------------ pairs and their checks
+def test_synthetic_pairs_follow_the_contract_and_keep_splits_apart(tmp_path, tiny_model_dir):
+    from factuality.reward import read_pairs
+
+    path = make_pairs(tmp_path, tiny_model_dir)
+    train, val = read_pairs(path)
+    assert len(train) == 30 and len(val) == 12
+    assert not {p["example_id"] for p in train} & {p["example_id"] for p in val}
+    kinds = {p["kind"] for p in train + val}
+    assert "synthetic:prose" in kinds and len(kinds) >= 6
+    for p in train + val:
+        assert p["chosen_score"] > p["rejected_score"] and p["margin"] == pytest.approx(p["chosen_score"] - p["rejected_score"])
+
+
+def test_bad_pairs_are_refused_with_file_line_and_field(tmp_path, tiny_model_dir):
+    from factuality.reward import read_pairs
+
+    path = make_pairs(tmp_path, tiny_model_dir)
+    rows = read_jsonl(path, PREFERENCE)
+    bad = [dict(r) for r in rows]
+    bad[2]["prompt"] = "no evidence here"
+    p = tmp_path / "bad.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in bad))
+    with pytest.raises(RecordError, match=rf"{p}:3: prompt: no evidence block"):
+        read_pairs(p)
+    bad = [dict(r) for r in rows]
+    bad[0]["evidence"] = bad[0]["evidence"][:1]
+    p.write_text("".join(json.dumps(r) + "\n" for r in bad))
+    with pytest.raises(RecordError, match=rf"{p}:1: evidence: ids"):
+        read_pairs(p)
+    only_train = [r for r in rows if r["split"] == "train"]
+    p.write_text("".join(json.dumps(r) + "\n" for r in only_train))
+    with pytest.raises(RecordError, match="no pairs with split 'val'"):
+        read_pairs(p)
+    leak = [dict(r) for r in rows]
+    leak[0]["split"] = "val"
+    p.write_text("".join(json.dumps(r) + "\n" for r in leak))
+    with pytest.raises(RecordError, match="pairs in both train and val"):
+        read_pairs(p)
+
+
+def test_no_pairs_file_is_a_clear_error(tmp_path, tiny_model_dir, monkeypatch):
+    from factuality.reward import run
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_cfg(tmp_path, tiny_model_dir, pairs_path=None)
+    with pytest.raises(FileNotFoundError, match=r"prefs/preferences_\*\.jsonl: no preference pairs found"):
+        run(cfg)
+
+
+def test_pairs_path_default_is_the_newest_file_and_data_path_is_its_other_name(tmp_path, tiny_model_dir):
+    from factuality.reward import newest_pairs_file
+
+    path = make_pairs(tmp_path, tiny_model_dir)
+    older = path.with_name("preferences_older.jsonl")
+    older.write_text(path.read_text())
+    os.utime(older, (1, 1))
+    assert newest_pairs_file(tmp_path / "prefs") == path
+    assert tiny_cfg(tmp_path, tiny_model_dir, pairs_path=None, data_path="x.jsonl").run.pairs_path == "x.jsonl"
+    with pytest.raises(ConfigError, match="name different files"):
+        tiny_cfg(tmp_path, tiny_model_dir, data_path="y.jsonl")
+
+
+# ------------------------------------------------------------------ features
+def test_the_feature_pass_stops_at_the_last_hidden_state(tiny_model_dir):
+    import torch
+
+    from factuality.modeling import ModelOptions, load_model, load_tokenizer
+    from factuality.reward import Tokens, extract_features, load_body
+
+    opts = ModelOptions(model_name_or_path=str(tiny_model_dir), dtype="float32")
+    body = load_body(opts)
+    assert type(body).__name__ == "LlamaModel" and not any(p.requires_grad for p in body.parameters())
+    model = load_model(opts)
+    model.lm_head.register_forward_hook(lambda *a: (_ for _ in ()).throw(AssertionError("logits computed")))
+    tok = load_tokenizer(str(tiny_model_dir))
+    tokens = Tokens(tok, 256, 32)
+    feats = extract_features(model.model, tokens, ["a prompt"] * 2, ["one", "two"], progress=False)
+    ids = tokens.full("a prompt", "two")
+    with torch.no_grad():
+        want = model.model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1].numpy()
+    np.testing.assert_allclose(feats[1], want, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_shared_prompt_features_equal_full_forward_passes(tmp_path, tiny_model_dir, arch):
+    from factuality.modeling import ModelOptions, load_tokenizer
+    from factuality.reward import Tokens, extract_features, load_body
+    from factuality.testing import make_tiny_model
+
+    model_dir = tiny_model_dir if arch == "llama" else make_tiny_model(tmp_path / "g2", arch="gemma2")
+    body = load_body(ModelOptions(model_name_or_path=str(model_dir), dtype="float32"))
+    tokens = Tokens(load_tokenizer(str(model_dir)), 512, 64)
+    prompts = ["Evidence: [E1] a b c\n\nQuestion: q one"] * 3 + ["Evidence: [E1] x\n\nQuestion: q two"] * 2
+    responses = ['{"answer": "a", "citations": ["E1"]}', "b", "a much longer response " * 5, "c", "d"]
+    shared = extract_features(body, tokens, prompts, responses, batch_size=2, share_prompt_prefix=True, progress=False)
+    full = extract_features(body, tokens, prompts, responses, batch_size=3, share_prompt_prefix=False, progress=False)
+    np.testing.assert_allclose(shared, full, atol=1e-5)
+
+
+def test_a_killed_feature_pass_resumes_at_the_first_missing_shard(tmp_path, tiny_model_dir, monkeypatch):
+    import factuality.reward as reward
+    from factuality.modeling import ModelOptions, load_tokenizer
+
+    body = reward.load_body(ModelOptions(model_name_or_path=str(tiny_model_dir), dtype="float32"))
+    tokens = reward.Tokens(load_tokenizer(str(tiny_model_dir)), 256, 32)
+    seqs = reward.Sequences()
+    for i in range(10):
+        seqs.add(f"Evidence: [E1] t{i % 3}\n\nQuestion: q", f"r{i}")
+    real = reward.extract_features
+    calls = []
+
+    def dying(*a, **k):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(reward, "extract_features", dying)
+    with pytest.raises(KeyboardInterrupt):
+        reward.cached_features(body, tokens, seqs, {"m": 1}, tmp_path, 2, shard_rows=4)
+    monkeypatch.setattr(reward, "extract_features", real)
+    feats, info = reward.cached_features(body, tokens, seqs, {"m": 1}, tmp_path, 2, shard_rows=4)
+    assert info["computed_rows"] == 2 and not info["hit"]             # rows 0-7 came from the two shards on disk
+    again, info2 = reward.cached_features(body, tokens, seqs, {"m": 1}, tmp_path, 2, shard_rows=4)
+    assert info2["hit"] and np.array_equal(feats, again)
+    fresh, _ = reward.cached_features(body, tokens, seqs, {"m": 1}, None, 2)
+    np.testing.assert_allclose(feats, fresh, atol=1e-6)
+    _, other = reward.cached_features(body, tokens, seqs, {"m": 2}, tmp_path, 2, shard_rows=4)
+    assert other["key"] != info["key"] and other["computed_rows"] == 10   # another model key: computed again
+
+
+# ------------------------------------------------------------------ a whole run
+def test_run_writes_the_report_the_notebook_reads(trained):
+    d, result = trained
+    run_dir = d / "run"
+    hist = json.loads((run_dir / "training_history.json").read_text())
+    assert len(hist["train_losses"]) == hist["total_steps"] == 24      # 30 pairs / 4 -> 8 steps x 3 epochs, log every step
+    assert hist["train_losses"][-1] < hist["train_losses"][0]
+    assert all({"roc_auc", "accuracy", "ece", "brier", "loss", "step"} <= set(m) for m in hist["eval_metrics"])
+    assert [m["step"] for m in hist["eval_metrics"]] == list(range(2, 25, 2))   # eval_steps 2 (epochs end on them)
+    best = max(hist["eval_metrics"], key=lambda m: m["roc_auc"])
+    assert hist["best"]["roc_auc"] == best["roc_auc"]
+    report = json.loads((run_dir / "rm_report.json").read_text())
+    rows = report["metrics"]
+    assert set(rows) == {"model", "model_without_penalties", "untrained_head", "penalties_only", "length_only", "verifier"}
+    assert rows["model"]["overall"]["n"] == 12 and rows["verifier"]["overall"]["roc_auc"] == 1.0
+    assert rows["model"]["overall"]["roc_auc"] == pytest.approx(hist["best"]["roc_auc"])
+    assert set(report["probes"]["by_trick"]) == {"cite_all", "unknown_id", "filler_padding", "overconfident_wrong",
+                                                 "cite_hard_negative", "refuse_answerable", "distractor_entity"}
+    table = report["probes"]["by_trick"]
+    assert all(t["n"] > 0 for t in table.values())
+    # the penalties alone already beat the citation and padding tricks on every probe
+    for trick in ("cite_all", "unknown_id", "filler_padding"):
+        assert table[trick]["honest_wins_penalties_only"] == 1.0, (trick, table[trick])
+    for f in ("best/reward_model.json", "best/head.safetensors", "final/head.safetensors", "rm_report.md",
+              "reliability.png", "training_curves.png", "config.yaml", "run_card.json"):
+        assert (run_dir / f).exists(), f
+    card = json.loads((run_dir / "run_card.json").read_text())
+    assert card["pairs"]["train"] == 30 and card["features"]["train"]["computed_rows"] > 0
+
+
+def test_the_base_weights_do_not_change(tmp_path, tiny_model_dir, monkeypatch):
+    import factuality.reward as reward
+
+    make_pairs(tmp_path, tiny_model_dir)
+    bodies = []
+    real = reward.load_body
+
+    def spy(opts):
+        body = real(opts)
+        bodies.append((body, {k: v.clone() for k, v in body.state_dict().items()}))
+        return body
+
+    monkeypatch.setattr(reward, "load_body", spy)
+    reward.run(tiny_cfg(tmp_path, tiny_model_dir, max_steps=3))
+    (body, before), = bodies
+    after = body.state_dict()
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+    assert not any(p.requires_grad for p in body.parameters())
+
+
+def test_saved_model_scores_as_in_training_with_full_forward_passes(trained, tiny_model_dir):
+    """load_reward_model(best) on its own, features computed without the cache (full forward
+    passes, no prompt sharing) give the rewards that training's cached features gave."""
+    import torch
+    from safetensors.torch import load_file
+
+    from factuality.reward import (HEAD_WEIGHTS, eval_inputs, head_scores, load_reward_model, new_head, read_inputs,
+                                   read_pairs)
+    from factuality.penalties import PenaltyOptions, penalty_matrix, weight_vector
+
+    d, _ = trained
+    rm = load_reward_model(d / "run" / "best", base_model=str(tiny_model_dir))
+    rm.config["share_prompt_prefix"] = False
+    _, val = read_pairs(d / "prefs" / "preferences_test.jsonl")
+    prompts = [p["prompt"] for p in val] * 2
+    responses = [p["chosen"] for p in val] + [p["rejected"] for p in val]
+    scores = rm.score(prompts, responses)
+    assert isinstance(scores, list) and all(isinstance(s, float) for s in scores)
+    # the same rewards from the cached eval features of the training run (val pairs, then probes)
+    inputs = read_inputs(tiny_cfg(d, tiny_model_dir))
+    seqs = eval_inputs(inputs.val_pairs, inputs.probes, rm.tokens, inputs.examples_by_id).seqs
+    cache = next(p for p in (d / "cache").iterdir() if json.loads((p / "meta.json").read_text())["data"] == seqs.digest())
+    feats = np.load(cache / "features.npy")
+    head = new_head(feats.shape[1], 0, 0)
+    head.load_state_dict(load_file(str(d / "run" / "best" / HEAD_WEIGHTS)))
+    rows = [seqs.add(p, r) for p, r in zip(prompts, responses)]
+    want = head_scores(head, feats[rows]) - penalty_matrix(prompts, responses, PenaltyOptions()) @ weight_vector(PenaltyOptions())
+    np.testing.assert_allclose(scores, want, atol=1e-4)
+    details = rm.score_details(prompts[:1], responses[:1])[0]
+    assert details["reward"] == pytest.approx(details["learned"] - details["penalty"])
+    with pytest.raises(ValueError, match="2 prompts but 1 responses"):
+        rm.score(prompts[:2], responses[:1])
+    with pytest.raises(TypeError, match="score takes lists"):
+        rm.score(prompts[0], responses[0])
+    assert torch.is_grad_enabled()
+
+
+def test_validate_only_reproduces_the_saved_metrics(trained, tiny_model_dir):
+    from factuality.reward import run
+
+    d, _ = trained
+    res = run(tiny_cfg(d, tiny_model_dir, "--validate-only", "--checkpoint", "best"))
+    assert res["report"]["reproduction"]["reproduced"] is True, res["report"]["reproduction"]
+    saved = json.loads((d / "run" / "rm_report.json").read_text())
+    assert res["report"]["metrics"]["model"]["overall"] == pytest.approx(saved["metrics"]["model"]["overall"], abs=1e-4)
+    assert res["report"]["probes"] == saved["probes"]
+    assert (d / "run" / "validation.json").exists() and (d / "run" / "validation.md").exists()
+    with pytest.raises(FileNotFoundError, match="no saved reward model here"):
+        run(tiny_cfg(d, tiny_model_dir, "--validate-only", "--checkpoint", str(d / "nowhere")))
+
+
+def test_a_killed_run_resumes_to_the_same_result(tmp_path, tiny_model_dir):
+    make_pairs(tmp_path, tiny_model_dir)
+    common = [sys.executable, str(ROOT / "train_rm.py"), "-c", str(TINY_YAML), "--model-name-or-path",
+              str(tiny_model_dir), "--pairs-path", str(tmp_path / "prefs" / "preferences_test.jsonl"), "--probe-data",
+              str(tmp_path / "data" / "processed" / "val.jsonl"), "--feature-cache-dir", str(tmp_path / "cache")]
+    whole = subprocess.run(common + ["--output-dir", str(tmp_path / "whole")], env=ENV, capture_output=True, text=True,
+                           timeout=300)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = subprocess.run(common + ["--output-dir", str(tmp_path / "cut")], env={**ENV, "FACTUALITY_TEST_KILL_AT":
+                            "rm:saved:12"}, capture_output=True, text=True, timeout=300)
+    assert killed.returncode != 0 and (tmp_path / "cut" / "checkpoint-12").exists()
+    assert not (tmp_path / "cut" / "final").exists()
+    again = subprocess.run(common + ["--output-dir", str(tmp_path / "cut")], env=ENV, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 2 and "pass --resume to continue it" in again.stderr
+    resumed = subprocess.run(common + ["--output-dir", str(tmp_path / "cut"), "--resume"], env=ENV, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr and "train_rm: val ROC-AUC" in resumed.stdout
+    a = json.loads((tmp_path / "whole" / "training_history.json").read_text())
+    b = json.loads((tmp_path / "cut" / "training_history.json").read_text())
+    assert a["train_losses"] == pytest.approx(b["train_losses"]) and a["eval_metrics"] == b["eval_metrics"]
+    from safetensors.numpy import load_file
+
+    for part in ("final", "best"):
+        wa, wb = (load_file(str(tmp_path / r / part / "head.safetensors")) for r in ("whole", "cut"))
+        assert all(np.array_equal(wa[k], wb[k]) for k in wa), part
+    card = json.loads((tmp_path / "cut" / "run_card.json").read_text())
+    assert card["resumed_from"].endswith("checkpoint-12") and card["features"]["train"]["hit"]
+
+
+def test_notebook_rm_yaml_verbatim_runs_on_the_tiny_model(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    """configs from the notebook as written; only the base model is replaced. Its relative paths
+    (output_dir checkpoints/rm, the newest prefs/preferences_*.jsonl, data/processed/val.jsonl) are
+    the tmp dir's."""
+    from factuality.reward import RM_SPEC, run
+
+    make_pairs(tmp_path, tiny_model_dir)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FACTUALITY_CACHE", str(tmp_path / "cache"))
+    with caplog.at_level("INFO", logger="factuality.config"):
+        cfg = parse_config(RM_SPEC, ["-c", str(NOTEBOOK_RM)], model_name_or_path=str(tiny_model_dir))
+    renamed = " ".join(r.getMessage() for r in caplog.records)
+    for old, new in (("base_model", "model_name_or_path"), ("batch_size", "per_device_train_batch_size"),
+                     ("eval_batch_size", "per_device_eval_batch_size"), ("num_epochs", "num_train_epochs"),
+                     ("warmup_ratio", "warmup_steps"), ("max_seq_length", "max_length")):
+        assert f"{old} -> {new}" in renamed
+    t = cfg.train
+    assert (t.learning_rate, t.per_device_train_batch_size, t.per_device_eval_batch_size, t.num_train_epochs) == (
+        5e-6, 16, 32, 3)
+    assert (t.warmup_steps, t.weight_decay, t.max_length, t.eval_steps, t.save_steps, t.logging_steps, t.seed) == (
+        0.1, 0.01, 2048, 100, 200, 10, 42)
+    assert cfg.model.load_in_8bit is False and not cfg.model.use_peft
+    p = cfg.penalties
+    assert (p.citation_penalty_weight, p.confidence_penalty_weight, p.length_penalty_weight,
+            p.overcitation_penalty_weight, p.span_penalty_weight) == (0.2, 0.1, 0.05, 0.15, 0.25)
+    res = run(cfg)
+    hist = json.loads((tmp_path / "checkpoints" / "rm" / "training_history.json").read_text())
+    assert hist["total_steps"] == 6 and len(hist["eval_metrics"]) == 3    # 30 pairs / 16 -> 2 steps x 3 epochs
+    assert res["card"]["inputs"] and (tmp_path / "checkpoints" / "rm" / "best" / "reward_model.json").exists()
+
+
+def test_lora_option_trains_with_trl_and_scores(tmp_path, tiny_model_dir):
+    from factuality.reward import load_reward_model, read_pairs, run
+
+    make_pairs(tmp_path, tiny_model_dir, n_train=8, n_val=4)
+    cfg = tiny_cfg(tmp_path, tiny_model_dir, use_peft=True, lora_r=4, lora_alpha=8, lora_target_modules="q_proj,v_proj",
+                   max_steps=2, save_steps=1, eval_steps=1, max_length=768, max_probe_examples=2)
+    res = run(cfg)
+    assert res["card"]["model"]["frozen_base_weights_changed"] == 0
+    assert [m["step"] for m in res["history"]["eval_metrics"]] == [1, 2]
+    rm = load_reward_model(tmp_path / "run" / "best", base_model=str(tiny_model_dir))
+    assert rm.kind == "lora"
+    _, val = read_pairs(tmp_path / "prefs" / "preferences_test.jsonl")
+    s = rm.score([val[0]["prompt"]], [val[0]["chosen"]])
+    assert len(s) == 1 and math.isfinite(s[0])
+
+
+def test_config_errors_and_the_script(tmp_path, tiny_model_dir):
+    with pytest.raises(ConfigError, match="max_response_tokens"):
+        tiny_cfg(tmp_path, tiny_model_dir, max_response_tokens=1000)
+    with pytest.raises(ConfigError, match="--validate-only trains nothing"):
+        tiny_cfg(tmp_path, tiny_model_dir, validate_only=True, resume=True)
+    out = subprocess.run([sys.executable, str(ROOT / "train_rm.py"), "--prefs-dir", str(tmp_path / "none")],
+                         cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert [ln for ln in out.stderr.splitlines() if ln.startswith("error:")][0].count("no preference pairs found") == 1
