@@ -312,7 +312,10 @@ def build_trainer(cfg, train_ds, eval_ds, tokenizer, model=None, callbacks=None,
 
 def checkpoint_complete(ckpt: Path) -> bool:
     """transformers writes trainer_state.json last into a checkpoint: a checkpoint whose state
-    file is missing or unreadable was cut by a kill during saving."""
+    file is missing or unreadable was cut by a kill during saving. Our own training loops (the
+    reward head) write one `*_state.pt` atomically, so its presence means complete."""
+    if any(ckpt.glob("*_state.pt")):
+        return True
     try:
         json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):

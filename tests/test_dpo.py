@@ -146,7 +146,7 @@ def test_users_options_reach_dpoconfig():
 def test_bad_options_are_clear_errors(argv, match):
     with pytest.raises(ConfigError, match=match):
         parse_config(DPO_SPEC, ["-c", str(TINY_YAML), *argv])
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match=r"--rm-mode.*invalid choice: 'sum'"):
         parse_config(DPO_SPEC, ["-c", str(TINY_YAML), "--rm-mode", "sum"])
 
 
