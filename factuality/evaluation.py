@@ -425,6 +425,24 @@ class ModelPool:
         return model, nullcontext()
 
 
+def append_generations(out: JsonlAppender, make_row, model, tokenizer, prompts: Sequence[str],
+                       prompt_ids: Sequence[Sequence[int]], todo: Sequence[int], max_batches: int = 0,
+                       **generate_kwargs) -> bool:
+    """Generate `todo` (prompt indices) in batches and append `make_row(generation)` for each as
+    its batch finishes, so a killed run loses at most the batch in flight. Returns True when it
+    stopped early after `max_batches` batches (0 = no limit). `generate_kwargs` go to
+    generation.iter_generate."""
+    from .generation import iter_generate
+
+    batches = iter_generate(model, tokenizer, prompts, indices=todo, prompt_ids=prompt_ids, **generate_kwargs)
+    for b, batch in enumerate(batches, start=1):
+        for g in batch:
+            out.write(make_row(g))
+        if max_batches and b >= max_batches:
+            return True
+    return False
+
+
 def run_evaluation(cfg) -> dict:
     """Generate (or read) predictions of every system, score them, and write results, summary and plots."""
     from .provenance import run_card, set_seed
@@ -498,7 +516,7 @@ def run_evaluation(cfg) -> dict:
         pred_file = cfg.predictions
     else:
         # ---- generate, appending per batch; a rerun continues where the last one stopped ----
-        from .generation import encode_prompts, iter_generate
+        from .generation import encode_prompts
         from .modeling import load_tokenizer
 
         systems, comparisons = plan_systems(cfg)
@@ -568,25 +586,22 @@ def run_evaluation(cfg) -> dict:
                 log.info("%s: %d/%d already predicted, %d to go", tag, len(examples) - len(todo), len(examples), len(todo))
                 if not todo:
                     continue
+                def make_row(g, tag=tag):
+                    e = examples[g.index]
+                    row = prediction_row(e, tag, g.text, g.prompt_tokens, g.output_tokens, signatures[tag],
+                                         stopped=g.stopped)
+                    existing.setdefault(tag, {})[e["id"]] = row
+                    return row
+
                 model, ctx = pool.context(sysm, adapters)
                 with ctx:
-                    batches = iter_generate(model, tok, prompts, batch_size=cfg.batch_size,
-                                            max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
-                                            temperature=cfg.temperature, top_p=cfg.top_p, indices=todo,
-                                            prompt_ids=prompt_ids, prefill=cfg.prefill, desc=tag,
-                                            progress=cfg.progress)
-                    for b, batch in enumerate(batches, start=1):
-                        for g in batch:
-                            e = examples[g.index]
-                            row = prediction_row(e, tag, g.text, g.prompt_tokens, g.output_tokens, signatures[tag],
-                                                 stopped=g.stopped)
-                            out.write(row)
-                            existing.setdefault(tag, {})[e["id"]] = row
-                        if cfg.max_batches and b >= cfg.max_batches:
-                            partial = True
-                            log.warning("%s: stopped after %d batches (--max-batches); rerun to continue", tag, b)
-                            break
+                    partial = append_generations(out, make_row, model, tok, prompts, prompt_ids, todo,
+                                                 max_batches=cfg.max_batches, batch_size=cfg.batch_size,
+                                                 max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
+                                                 temperature=cfg.temperature, top_p=cfg.top_p, prefill=cfg.prefill,
+                                                 desc=tag, progress=cfg.progress)
                 if partial:
+                    log.warning("%s: stopped after %d batches (--max-batches); rerun to continue", tag, cfg.max_batches)
                     break
         rows_by_tag = {s["tag"]: existing.get(s["tag"], {}) for s in systems}
         pred_file = str(pred_path)

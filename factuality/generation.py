@@ -14,7 +14,16 @@ What makes it fast on a CPU, where prefill (reading the prompt) dominates:
   `[shared prefix][padding][own suffix]`: positions come from the attention mask, so every row
   sees exactly the positions it would see alone;
 - `torch.inference_mode`, logits only for the last prompt position (transformers does this),
-  and generation stops at EOS or any end-of-turn token of the chat template.
+  and generation stops at EOS or any end-of-turn token of the chat template;
+- a row that has finished (stop token or max_new_tokens) leaves the batch at once: its KV-cache
+  rows are dropped, and cache columns that only finished rows attended to are cut, so the rest
+  of the batch decodes at the cost of the rows still running (`decode="drop_finished"`, the
+  default). `model.generate` (`decode="generate"`) decodes every row until the longest answer
+  ends. Greedy outputs are those of one-at-a-time generation (tests/test_generation.py).
+
+`score_next_token` reads the log-probabilities of a few chosen tokens after many sequences
+that share long prefixes (a judge's rubric, evidence and question, then each candidate answer):
+each group's prefix is prefilled once and only the differing ends are run per sequence.
 """
 from __future__ import annotations
 
@@ -22,7 +31,7 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -54,6 +63,7 @@ class GenerationStats:
     new_tokens: int = 0
     shared_prefix_tokens: int = 0
     batches: int = 0
+    row_steps: int = 0         # decode forward passes x rows in them (what dropping finished rows saves)
     extra: dict = field(default_factory=dict)
 
 
@@ -128,6 +138,10 @@ def _generation_config(model, max_new_tokens, do_sample, temperature, top_p, sto
 
 
 PREFILL_MODES = ("auto", "batched", "per_example")
+# drop_finished: our decode loop, finished rows leave the batch and the KV cache; generate: model.generate
+# (every row decodes until the longest answer ends); auto: drop_finished unless the model's cache is not a
+# plain growing one (sliding-window attention), where model.generate keeps its own cache handling.
+DECODE_MODES = ("auto", "drop_finished", "generate")
 
 
 def _forward_into(model, input_ids, cache):
@@ -160,6 +174,124 @@ def _stack_left_padded(caches, config):
     return DynamicCache(ddp_cache_data=per_layer, config=config)
 
 
+def _positions(attn):
+    """Position ids from a 0/1 attention mask, as transformers' generate makes them (padding at 0)."""
+    pos = attn.long().cumsum(-1) - 1
+    return pos.masked_fill(attn == 0, 0)
+
+
+def _last_logits(model, input_ids, attn, cache, past_len: int):
+    """float32 logits (rows, vocab) of the last position, for the columns of `input_ids` after the
+    `past_len` already in `cache`; `attn` covers all columns (None: no padding anywhere)."""
+    import torch
+
+    pos = _positions(attn)[:, past_len:] if attn is not None else (
+        torch.arange(past_len, input_ids.shape[1], device=input_ids.device).unsqueeze(0).expand(input_ids.shape[0], -1))
+    kwargs = dict(input_ids=input_ids[:, past_len:], attention_mask=attn, position_ids=pos, use_cache=True)
+    if cache is not None:
+        kwargs["past_key_values"] = cache
+    try:
+        out = model(**kwargs, logits_to_keep=1)
+    except TypeError:  # a model whose forward has no logits_to_keep
+        out = model(**kwargs)
+    return out.logits[:, -1, :].float(), out.past_key_values
+
+
+def _sample_next(logits, do_sample: bool, temperature: float, top_p: float, generators):
+    """Next token per row: argmax (greedy), or a draw after temperature and nucleus filtering (the
+    order transformers' logits warpers apply them), one seeded generator per row when given."""
+    import torch
+
+    if not do_sample:
+        return logits.argmax(-1)
+    scores = logits / max(temperature, 1e-6)
+    if top_p < 1.0:
+        sorted_scores, sorted_idx = torch.sort(scores, descending=False)
+        remove = sorted_scores.softmax(-1).cumsum(-1) <= (1 - top_p)
+        remove[..., -1:] = False
+        scores = scores.masked_fill(remove.scatter(1, sorted_idx, remove), float("-inf"))
+    probs = scores.softmax(-1)
+    if generators is None:
+        return torch.multinomial(probs, 1).squeeze(1)
+    return torch.cat([torch.multinomial(probs[r:r + 1], 1, generator=g).squeeze(1) for r, g in enumerate(generators)])
+
+
+def _cut_columns(cache, attn, min_cut: int = 8):
+    """Drop cache columns no remaining row attends to (the padding of rows that left); returns the new mask."""
+    import torch
+
+    used = attn.bool().any(0)
+    if int((~used).sum()) < min_cut:
+        return attn
+    cols = torch.nonzero(used).squeeze(1)
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            layer.keys = layer.keys.index_select(-2, cols.to(layer.keys.device))
+            layer.values = layer.values.index_select(-2, cols.to(layer.values.device))
+    return attn[:, cols]
+
+
+def decode_batch(model, input_ids, attn, cache, max_new_tokens: int, stop_ids: Iterable[int], do_sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0, generators=None, stats: GenerationStats | None = None
+                 ) -> tuple[list[list[int]], float]:
+    """Decode a left-padded batch, each row leaving the batch (and the KV cache) when it finishes.
+
+    `input_ids`/`attn`: (rows, width); `cache` already holds the first `cache.get_seq_length()`
+    columns (or is None). Returns each row's new tokens (up to and including its stop token) and
+    the time the first new token's logits were ready. Positions and masks follow
+    `model.generate`, so greedy rows equal what generate gives them.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=input_ids.device)
+    if cache is None:
+        cache = DynamicCache(config=getattr(model, "config", None))
+    past = cache.get_seq_length()
+    mask = None if bool((attn == 1).all()) else attn
+    logits, cache = _last_logits(model, input_ids, mask, cache, past)
+    first_at = time.perf_counter()
+    pos = (_positions(attn)[:, -1] if mask is not None else
+           torch.full((input_ids.shape[0],), input_ids.shape[1] - 1, device=input_ids.device))
+    rows = list(range(input_ids.shape[0]))           # caller's row of each row still decoding
+    out: list[list[int]] = [[] for _ in rows]
+    gens = list(generators) if generators is not None else None
+    for step in range(max_new_tokens):
+        nxt = _sample_next(logits, do_sample, temperature, top_p, gens)
+        if stats is not None:
+            stats.row_steps += len(rows)
+        for r, t in zip(rows, nxt.tolist()):
+            out[r].append(t)
+        done = torch.isin(nxt, stop)
+        if step + 1 == max_new_tokens or bool(done.all()):
+            break
+        if bool(done.any()):
+            keep = torch.nonzero(~done).squeeze(1)
+            cache.batch_select_indices(keep)
+            nxt, pos = nxt[keep], pos[keep]
+            rows = [rows[k] for k in keep.tolist()]
+            gens = [gens[k] for k in keep.tolist()] if gens is not None else None
+            if mask is not None:
+                mask = _cut_columns(cache, mask[keep])
+        pos = pos + 1
+        if mask is not None:
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+        kwargs = dict(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=pos.unsqueeze(1),
+                      past_key_values=cache, use_cache=True)
+        try:
+            logits = model(**kwargs, logits_to_keep=1).logits[:, -1, :].float()
+        except TypeError:
+            logits = model(**kwargs).logits[:, -1, :].float()
+    return out, first_at
+
+
+def _plain_cache(model) -> bool:
+    """True when the model's KV cache is a plain growing one (no sliding window) our loops may edit."""
+    config = getattr(model, "config", None)
+    text_cfg = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    return not getattr(text_cfg, "sliding_window", None)
+
+
 def iter_generate(
     model,
     tokenizer,
@@ -178,6 +310,8 @@ def iter_generate(
     desc: str = "generate",
     stats: GenerationStats | None = None,
     prompt_ids: Sequence[Sequence[int]] | None = None,
+    decode: str = "auto",
+    sample_seeds: Sequence[int] | Mapping[int, int] | None = None,
 ) -> Iterator[list[Generation]]:
     """Yield the generations of each batch (batch order; `Generation.index` says whose).
 
@@ -187,6 +321,11 @@ def iter_generate(
     (best on a GPU); "per_example" prefills each prompt alone (no padding computed, small
     activations: faster on a CPU, where prefill is compute-bound) and stacks the KV caches,
     left-padded, for the batched decode; "auto" picks per_example on CPU, batched elsewhere.
+    `decode`: "drop_finished" (finished rows leave the batch and the KV cache), "generate"
+    (`model.generate`: the batch decodes until its longest answer ends), "auto" (drop_finished
+    unless the model has sliding-window attention). `sample_seeds[i]` seeds prompt i's own
+    sampling generator, so a sampled output does not depend on the batch it fell in
+    (drop_finished only; generate samples from torch's global generator).
     """
     import torch
 
@@ -194,6 +333,8 @@ def iter_generate(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if prefill not in PREFILL_MODES:
         raise ValueError(f"prefill {prefill!r} is not one of {PREFILL_MODES}")
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode {decode!r} is not one of {DECODE_MODES}")
     todo = list(range(len(prompts))) if indices is None else list(indices)
     if not todo:
         return
@@ -211,10 +352,11 @@ def iter_generate(
         prefill, share_prefix = "batched", False  # a 1-token prompt leaves nothing to cache
     if prefill == "auto":
         prefill = "per_example" if device.type == "cpu" else "batched"
-    text_cfg = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    if getattr(text_cfg, "sliding_window", None) or getattr(model, "is_loaded_in_4bit", False):
+    if not _plain_cache(model) or getattr(model, "is_loaded_in_4bit", False):
         # a sliding-window cache may drop entries a stacked/shared cache relies on: keep it plain
         prefill, share_prefix = "batched", False
+    if decode == "auto":
+        decode = "drop_finished" if _plain_cache(model) else "generate"
     if sort_by_length:
         batches = [[todo[j] for j in b] for b in length_sorted_batches(lengths, batch_size)]
     else:
@@ -286,17 +428,27 @@ def iter_generate(
                 input_ids[r, width - len(row):] = torch.tensor(row, dtype=torch.long)
                 attn[r, width - len(row):] = 1
             input_ids, attn = input_ids.to(device), attn.to(device)
-            timer = _FirstTokenTimer()
-            with torch.inference_mode():
-                out = model.generate(input_ids=input_ids, attention_mask=attn, generation_config=gen_cfg,
-                                     logits_processor=LogitsProcessorList([timer]), **kwargs)
-            t1 = time.perf_counter()
-            first = timer.first_token_at or t1
+            if decode == "drop_finished":
+                gens = None
+                if do_sample and sample_seeds is not None:
+                    gens = [torch.Generator(device=device).manual_seed(int(sample_seeds[i])) for i in batch]
+                with torch.inference_mode():
+                    new, first = decode_batch(model, input_ids, attn, kwargs.get("past_key_values"), max_new_tokens,
+                                              stop_ids, do_sample, temperature, top_p, gens, stats)
+                t1 = time.perf_counter()
+            else:
+                timer = _FirstTokenTimer()
+                with torch.inference_mode():
+                    out = model.generate(input_ids=input_ids, attention_mask=attn, generation_config=gen_cfg,
+                                         logits_processor=LogitsProcessorList([timer]), **kwargs)
+                t1 = time.perf_counter()
+                first = timer.first_token_at or t1
+                new = out[:, input_ids.shape[1]:].tolist()
+                stats.row_steps += len(batch) * len(new[0]) if new else 0
             stats.prefill_s += first - t0
             stats.decode_s += t1 - first
             stats.batches += 1
             stats.prompt_tokens += sum(len(ids[i]) for i in batch)
-            new = out[:, input_ids.shape[1]:].tolist()
             results = []
             for r, i in enumerate(batch):
                 toks = new[r]
@@ -339,3 +491,77 @@ def generate(model, tokenizer, prompts: Sequence[str], batch_size: int = 8, max_
         if on_batch is not None:
             on_batch(batch)
     return [t if t is not None else "" for t in texts]
+
+
+def score_next_token(model, sequences: Sequence[Sequence[int]], token_ids: Sequence[int],
+                     groups: Sequence[Sequence[int]] | None = None, batch_size: int = 8, pad_id: int = 0,
+                     progress: bool = False, desc: str = "score") -> list[list[float]]:
+    """Log-probabilities of each of `token_ids` as the next token after each sequence (in input order).
+
+    `groups` lists sequence indices that share a long prefix (default: all one group); each
+    group's common prefix is prefilled once and its KV cache copied into each batch of that
+    group, so only the part after it is run per sequence. Rows are laid out
+    `[prefix][padding][own tokens]` with positions from the attention mask, so each row sees
+    exactly the positions it would see alone.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    seqs = [list(s) for s in sequences]
+    if any(not s for s in seqs):
+        raise ValueError("score_next_token: an empty sequence has no next token to score")
+    groups = [list(g) for g in groups] if groups is not None else [list(range(len(seqs)))]
+    if sorted(i for g in groups for i in g) != list(range(len(seqs))):
+        raise ValueError("score_next_token: groups must list every sequence index exactly once")
+    device = _device_of(model)
+    config = getattr(model, "config", None)
+    want = torch.tensor(list(token_ids), device=device)
+    out: list[list[float] | None] = [None] * len(seqs)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(seqs), desc=desc, unit="seq", dynamic_ncols=True)
+    try:
+        with torch.inference_mode():
+            for group in groups:
+                if not group:
+                    continue
+                members = [seqs[i] for i in group]
+                prefix_len = min(common_prefix_len(members), min(len(s) for s in members) - 1) if len(group) > 1 else 0
+                if not _plain_cache(model):
+                    prefix_len = 0  # a sliding-window cache cannot be shared this way
+                prefix_cache = None
+                if prefix_len:
+                    prefix_cache = DynamicCache(config=config)
+                    _forward_into(model, torch.tensor([members[0][:prefix_len]], device=device), prefix_cache)
+                for k in range(0, len(group), batch_size):
+                    chunk = group[k:k + batch_size]
+                    rows = [seqs[i][prefix_len:] for i in chunk]
+                    width = prefix_len + max(len(r) for r in rows)
+                    input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+                    attn = torch.zeros_like(input_ids)
+                    for r, row in enumerate(rows):
+                        input_ids[r, :prefix_len] = torch.tensor(seqs[chunk[r]][:prefix_len], dtype=torch.long)
+                        attn[r, :prefix_len] = 1
+                        input_ids[r, width - len(row):] = torch.tensor(row, dtype=torch.long)
+                        attn[r, width - len(row):] = 1
+                    input_ids, attn = input_ids.to(device), attn.to(device)
+                    cache = None
+                    if prefix_cache is not None:
+                        cache = copy.deepcopy(prefix_cache)
+                        if len(chunk) > 1:
+                            cache.batch_repeat_interleave(len(chunk))
+                    mask = None if bool((attn == 1).all()) else attn
+                    logits, _ = _last_logits(model, input_ids, mask, cache, prefix_len)
+                    logp = torch.log_softmax(logits, dim=-1)[:, want].cpu().tolist()
+                    for r, i in enumerate(chunk):
+                        out[i] = logp[r]
+                    if bar is not None:
+                        bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+    return out  # type: ignore[return-value]
