@@ -66,7 +66,7 @@ def steps_for(preset: str) -> list[Step]:
     c = (lambda name: f"configs/{name}_cpu.yaml") if cpu else (lambda name: f"configs/{name}.yaml")
     sft_dir = "checkpoints/sft/smollm2-cpu" if cpu else "checkpoints/sft/gemma2-9b-qlora"
     dpo_dir = "checkpoints/dpo/smollm2-cpu" if cpu else "checkpoints/dpo/gemma2-9b-qlora"
-    rm_dir = "checkpoints/rm/smollm2-cpu" if cpu else "checkpoints/rm"
+    rm_dir = "checkpoints/rm/smollm2-cpu" if cpu else "checkpoints/rm/gemma2-9b"
     evaluation = "configs/eval_pipeline_cpu.yaml" if cpu else "configs/eval_pipeline.yaml"
     return [
         Step("build_data", ["build_data.py"], ["data/processed/*.jsonl", "data/processed/run_card.json"], redo_flag=None),
@@ -77,10 +77,12 @@ def steps_for(preset: str) -> list[Step]:
              ["prefs/cache/*/*"], reads=["build_data", "train_sft"], redo_flag=None),
         Step("make_prefs judge", ["make_prefs.py", "--phase", "judge", "-c", c("prefs")],
              ["prefs/preferences_*.jsonl"], reads=["make_prefs generate"], redo_flag=None),
-        Step("train_rm", ["train_rm.py", "-c", c("rm")], [f"{rm_dir}/best/*", f"{rm_dir}/*.json"],
+        Step("train_rm", ["train_rm.py", "-c", c("rm"), "--synthetic-pairs", "false", "--pairs-path", "{prefs}",
+                          "--output-dir", rm_dir], [f"{rm_dir}/best/*", f"{rm_dir}/*.json"],
              reads=["make_prefs judge"]),
-        Step("train_dpo", ["train_dpo.py", "-c", c("dpo")], [f"{dpo_dir}/adapter_*", f"{dpo_dir}/run_card.json"],
-             reads=["make_prefs judge", "train_sft", "train_rm"]),
+        Step("train_dpo", ["train_dpo.py", "-c", c("dpo"), "--pairs-file", "{prefs}", "--sft-adapter", sft_dir,
+                           "--rm-checkpoint", f"{rm_dir}/best"],
+             [f"{dpo_dir}/adapter_*", f"{dpo_dir}/run_card.json"], reads=["make_prefs judge", "train_sft", "train_rm"]),
         Step("evaluate", ["evaluate_sft.py", "-c", evaluation, "--overwrite"], ["runs/eval-pipeline/*.json"],
              reads=["train_sft", "train_dpo"], redo_flag=None),
     ]
@@ -109,6 +111,19 @@ def source_hash() -> str:
 def _named_files(argv: list[str]) -> list[str]:
     """Files the command line names (config files and paths that exist)."""
     return [a for a in argv if Path(a).is_file()]
+
+
+PLACEHOLDERS = {"{prefs}": "prefs/preferences_*.jsonl"}  # the judge phase's file (its name holds its signature)
+
+
+def resolve(arg: str) -> str:
+    """A placeholder of a later step's command line: the newest file the earlier step wrote."""
+    if arg not in PLACEHOLDERS:
+        return arg
+    files = [f for f in glob.glob(PLACEHOLDERS[arg]) if "synthetic" not in f]
+    if not files:
+        raise ConfigError(f"no file matches {PLACEHOLDERS[arg]}: the step that writes it has not run")
+    return max(files, key=os.path.getmtime)
 
 
 def step_key(step: Step, state: dict, code: str) -> str:
@@ -156,7 +171,7 @@ def run(cfg: PipelineConfig, runner: Callable[[list[str]], int] | None = None) -
             report.append({"name": step.name, "status": "reused", "seconds": prev.get("seconds")})
             continue
         redo_rest = True  # whatever reads this step's outputs is redone too
-        argv = list(step.argv)
+        argv = [a if cfg.dry_run else resolve(a) for a in step.argv]
         if step.redo_flag and prev:
             argv.append(step.redo_flag)
         print(f"\n=== [{i + 1}/{len(steps)}] {step.name}: python {' '.join(argv)}", flush=True)
@@ -194,7 +209,7 @@ def final_summary(report: list[dict]) -> str:
     if results:
         parts += ["## Base, SFT and DPO on the test split (headline measures; 95% intervals of the deltas)", "",
                   format_comparison_table(results, markdown=True), ""]
-    rm = _read_json("checkpoints/rm/*/report.json") or _read_json("checkpoints/rm/report.json")
+    rm = _read_json("checkpoints/rm/*/rm_report.json")
     if rm:
         parts += ["## Reward model (held-out pairs)", "", rm_lines(rm), ""]
     rows = ["| step | status | seconds |", "|---|---|---:|"]

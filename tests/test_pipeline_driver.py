@@ -18,7 +18,7 @@ def fake(tmp_path, monkeypatch):
     counter = {"n": 0}
 
     def runner(argv):
-        step = next(s for s in steps_for("cpu") if s.argv == argv[:len(s.argv)])
+        step = next(s for s in steps_for("cpu") if s.argv[:3] == argv[:3])
         ran.append(step.name)
         counter["n"] += 1
         for pat in step.outputs:  # each step writes one file per output pattern
