@@ -46,9 +46,10 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import yaml
 
@@ -500,7 +501,7 @@ class WeightedPairSampler:
         return iter(torch.multinomial(w, len(self.weights), replacement=True, generator=g).tolist())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def trainer_class():
     """TRL's DPOTrainer, fed pairs tokenised and fitted here (its own tokenising is skipped for a
     dataset that already has prompt_ids/chosen_ids/rejected_ids), and sampling by pair weight when
@@ -533,11 +534,12 @@ def reward_logger():
                 return
             for prefix in ("", "eval_"):
                 if f"{prefix}rewards/margins" in logs:
-                    get = lambda k: logs.get(f"{prefix}{k}")  # noqa: E731
+                    m = {k: logs.get(f"{prefix}{k}") for k in ("loss", "train_loss", "rewards/chosen",
+                                                               "rewards/rejected", "rewards/margins", "rewards/accuracies")}
                     log.info("%sstep %d: loss %s, rewards chosen %s rejected %s margin %s, accuracy %s",
-                             "eval " if prefix else "", state.global_step, _fmt(get("loss")),
-                             _fmt(get("rewards/chosen")), _fmt(get("rewards/rejected")),
-                             _fmt(get("rewards/margins")), _fmt(get("rewards/accuracies")))
+                             "eval " if prefix else "", state.global_step,
+                             _fmt(m["loss"] if m["loss"] is not None else m["train_loss"]), _fmt(m["rewards/chosen"]),
+                             _fmt(m["rewards/rejected"]), _fmt(m["rewards/margins"]), _fmt(m["rewards/accuracies"]))
 
     return RewardLog()
 

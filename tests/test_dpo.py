@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from factuality.config import ConfigError, parse_config
 from factuality.dpo import (DPO_SPEC, WeightedPairSampler, build_trainer, end_of_turn, fit_pairs, load_pairs,
@@ -92,7 +91,7 @@ def dpo_cfg(tiny_model_dir, sft_adapter, tmp_path, *argv, run_name="default", **
 
 
 def trainer_for(cfg, tok, **overrides):
-    train, val = load_pairs(cfg.pairs_file)
+    train, _ = load_pairs(cfg.pairs_file)
     rows, _ = fit_pairs(train, tok, cfg.max_length, DEFAULT_TEMPLATES)
     trainer = build_trainer(cfg, to_dataset(rows), None, tok, save_strategy="no", **overrides)
     return trainer, rows
@@ -385,7 +384,7 @@ def test_script_errors_are_one_line(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, str(ROOT / "train_dpo.py"), "--sft-adapter", str(tmp_path / "nosft"),
                           "--pairs-file", "p.jsonl"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, check=False)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     lines = [ln for ln in out.stderr.splitlines() if "error:" in ln]
     assert len(lines) == 1 and "nosft: no adapter_config.json here" in lines[0], out.stderr[-2000:]
