@@ -282,6 +282,14 @@ def test_run_writes_the_report_the_notebook_reads(trained):
         assert (run_dir / f).exists(), f
     card = json.loads((run_dir / "run_card.json").read_text())
     assert card["pairs"]["train"] == 30 and card["features"]["train"]["computed_rows"] > 0
+    # the resolved config loads back to the same options
+    from factuality.reward import RM_SPEC
+
+    again = parse_config(RM_SPEC, ["-c", str(run_dir / "config.yaml")])
+    first = tiny_cfg(d, result["card"]["config"]["model"]["model_name_or_path"], plots=True)
+    for part in ("penalties", "model", "train"):
+        a, b = again.to_dict()[part], first.to_dict()[part]
+        assert {k: (a[k], b[k]) for k in a if a[k] != b[k]} == {}, part
 
 
 def test_the_base_weights_do_not_change(tmp_path, tiny_model_dir, monkeypatch):
@@ -355,25 +363,24 @@ def test_validate_only_reproduces_the_saved_metrics(trained, tiny_model_dir):
         run(tiny_cfg(d, tiny_model_dir, "--validate-only", "--checkpoint", str(d / "nowhere")))
 
 
-def test_a_killed_run_resumes_to_the_same_result(tmp_path, tiny_model_dir):
+def test_a_killed_run_resumes_to_the_same_result(tmp_path, tiny_model_dir, caplog):
+    from factuality.reward import run
+
     make_pairs(tmp_path, tiny_model_dir)
-    common = [sys.executable, str(ROOT / "train_rm.py"), "-c", str(TINY_YAML), "--model-name-or-path",
-              str(tiny_model_dir), "--pairs-path", str(tmp_path / "prefs" / "preferences_test.jsonl"), "--probe-data",
-              str(tmp_path / "data" / "processed" / "val.jsonl"), "--feature-cache-dir", str(tmp_path / "cache")]
-    whole = subprocess.run(common + ["--output-dir", str(tmp_path / "whole")], env=ENV, capture_output=True, text=True,
-                           timeout=300)
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    killed = subprocess.run(common + ["--output-dir", str(tmp_path / "cut")], env={**ENV, "FACTUALITY_TEST_KILL_AT":
-                            "rm:saved:12"}, capture_output=True, text=True, timeout=300)
-    assert killed.returncode != 0 and (tmp_path / "cut" / "checkpoint-12").exists()
-    assert not (tmp_path / "cut" / "final").exists()
-    again = subprocess.run(common + ["--output-dir", str(tmp_path / "cut")], env=ENV, capture_output=True, text=True,
-                           timeout=300)
-    assert again.returncode == 2 and "pass --resume to continue it" in again.stderr
-    resumed = subprocess.run(common + ["--output-dir", str(tmp_path / "cut"), "--resume"], env=ENV, capture_output=True,
-                             text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stderr and "train_rm: val ROC-AUC" in resumed.stdout
+    run(tiny_cfg(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "whole")))
+    killed = subprocess.run([sys.executable, str(ROOT / "train_rm.py"), "-c", str(TINY_YAML), "--model-name-or-path",
+                             str(tiny_model_dir), "--pairs-path", str(tmp_path / "prefs" / "preferences_test.jsonl"),
+                             "--probe-data", str(tmp_path / "data" / "processed" / "val.jsonl"), "--feature-cache-dir",
+                             str(tmp_path / "cache"), "--output-dir", str(tmp_path / "cut")],
+                            env={**ENV, "FACTUALITY_TEST_KILL_AT": "rm:saved:12"}, capture_output=True, text=True,
+                            timeout=300)
+    assert killed.returncode == -9, killed.stderr[-3000:]               # SIGKILL right after checkpoint-12
+    assert (tmp_path / "cut" / "checkpoint-12").exists() and not (tmp_path / "cut" / "final").exists()
+    with pytest.raises(FileExistsError, match="pass --resume to continue it"):
+        run(tiny_cfg(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "cut")))
+    with caplog.at_level("INFO", logger="factuality.reward"):
+        res = run(tiny_cfg(tmp_path, tiny_model_dir, "--resume", output_dir=str(tmp_path / "cut")))
+    assert "resumed from" in caplog.text and res["card"]["resumed_from"].endswith("checkpoint-12")
     a = json.loads((tmp_path / "whole" / "training_history.json").read_text())
     b = json.loads((tmp_path / "cut" / "training_history.json").read_text())
     assert a["train_losses"] == pytest.approx(b["train_losses"]) and a["eval_metrics"] == b["eval_metrics"]
@@ -382,8 +389,7 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path, tiny_model_dir):
     for part in ("final", "best"):
         wa, wb = (load_file(str(tmp_path / r / part / "head.safetensors")) for r in ("whole", "cut"))
         assert all(np.array_equal(wa[k], wb[k]) for k in wa), part
-    card = json.loads((tmp_path / "cut" / "run_card.json").read_text())
-    assert card["resumed_from"].endswith("checkpoint-12") and card["features"]["train"]["hit"]
+    assert res["card"]["features"]["train"]["hit"] and res["card"]["features"]["eval"]["hit"]
 
 
 def test_notebook_rm_yaml_verbatim_runs_on_the_tiny_model(tmp_path, tiny_model_dir, monkeypatch, caplog):
