@@ -586,6 +586,7 @@ def run_evaluation(cfg) -> dict:
                 log.info("%s: %d/%d already predicted, %d to go", tag, len(examples) - len(todo), len(examples), len(todo))
                 if not todo:
                     continue
+
                 def make_row(g, tag=tag):
                     e = examples[g.index]
                     row = prediction_row(e, tag, g.text, g.prompt_tokens, g.output_tokens, signatures[tag],

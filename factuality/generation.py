@@ -174,6 +174,22 @@ def _stack_left_padded(caches, config):
     return DynamicCache(ddp_cache_data=per_layer, config=config)
 
 
+def _layout(rows: Sequence[tuple[Sequence[int], Sequence[int]]], width: int, pad_id: int, device):
+    """(input_ids, attention mask) of rows `(head, own)` laid out `[head][padding][own]` in `width`
+    columns: a shared prefix (or nothing) on the left, each row's own tokens right-aligned."""
+    import torch
+
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(input_ids)
+    for r, (head, own) in enumerate(rows):
+        if head:
+            input_ids[r, :len(head)] = torch.tensor(list(head), dtype=torch.long)
+            attn[r, :len(head)] = 1
+        input_ids[r, width - len(own):] = torch.tensor(list(own), dtype=torch.long)
+        attn[r, width - len(own):] = 1
+    return input_ids.to(device), attn.to(device)
+
+
 def _positions(attn):
     """Position ids from a 0/1 attention mask, as transformers' generate makes them (padding at 0)."""
     pos = attn.long().cumsum(-1) - 1
@@ -419,15 +435,8 @@ def iter_generate(
                         cache.batch_repeat_interleave(len(batch))
                     kwargs["past_key_values"] = cache
                 stats.padded_prompt_tokens += len(batch) * width
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attn = torch.zeros_like(input_ids)
-            for r, (pre, row) in enumerate(layout):
-                if pre:
-                    input_ids[r, :pre] = torch.tensor(ids[batch[r]][:pre])
-                    attn[r, :pre] = 1
-                input_ids[r, width - len(row):] = torch.tensor(row, dtype=torch.long)
-                attn[r, width - len(row):] = 1
-            input_ids, attn = input_ids.to(device), attn.to(device)
+            input_ids, attn = _layout([(ids[i][:pre], row) for i, (pre, row) in zip(batch, layout)], width, pad_id,
+                                      device)
             if decode == "drop_finished":
                 gens = None
                 if do_sample and sample_seeds is not None:
@@ -539,16 +548,9 @@ def score_next_token(model, sequences: Sequence[Sequence[int]], token_ids: Seque
                     _forward_into(model, torch.tensor([members[0][:prefix_len]], device=device), prefix_cache)
                 for k in range(0, len(group), batch_size):
                     chunk = group[k:k + batch_size]
-                    rows = [seqs[i][prefix_len:] for i in chunk]
-                    width = prefix_len + max(len(r) for r in rows)
-                    input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-                    attn = torch.zeros_like(input_ids)
-                    for r, row in enumerate(rows):
-                        input_ids[r, :prefix_len] = torch.tensor(seqs[chunk[r]][:prefix_len], dtype=torch.long)
-                        attn[r, :prefix_len] = 1
-                        input_ids[r, width - len(row):] = torch.tensor(row, dtype=torch.long)
-                        attn[r, width - len(row):] = 1
-                    input_ids, attn = input_ids.to(device), attn.to(device)
+                    rows = [(seqs[i][:prefix_len], seqs[i][prefix_len:]) for i in chunk]
+                    width = prefix_len + max(len(own) for _, own in rows)
+                    input_ids, attn = _layout(rows, width, pad_id, device)
                     cache = None
                     if prefix_cache is not None:
                         cache = copy.deepcopy(prefix_cache)

@@ -20,7 +20,8 @@ against the gold answer, cites the right chunks, refuses only when it should), t
 question and the gold answer. Its verdict is read from its next-token probabilities, never from
 free text:
 - pointwise: after "Score:", the probabilities of the tokens "1".."5" (with or without a leading
-  space), renormalised over those five; the judge score is the expected score mapped to [0, 1],
+  space; a tokenizer that splits " 3" into a space and the digit gets the space in the prompt, so
+  the digit is the next token), renormalised over those five; the judge score is the expected score mapped to [0, 1],
   (E[s] - 1) / 4. `mass` is how much probability the judge put on those tokens at all: a judge
   that does not follow the format shows a low mass.
 - pairwise: two candidates shown as "Response A" / "Response B", after "Better response:" the
@@ -120,7 +121,7 @@ POINTWISE_TASK = ("Grade the response from 1 (wrong, unsupported or unreadable) 
 PAIRWISE_TASK = "Which response is better under the rubric? Reply with one letter, A or B."
 POINTWISE_PREFILL = "Score:"
 PAIRWISE_PREFILL = "Better response:"
-JUDGE_FORMAT_VERSION = 1
+JUDGE_FORMAT_VERSION = 2
 
 
 def gold_line(example: Mapping) -> str:
@@ -183,6 +184,17 @@ def verdict_token_ids(tokenizer, labels: Sequence[str]) -> list[list[int]]:
     return out
 
 
+def space_before_labels(tokenizer, labels: Sequence[str]) -> bool:
+    """True when the tokenizer writes " 3" as a space token then "3" (SmolLM2, Llama-3): the reply
+    prefix then ends with that space, so the label itself is the next token."""
+    for label in labels:
+        bare = tokenizer.encode(label, add_special_tokens=False)
+        spaced = tokenizer.encode(" " + label, add_special_tokens=False)
+        if not (len(spaced) == len(bare) + 1 and spaced[1:] == bare):
+            return False
+    return True
+
+
 def _label_probs(logprobs: Sequence[float], groups: Sequence[Sequence[int]]) -> tuple[list[float], float]:
     """(probabilities renormalised over the labels, total probability mass on them) from the
     log-probabilities of the flattened token spellings, `groups` giving each label's positions."""
@@ -243,6 +255,7 @@ class Judge:
         self.model, self.tok, self.method, self.batch_size, self.progress = model, tokenizer, method, batch_size, progress
         labels = SCORES if method == "pointwise" else SIDES
         spellings = verdict_token_ids(tokenizer, labels)
+        self.space = " " if space_before_labels(tokenizer, labels) else ""
         self.token_ids = [i for g in spellings for i in g]
         self.groups, k = [], 0
         for g in spellings:
@@ -252,8 +265,10 @@ class Judge:
     def prompt(self, example: Mapping, evidence: Sequence[Mapping], texts: Sequence[str]) -> str:
         """The judge prompt for one candidate (pointwise) or an ordered pair (pairwise)."""
         if self.method == "pointwise":
-            return render_judge_prompt(self.tok, pointwise_messages(example, evidence, texts[0]), POINTWISE_PREFILL)
-        return render_judge_prompt(self.tok, pairwise_messages(example, evidence, texts[0], texts[1]), PAIRWISE_PREFILL)
+            return render_judge_prompt(self.tok, pointwise_messages(example, evidence, texts[0]),
+                                       POINTWISE_PREFILL + self.space)
+        return render_judge_prompt(self.tok, pairwise_messages(example, evidence, texts[0], texts[1]),
+                                   PAIRWISE_PREFILL + self.space)
 
     def score(self, requests: Sequence[tuple[str, Mapping, Sequence[Mapping], Sequence[str]]]) -> list[list[float]]:
         """Label log-probabilities for each request (group key, example, evidence, texts); requests

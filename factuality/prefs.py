@@ -47,10 +47,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import logging
 import math
-import random
+import shutil
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -325,10 +324,11 @@ def plan_generators(cfg) -> tuple[dict, dict, list[dict]]:
     """(sft system, base system, adapters) in evaluation.ModelPool's terms."""
     from .evaluation import resolve_models
 
-    who = resolve_models(cfg.sft_model, cfg.base_model)
-    if not who["adapter"] and not Path(cfg.sft_model).exists() and "/" not in cfg.sft_model:
-        raise FileNotFoundError(f"{cfg.sft_model}: no such SFT model dir; pass the dir train_sft.py wrote "
-                                f"(checkpoints/sft/<run>) or a hub id")
+    name = str(cfg.sft_model)
+    if not Path(name).expanduser().exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
+        raise FileNotFoundError(f"{name}: no such SFT model dir; pass the dir train_sft.py wrote "
+                                f"(checkpoints/sft/<run>) or a hub id (owner/name)")
+    who = resolve_models(name, cfg.base_model)
     sft = {"tag": "sft", **who}
     base = {"tag": "base", "adapter": None, "evaluated": who["base"], "base": who["base"], "base_from": who["base_from"],
             "is_base": True}
@@ -452,8 +452,6 @@ def generate_phase(cfg) -> dict:
     cache = cache_path(cfg, sig)
     manifest_path = cache / "manifest.json"
     if cfg.overwrite and cache.exists():
-        import shutil
-
         log.info("--overwrite: removing the cache %s", cache)
         shutil.rmtree(cache)
     if manifest_path.exists():
@@ -759,25 +757,29 @@ def select_pairs(cands: Sequence[Candidate], min_margin: float, pairs_per_prompt
 # --------------------------------------------------------------------------------------------
 def _load_judge(cfg):
     from .evaluation import _model_options
-    from .modeling import load_model, load_tokenizer, pick_device
+    from .modeling import load_model, pick_device
 
     opts = dataclasses.replace(_model_options(cfg, cfg.judge_model), load_in_8bit=cfg.judge_use_8bit,
                                load_in_4bit=cfg.judge_use_4bit)
-    tok = load_tokenizer(cfg.judge_model, padding_side="left", trust_remote_code=cfg.trust_remote_code)
     model = load_model(opts)
     if not (opts.load_in_4bit or opts.load_in_8bit):
         model = model.to(pick_device())
-    return model, tok
+    return model
 
 
-def judge_signature(cfg, gen_sig: str) -> tuple[str, dict]:
+def judge_signature(cfg, gen_sig: str, tokenizer) -> tuple[str, dict]:
+    """Hash of what determines the judge's verdicts: its weights, loading, method, prompt templates
+    and how its tokenizer spells the labels (the judge cache is keyed by it)."""
     from .evaluation import _fingerprint_model, fingerprint_hash
+    from .judge import SCORES, SIDES, space_before_labels, verdict_token_ids
 
+    labels = SCORES if cfg.judge_method == "pointwise" else SIDES
     payload = {"stage": "make_prefs.judge", "generation": gen_sig, "method": cfg.judge_method,
                "judge": {"fingerprint": fingerprint_hash(_fingerprint_model(cfg.judge_model)),
                          "load_in_8bit": cfg.judge_use_8bit, "load_in_4bit": cfg.judge_use_4bit},
                "load": {k: v for k, v in _load_settings(cfg).items() if not k.startswith(("load_in", "bnb", "use_bnb"))},
-               "templates": judge_templates_hash()}
+               "templates": judge_templates_hash(), "label_tokens": verdict_token_ids(tokenizer, labels),
+               "space_before_labels": space_before_labels(tokenizer, labels)}
     return signature_of(payload), payload
 
 
@@ -792,24 +794,29 @@ def _judge_requests(method: str, ex_id: str, example: Mapping, evidence, cands: 
     return out
 
 
-def _apply_judge(judge: Judge, method: str, cands: Sequence[Candidate], logprobs: Mapping[str, list]) -> None:
-    """Set each candidate's judge score (and detail) from the judge's label log-probabilities."""
+def _apply_judge(judge: Judge, method: str, cands: Sequence[Candidate], logprobs: Mapping[str, list]) -> list[float]:
+    """Set each candidate's judge score (and detail) from the judge's label log-probabilities.
+    Pairwise: returns, per compared pair, P(first shown wins) - P(second shown wins) averaged over
+    both orders: the judge's position bias, which showing both orders cancels."""
     if method == "pointwise":
         for c in cands:
             v = judge.pointwise(logprobs[text_key(c.text)])
             c.judge, c.judge_detail = v.score, {"method": "pointwise", **v.to_dict()}
-        return
+        return []
     texts = list(dict.fromkeys(c.text for c in cands))
     wins: dict[str, list[float]] = defaultdict(list)
+    bias = []
     for x, y in itertools.combinations(texts, 2):
         kx, ky = text_key(x), text_key(y)
-        pref, _ = judge.preference(logprobs[f"{kx}>{ky}"], logprobs[f"{ky}>{kx}"])
+        pref, one = judge.preference(logprobs[f"{kx}>{ky}"], logprobs[f"{ky}>{kx}"])
+        bias.append(one["x_first"] - one["x_second"])
         wins[x].append(pref)
         wins[y].append(1.0 - pref)
     for c in cands:
         prefs = wins.get(c.text) or [0.5]
         c.judge = sum(prefs) / len(prefs)
         c.judge_detail = {"method": "pairwise", "opponents": len(wins.get(c.text, [])), "mean_preference": c.judge}
+    return bias
 
 
 def judge_phase(cfg, explicit: set[str]) -> dict:
@@ -857,13 +864,15 @@ def judge_phase(cfg, explicit: set[str]) -> dict:
     judge_info: dict[str, Any] = {"mode": cfg.judge_mode}
     judge = None
     if cfg.judge_mode != "verifiers":
-        jsig, jpayload = judge_signature(cfg, gen_sig)
+        from .modeling import load_tokenizer
+
+        tok = load_tokenizer(cfg.judge_model, padding_side="left", trust_remote_code=cfg.trust_remote_code)
+        jsig, jpayload = judge_signature(cfg, gen_sig, tok)
         jpath = cache / f"judge_{jsig}.jsonl"
         JsonlAppender(jpath, JUDGE_ROW).close()
         cached = {r["id"]: r["logprobs"] for r in (read_jsonl(jpath, JUDGE_ROW, allow_empty=True)
                                                     if jpath.stat().st_size else [])}
-        model, tok = _load_judge(cfg)
-        judge = Judge(model, tok, cfg.judge_method, cfg.judge_batch_size)
+        judge = Judge(_load_judge(cfg), tok, cfg.judge_method, cfg.judge_batch_size)
         per_example = {row["id"]: _judge_requests(cfg.judge_method, row["id"], ex, row["evidence"], cands)
                        for row, ex, cands in items}
         todo = [(ex_id, key, req) for ex_id, reqs in per_example.items() for key, req in reqs.items()
@@ -879,9 +888,12 @@ def judge_phase(cfg, explicit: set[str]) -> dict:
                     out.write({"schema_version": SCHEMA_VERSION, "id": f"{ex_id}#{key}", "example_id": ex_id,
                                "key": key, "logprobs": lp, "signature": jsig})
                     cached[f"{ex_id}#{key}"] = lp
+        bias = []
         for row, ex, cands in items:
-            _apply_judge(judge, cfg.judge_method, cands,
-                         {key: cached[f"{row['id']}#{key}"] for key in per_example[row["id"]]})
+            bias += _apply_judge(judge, cfg.judge_method, cands,
+                                 {key: cached[f"{row['id']}#{key}"] for key in per_example[row["id"]]})
+        if bias:  # P(first shown wins) - P(second shown wins): what showing both orders cancels
+            judge_info["position_bias_mean"] = round(sum(bias) / len(bias), 4)
         judge_info.update(model=cfg.judge_model, method=cfg.judge_method, signature=jsig, payload=jpayload,
                           cache=str(jpath), scored_now=len(todo), judge_seconds=round(time.time() - t_judge, 1))
     for _, _, cands in items:
@@ -1099,7 +1111,9 @@ def summarize(result: Mapping) -> str:
                      f"better verifier score in {_pct(j['chosen_verifier_better'])}; chosen is SFT in "
                      f"{_pct(j['chosen_is_sft_share_of_model_pairs'])} of model pairs"
                      + (f"; judge agrees with the verifiers on {_pct(agree.get('agreement'))} of {agree.get('pairs')} "
-                        f"candidate pairs" if agree else ""))
+                        f"candidate pairs" if agree else "")
+                     + (f" (probability on its score tokens: {_pct(j['judge_score_token_mass'])})"
+                        if j.get("judge_score_token_mass") is not None else ""))
         for kind, k in j["by_kind"].items():
             lines.append(f"  {kind:34s} kept {k['kept']:4d}  dropped {sum(k['dropped'].values()):4d}  mean margin "
                          f"{k['mean_margin']}  chosen verifier-better {_pct(k['chosen_verifier_better'])}")

@@ -291,6 +291,20 @@ def test_pointwise_judge_reads_score_token_probabilities(judge):
     assert v.score == pytest.approx((v.expected - 1) / 4) and 0 <= v.score <= 1
 
 
+def test_score_tokens_follow_the_tokenizers_spelling(judge):
+    from factuality.judge import POINTWISE_PREFILL, space_before_labels
+
+    class SplitDigits:                                         # writes " 3" as a space then "3" (SmolLM2, Llama-3)
+        def encode(self, text, add_special_tokens=False):
+            return [ord(ch) for ch in text]
+
+    assert space_before_labels(SplitDigits(), ["1", "2"])
+    j = judge["pointwise"]
+    assert space_before_labels(j.tok, ["1"]) == (j.space == " ")
+    ex = make_example(2)
+    assert j.prompt(ex, ex["evidence"], ["x"]).endswith(POINTWISE_PREFILL + j.space)
+
+
 def test_every_perturbation_kind_is_made_and_worse_than_its_source():
     examples = examples_for("train", 12)
     usage: Counter = Counter()
