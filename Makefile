@@ -1,4 +1,4 @@
-# make demo   set up .venv and run the pipeline on the bundled sample with the embedded model (CPU)
+# make demo   set up .venv and run the main job (pipeline.py: all seven scripts) on the bundled sample with the embedded model (CPU)
 # make test   set up .venv and run the test suite
 # make bench  run the benchmarks in bench/ (prints ratios against a baseline measured in the same run)
 PY := .venv/bin/python
@@ -17,3 +17,5 @@ bench: setup
 	$(PY) bench/bench_build_data.py
 	$(PY) bench/bench_sft.py
 	$(PY) bench/bench_generation.py
+	$(PY) bench/bench_rm.py
+	$(PY) bench/bench_dpo.py
