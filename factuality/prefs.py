@@ -33,9 +33,9 @@ grounded), kinds balanced across the run. Every candidate gets verifier scores (
 metrics.score_example) and, unless --judge-mode verifiers, a judge score read from the judge
 model's token probabilities; the final score combines them (--judge-mode, --judge-weight,
 --verifier-weights). Pairs per example: model against model (up to --pairs-per-prompt, largest
-gap first) and each perturbation against its source (kept only when the source scores higher),
-kept when the gap is >= --min-margin; ties, near-ties, identical texts and perturbations not
-scored worse are dropped and counted.
+gap first), kept when the gap is >= --min-margin, and each perturbation against its source, kept
+when the source scores higher by >= --hard-min-margin (default --min-margin); ties, near-ties,
+identical texts and perturbations not scored worse are dropped and counted.
 
 Outputs: `<output_dir>/preferences_<signature>.jsonl` (records.PREFERENCE, written atomically;
 the signature covers the generation signature and every judge and pairing option) and
@@ -266,10 +266,20 @@ def _line_numbers(path: Path) -> list[int]:
         return [n for n, line in enumerate(f, start=1) if line.strip()]
 
 
+def data_files(cfg) -> list[str]:
+    """--data-path then --val-path, each file once; a test split file is refused."""
+    files = list(dict.fromkeys(list(cfg.data_path) + list(cfg.val_path)))
+    for f in files:
+        if Path(f).name.split(".")[0] == "test":
+            raise ConfigError(f"{f}: the test split never becomes preference pairs (pairs are trained on); pass the "
+                              f"train and val files, e.g. --data-path data/processed/train.jsonl,data/processed/val.jsonl")
+    return files
+
+
 def load_data(cfg) -> tuple[list[dict], list[dict]]:
     """The examples to make pairs from (train and val only; per-split limits applied) and, per
     file, {path, sha256, examples}. A test file, a test example or an id in two files is refused."""
-    files = list(dict.fromkeys(list(cfg.data_path) + list(cfg.val_path)))
+    files = data_files(cfg)
     examples: list[dict] = []
     info: list[dict] = []
     seen: dict[str, str] = {}
@@ -277,9 +287,6 @@ def load_data(cfg) -> tuple[list[dict], list[dict]]:
     limits = {"train": cfg.max_samples, "val": cfg.max_val_samples}
     for f in files:
         p = Path(f)
-        if p.name.split(".")[0] == "test":
-            raise ConfigError(f"{p}: the test split never becomes preference pairs (pairs are trained on); pass the "
-                              f"train and val files, e.g. --data-path data/processed/train.jsonl,data/processed/val.jsonl")
         if not p.exists():
             raise FileNotFoundError(f"{p}: data file not found; run `python build_data.py` first or fix --data-path")
         recs = read_examples(p)
@@ -568,6 +575,7 @@ def locate_cache(cfg, explicit: set[str]) -> Path:
     cache whose data files (by content), sample limits, n_generations and explicitly given
     generation options match; an error listing the candidates when there are several or none."""
     root = Path(cfg.output_dir) / "cache"
+    files = data_files(cfg)
     if cfg.cache_dir:
         path = Path(cfg.cache_dir)
         if not (path / "manifest.json").exists():
@@ -584,7 +592,6 @@ def locate_cache(cfg, explicit: set[str]) -> Path:
     if not found:
         raise FileNotFoundError(f"{root}: no generation cache; run `python make_prefs.py --phase generate` with the "
                                 f"same --data-path / --max-samples / --n-generations first (or pass --cache-dir)")
-    files = list(dict.fromkeys(list(cfg.data_path) + list(cfg.val_path)))
     missing = [f for f in files if not Path(f).exists()]
     if missing:
         raise FileNotFoundError(f"{missing[0]}: data file not found; pass the files phase 1 read, or --cache-dir")
@@ -607,16 +614,17 @@ def locate_cache(cfg, explicit: set[str]) -> Path:
         raise RecordError(f"the generation cache {_describe(*matches[0])} is not complete; rerun --phase generate with "
                           f"the same options to finish it")
     listed = "; ".join(_describe(p, m) for p, m in near[:5])
+    given = ", ".join(f"--{k.replace('_', '-')} {getattr(cfg, k)}" for k in GENERATION_KEYS if k in explicit)
     raise FileNotFoundError(f"{root}: no generation cache matches --data-path {','.join(files)} (by content), "
                             f"--max-samples {cfg.max_samples}, --max-val-samples {cfg.max_val_samples}, --n-generations "
-                            f"{cfg.n_generations}; caches here: {listed}. Run --phase generate with these options, or "
-                            f"pass --signature / --cache-dir")
+                            f"{cfg.n_generations}{', ' + given if given else ''}; caches here: {listed}. Run --phase "
+                            f"generate with these options, or pass --signature / --cache-dir")
 
 
 def _cache_examples(cfg, manifest: Mapping, explicit: set[str]) -> dict[str, dict]:
     """The examples phase 1 used, read from the files it read (checked by sha256)."""
     if "data_path" in explicit or "val_path" in explicit:
-        files = list(dict.fromkeys(list(cfg.data_path) + list(cfg.val_path)))
+        files = data_files(cfg)
     else:
         files = [d["path"] for d in manifest["data"]]
     recorded = [d["sha256"] for d in manifest["data"]]

@@ -398,8 +398,10 @@ def test_pairs_feed_trl_dpo_and_reward_trainers_as_they_are(judged, tiny_model_d
 def test_test_split_never_becomes_a_pair(adapter, data, tiny_model_dir, tmp_path):
     test_file = tmp_path / "test.jsonl"
     write_jsonl(test_file, examples_for("test", 3), EXAMPLE)
-    with pytest.raises(ConfigError, match="test split never becomes preference pairs"):
-        run(make_cfg(adapter, data, tmp_path / "o", tiny_model_dir, data_path=[str(test_file)], val_path=[]))
+    for phase in ("generate", "judge"):
+        with pytest.raises(ConfigError, match="test split never becomes preference pairs"):
+            run(make_cfg(adapter, data, tmp_path / "o", tiny_model_dir, data_path=[str(test_file)], val_path=[],
+                         phase=phase))
     mixed = tmp_path / "train_mixed.jsonl"
     write_jsonl(mixed, examples_for("train", 3) + [make_example(50, split="test")], EXAMPLE)
     with pytest.raises(RecordError, match=r"train_mixed.jsonl:4: split: 'test'"):
