@@ -56,15 +56,54 @@ import yaml
 from . import dist
 from .cli import Stage
 from .config import ConfigError, LazySpec, Part, StageSpec, to_dict
-from .modeling import (ModelOptions, base_model_id, cache_dir, is_embedded, load_model, load_tokenizer, model_summary,
-                       resolve_dtype, resolve_model_path)
-from .prompts import (PromptTemplates, completion_text, fit_evidence, gold_target, parse_output, render_prompt,
-                      tokenize_prompt)
+from .modeling import (
+    ModelOptions,
+    base_model_id,
+    cache_dir,
+    is_embedded,
+    load_model,
+    load_tokenizer,
+    model_summary,
+    resolve_dtype,
+    resolve_model_path,
+)
+from .prompts import (
+    PromptTemplates,
+    completion_text,
+    fit_evidence,
+    gold_target,
+    parse_output,
+    render_prompt,
+    tokenize_prompt,
+)
 from .provenance import run_card, set_seed, write_run_card
-from .records import (PREFERENCE, SCHEMA_VERSION, Contract, JsonlAppender, RecordError, atomic_write_json,
-                      atomic_write_text, read_jsonl, sha256_file, sha256_json)
-from .sft import (_fmt, _losses, _sha, check_run_dir, clear_run_dir, effective_batch, flat_config,
-                  name_base_by_hub_id, prepare_training_values, run_dir_of, save_merged)
+from .records import (
+    PREFERENCE,
+    SCHEMA_VERSION,
+    Contract,
+    JsonlAppender,
+    RecordError,
+    atomic_write_json,
+    atomic_write_text,
+    read_jsonl,
+    sha256_file,
+    sha256_json,
+)
+from .sft import (
+    TRAINING_DEFAULTS,
+    RunFolderOptions,
+    _fmt,
+    _losses,
+    _sha,
+    check_run_dir,
+    clear_run_dir,
+    effective_batch,
+    flat_config,
+    name_base_by_hub_id,
+    prepare_training_values,
+    run_dir_of,
+    save_merged,
+)
 
 log = logging.getLogger("factuality.dpo")
 
@@ -82,7 +121,7 @@ LORA_KEYS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_mo
 
 
 @dataclass
-class DPOOptions:
+class DPOOptions(RunFolderOptions):
     """This suite's own DPO options (the SFT adapter, the pairs, the reward model, the run folder's
     life). Training options are TRL's DPOConfig fields and model options ModelOptions' fields."""
 
@@ -113,29 +152,12 @@ class DPOOptions:
         "help": "smallest reward-model score gap (chosen - rejected) a pair needs to be kept (null: 0 in filter "
                 "mode, no cut in weight mode)"})
     rm_batch_size: int = field(default=16, metadata={"min": 1, "help": "pairs per reward-model scoring call"})
-    resume: bool = field(default=False, metadata={
-        "help": "continue from the newest complete checkpoint-* in output_dir (error if there is none)"})
-    overwrite: bool = field(default=False, metadata={
-        "help": "replace an existing run in output_dir (only once the new run's inputs have been checked)"})
-    merge_adapter: bool = field(default=False, metadata={
-        "help": "also save the base model with the DPO adapter merged in (<output_dir>/merged/)"})
-    config_path: str | None = field(default=None, metadata={"help": "set from -c", "cli": False})
-
-    def validate(self) -> None:
-        if self.prompts_dir in ("", "default"):
-            self.prompts_dir = None
-        if self.resume and self.overwrite:
-            raise ConfigError("--resume and --overwrite contradict each other; choose one")
 
 
 # Our recipe defaults for TRL's DPOConfig (TRL's own assume a GPU: bf16, gradient checkpointing).
 DPO_TRAIN_DEFAULTS: dict[str, Any] = dict(
-    output_dir="checkpoints/dpo/default", max_length=2048, per_device_train_batch_size=1,
-    per_device_eval_batch_size=4, learning_rate=5e-6, num_train_epochs=1.0, warmup_steps=0.1,
-    lr_scheduler_type="cosine", optim="adamw_torch", gradient_checkpointing=None, activation_checkpointing=False,
-    logging_steps=10, logging_first_step=True, save_steps=200, save_total_limit=2, report_to="none", seed=42,
+    TRAINING_DEFAULTS, output_dir="checkpoints/dpo/default", learning_rate=5e-6, warmup_steps=0.1,
     beta=0.1, loss_type=["sigmoid"],
-    truncation_mode="keep_start",  # pairs are fitted here (evidence side); TRL never has to cut them
 )
 # model_name_or_path None: the base the SFT adapter names (adapter_config.json)
 DPO_MODEL_DEFAULTS: dict[str, Any] = dict(model_name_or_path=None)

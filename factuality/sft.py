@@ -64,7 +64,26 @@ BATCHING = ("group_by_length", "padded", "padding_free", "packed")
 
 
 @dataclass
-class SFTOptions:
+class RunFolderOptions:
+    """What every training stage does with its run folder (output_dir): resume it, replace it, merge."""
+
+    resume: bool = field(default=False, metadata={
+        "help": "continue from the newest complete checkpoint-* in output_dir (error if there is none)"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace an existing run in output_dir (only once the new run's inputs have been checked)"})
+    merge_adapter: bool = field(default=False, metadata={
+        "help": "also save the base model with the adapter merged in (<output_dir>/merged/), for serving without PEFT"})
+    config_path: str | None = field(default=None, metadata={"help": "set from -c", "cli": False})
+
+    def validate(self) -> None:
+        if getattr(self, "prompts_dir", None) in ("", "default"):
+            self.prompts_dir = None
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other; choose one")
+
+
+@dataclass
+class SFTOptions(RunFolderOptions):
     """This suite's own SFT options (the data, how batches are formed, the run folder's life).
     Training options are TRL's SFTConfig fields and model/LoRA options ModelOptions' fields."""
 
@@ -84,29 +103,18 @@ class SFTOptions:
                 "(random batches padded to the longest: TRL's default), padding_free (one flat sequence per batch, "
                 "best with flash_attention_2), packed (best-fit packing into max_length rows)",
         "choices": list(BATCHING)})
-    resume: bool = field(default=False, metadata={
-        "help": "continue from the newest complete checkpoint-* in output_dir (error if there is none)"})
-    overwrite: bool = field(default=False, metadata={
-        "help": "replace an existing run in output_dir (only once the new run's inputs have been checked)"})
-    merge_adapter: bool = field(default=False, metadata={
-        "help": "also save the base model with the adapter merged in (<output_dir>/merged/), for serving without PEFT"})
-    config_path: str | None = field(default=None, metadata={"help": "set from -c", "cli": False})
-
-    def validate(self) -> None:
-        if self.prompts_dir in ("", "default"):
-            self.prompts_dir = None
-        if self.resume and self.overwrite:
-            raise ConfigError("--resume and --overwrite contradict each other; choose one")
 
 
 # Our recipe defaults for TRL's SFTConfig (TRL's own defaults assume a GPU: bf16, fused AdamW,
 # gradient checkpointing). Each can be set from YAML or the CLI under its TRL name.
-SFT_TRAIN_DEFAULTS: dict[str, Any] = dict(
-    output_dir="checkpoints/sft/default", max_length=2048, per_device_train_batch_size=1,
-    per_device_eval_batch_size=4, learning_rate=2e-4, num_train_epochs=1.0, warmup_steps=0.03,
+TRAINING_DEFAULTS: dict[str, Any] = dict(
+    max_length=2048, per_device_train_batch_size=1, per_device_eval_batch_size=4, num_train_epochs=1.0,
     lr_scheduler_type="cosine", optim="adamw_torch", gradient_checkpointing=None, activation_checkpointing=False,
     logging_steps=10, logging_first_step=True, save_steps=200, save_total_limit=2, report_to="none", seed=42,
-    truncation_mode="keep_start",  # the dataset is fitted here (evidence side); TRL must not cut it again
+    truncation_mode="keep_start",  # examples and pairs are fitted here (evidence side); TRL must not cut them again
+)
+SFT_TRAIN_DEFAULTS: dict[str, Any] = dict(
+    TRAINING_DEFAULTS, output_dir="checkpoints/sft/default", learning_rate=2e-4, warmup_steps=0.03,
     packing_strategy="bfd",
 )
 SFT_MODEL_DEFAULTS: dict[str, Any] = dict(use_peft=True)
