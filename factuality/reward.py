@@ -80,7 +80,7 @@ from . import dist
 from .cli import Stage
 from .config import ConfigError, LazySpec, Part, StageSpec, fields_of, to_dict
 from .metrics import ECE_BINS, _ece, answer_supported, score_example
-from .modeling import (ModelOptions, ModelLoadError, base_model_id, bnb_config, is_embedded, load_model,
+from .modeling import (ModelOptions, ModelLoadError, base_model_id, bnb_config, load_model,
                        load_tokenizer, model_summary, pick_device, resolve_attn_implementation, resolve_dtype,
                        resolve_model_path)
 from .penalties import (PENALTIES, PenaltyOptions, PromptFormatError, parse_prompt, penalty_matrix, weight_vector,
@@ -91,7 +91,7 @@ from .provenance import run_card, set_seed, write_run_card
 from .records import (PREFERENCE, SCHEMA_VERSION, Contract, RecordError, atomic_dir, atomic_write_bytes,
                       atomic_write_json, atomic_write_text, fault_point, read_examples, read_jsonl, sha256_file,
                       sha256_json, write_jsonl)
-from .sft import check_run_dir, clear_run_dir, find_last_checkpoint, lora_config, prepare_training_values
+from .sft import check_run_dir, clear_run_dir, lora_config, prepare_training_values
 
 log = logging.getLogger("factuality.reward")
 
