@@ -101,19 +101,21 @@ def worker(args) -> dict:
 
     from factuality.modeling import load_model, load_tokenizer
     from factuality.prompts import DEFAULT_TEMPLATES, completion_text, render_prompt
-    from factuality.sft import SFTRunConfig, build_dataset, build_trainer, lora_config
+    from factuality.config import parse_config
+    from factuality.sft import SFT_SPEC, build_dataset, build_trainer, lora_config
 
     torch.manual_seed(0)
     examples = examples_for(args)
     out_dir = tempfile.mkdtemp(prefix="bench_sft_")
-    cfg = SFTRunConfig(model_name_or_path=args.model_path, dtype="auto", max_length=args.max_length,
+    cfg = parse_config(SFT_SPEC, [], model_name_or_path=args.model_path, dtype="auto", max_length=args.max_length,
                        per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
-                       learning_rate=1e-4, num_train_epochs=1, warmup_ratio=0.0, lr_scheduler_type="constant",
+                       learning_rate=1e-4, num_train_epochs=1, warmup_steps=0.0, lr_scheduler_type="constant",
                        logging_steps=1000, save_steps=10_000, eval_steps=None, output_dir=out_dir, run_name="b",
-                       lora_dropout=0.0, seed=0, batching="padded" if args.variant == "trl-default" else args.variant)
+                       lora_dropout=0.0, seed=0, val_file=None,
+                       batching="padded" if args.variant == "trl-default" else args.variant)
     tok = load_tokenizer(cfg.model_name_or_path)
     ds, stats = build_dataset(examples, tok, cfg.max_length, DEFAULT_TEMPLATES, "bench")
-    model = load_model(cfg, is_trainable=True)
+    model = load_model(cfg.model, is_trainable=True)
     if args.variant == "trl-default":
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
@@ -138,7 +140,7 @@ def worker(args) -> dict:
                              dataloader_pin_memory=False, disable_tqdm=True,
                              bf16=model.dtype == torch.bfloat16)  # TRL defaults to bf16, which a CPU run refuses
         trainer = SFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_dict(rows), processing_class=tok,
-                             peft_config=lora_config(cfg, model.config.num_hidden_layers))
+                             peft_config=lora_config(cfg.model, model.config.num_hidden_layers))
     else:
         trainer = build_trainer(cfg, ds, None, tok, model=model, save_strategy="no", disable_tqdm=True)
     counter = TokenCounter(trainer.data_collator)
