@@ -79,6 +79,7 @@ import yaml
 from . import dist
 from .cli import Stage
 from .config import ConfigError, LazySpec, Part, StageSpec, fields_of, to_dict
+from .generation import common_prefix_len
 from .metrics import ECE_BINS, _ece, answer_supported, score_example
 from .modeling import (ModelOptions, ModelLoadError, base_model_id, bnb_config, is_embedded, load_model,
                        load_tokenizer, model_summary, pick_device, resolve_attn_implementation, resolve_dtype,
@@ -191,6 +192,7 @@ RM_TRAIN_DEFAULTS: dict[str, Any] = dict(
     learning_rate=1e-3, num_train_epochs=3.0, warmup_steps=0.1, weight_decay=0.01, lr_scheduler_type="linear",
     optim="adamw_torch", gradient_checkpointing=None, activation_checkpointing=False, logging_steps=10,
     logging_first_step=True, eval_steps=None, save_steps=200, save_total_limit=2, report_to="none", seed=42,
+    center_rewards_coefficient=0.01,  # TRL's recommended value: pairs' rewards centred, so scores compare across prompts
 )
 RM_MODEL_DEFAULTS: dict[str, Any] = dict(use_peft=False, lora_task_type="SEQ_CLS")
 
@@ -591,9 +593,10 @@ def extract_features(body, tokens: Tokens, prompts: Sequence[str], responses: Se
                      share_prompt_prefix: bool = True, desc: str = "features", progress: bool | None = None) -> np.ndarray:
     """(N, hidden) float32: the body's final hidden state at each sequence's last token.
 
-    share_prompt_prefix: sequences of one prompt run the prompt once (batch 1, use_cache) and their
-    responses continue from copies of its key/value cache, right-padded (causal attention never lets
-    a real token see the padding after it). Otherwise: full sequences, right-padded batches."""
+    share_prompt_prefix: the tokens every prompt starts with (system text, chat-template header) run
+    once; each prompt continues from a copy of that key/value cache (batch 1), and its responses
+    continue from copies of the prompt's cache, right-padded (causal attention never lets a real
+    token see the padding after it). Otherwise: full sequences, right-padded batches."""
     import torch
     from tqdm.auto import tqdm
 
@@ -631,14 +634,25 @@ def extract_features(body, tokens: Tokens, prompts: Sequence[str], responses: Se
             groups: dict[str, list[int]] = {}
             for i, p in enumerate(prompts):
                 groups.setdefault(p, []).append(i)
+            ids_of = {p: tokens.prompt(p) for p in groups}
+            # the head every prompt shares, run once; each prompt keeps >= 2 tokens of its own
+            shared = min(common_prefix_len(list(ids_of.values())), min(map(len, ids_of.values())) - 2) \
+                if len(groups) > 1 else 0
+            root = None
+            if shared >= 8:
+                first = next(iter(ids_of.values()))
+                root = body(input_ids=torch.tensor([first[:shared]], device=device), use_cache=True).past_key_values
+            else:
+                shared = 0
             for p, rows in groups.items():
-                pids = tokens.prompt(p)
+                pids = ids_of[p]
                 if len(pids) < 2:  # nothing to share: run whole
                     for b in range(0, len(rows), batch_size):
                         run_batch(rows[b:b + batch_size], [tokens.full(p, responses[i]) for i in rows[b:b + batch_size]])
                     continue
                 # the prompt's last token goes with the responses, so every response step has a query
-                prefix = body(input_ids=torch.tensor([pids[:-1]], device=device), use_cache=True).past_key_values
+                prefix = body(input_ids=torch.tensor([pids[shared:-1]], device=device), use_cache=True,
+                              past_key_values=copy.deepcopy(root) if root is not None else None).past_key_values
                 for b in range(0, len(rows), batch_size):
                     chunk = rows[b:b + batch_size]
                     cache = copy.deepcopy(prefix)
@@ -1683,10 +1697,15 @@ def resolve_checkpoint(cfg) -> Path:
 
 
 def score_inputs(rm: RewardModel, ev: EvalInputs, progress: bool | None = None) -> ScoredSet:
-    learned = rm.learned_scores(ev.seqs.prompts, ev.seqs.responses)
+    """Every score variant of the eval sequences with a loaded reward model (one feature pass)."""
     untrained = None
-    if rm.init_head is not None:
-        untrained = head_scores(rm.init_head, rm.features(ev.seqs.prompts, ev.seqs.responses, progress))
+    if rm.kind == "head":
+        feats = rm.features(ev.seqs.prompts, ev.seqs.responses, progress)
+        learned = head_scores(rm.head, feats)
+        if rm.init_head is not None:
+            untrained = head_scores(rm.init_head, feats)
+    else:
+        learned = rm.learned_scores(ev.seqs.prompts, ev.seqs.responses, progress)
     return ScoredSet(learned, rm.penalty_totals(ev.seqs.prompts, ev.seqs.responses), untrained, ev.length, ev.verifier)
 
 
