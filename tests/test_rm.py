@@ -120,6 +120,11 @@ def test_probe_table_by_hand():
     assert table["cite_all"] == {"n": 2, "honest_wins_on": 0.5}        # a wins; b ties (a tie is no win)
     assert table["unknown_id"] == {"n": 1, "honest_wins_on": 0.0}
     assert table["filler_padding"] == {"n": 0, "honest_wins_on": None}
+    by_source = [Probe(e, k, "p", "x", src) for e, k, src in (("a", "honest", "nq"), ("a", "cite_all", "nq"),
+                                                               ("b", "honest", "fever"), ("b", "cite_all", "fever"))]
+    table = probe_table(by_source, {"on": np.array([1.0, 0.0, 0.0, 0.0])})["cite_all"]
+    assert table["honest_wins_on"] == 0.5 and table["by_source"] == {"fever": {"n": 1, "honest_wins_on": 0.0},
+                                                                       "nq": {"n": 1, "honest_wins_on": 1.0}}
 
 
 # ------------------------------------------------------------------ pairs and their checks
