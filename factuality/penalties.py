@@ -12,9 +12,14 @@ n = the number of evidence chunks shown; an *answer* is a response that is not a
 
 - citation (invalid citations): |C \\ V| / |C|; 0 when nothing is cited. An id that is not among
   the evidence shown ("E9" with four chunks) is a made-up source.
-- overcitation: (|V| - 1) / (n - 1) for |V| >= 1 and n >= 2, else 0. Citing one chunk costs
-  nothing, every further chunk 1/(n-1), citing every chunk costs 1 (the "cite everything to be
-  sure to cite the support" trick). An honest two-hop answer citing 2 of 5 chunks costs 0.25.
+- overcitation: cited chunks beyond those the answer needs and one more (a bridge passage), over
+  the chunks that could be cited beyond those: max(0, |V| - |V ∩ N| - 1) / (n - |N| - 1), 0 when
+  the denominator is < 1. N, the chunks an answer needs (`needed_chunks`): for a span answer, each
+  chunk that supports it alone (metrics.answer_supported); for a verdict (FEVER, yes / no), the
+  chunks most about the claim or question (the largest share of its content words; ties count);
+  none for a refusal or an unsupported answer. Citing every chunk costs 1 (the "cite everything
+  to be sure to cite the support" trick); an honest two-hop answer (answer passage + bridge) and an
+  answer that cites every chunk it needs cost 0.
 - span (support mismatch): for an answer, 1 - support, where support (`support_score`) is
   `metrics.answer_supported` of the answer by the chunks in V (the one definition of
   "supported": its tokens occur in one cited chunk; a FEVER verdict or a yes/no answer needs a
@@ -70,7 +75,7 @@ class PenaltyOptions:
     length_penalty_weight: float = field(default=0.05, metadata={
         "min": 0, "help": "weight of the excessive-length penalty (answer words beyond max_answer_words)"})
     overcitation_penalty_weight: float = field(default=0.15, metadata={
-        "min": 0, "help": "weight of the over-citation penalty ((cited chunks - 1) / (chunks shown - 1))"})
+        "min": 0, "help": "weight of the over-citation penalty (cited chunks beyond those the answer needs and a bridge)"})
     span_penalty_weight: float = field(default=0.25, metadata={
         "min": 0, "help": "weight of the support-mismatch penalty (1 - support of the answer by its cited chunks)"})
     max_answer_words: int = field(default=12, metadata={
@@ -185,13 +190,32 @@ def invalid_citation_penalty(cited: Sequence[str], evidence_ids: Sequence[str]) 
     return sum(1 for c in cited if c not in known) / len(cited)
 
 
-def overcitation_penalty(cited: Sequence[str], evidence_ids: Sequence[str]) -> float:
-    """(valid cited chunks - 1) / (chunks shown - 1), in [0, 1]; 0 with fewer than two chunks shown."""
-    n = len(evidence_ids)
-    valid = set(cited) & set(evidence_ids)
-    if n < 2 or not valid:
+def overcitation_penalty(cited: Sequence[str], evidence_ids: Sequence[str], needed_ids: Sequence[str]) -> float:
+    """max(0, valid cited - needed cited - 1) / (chunks shown - needed - 1), in [0, 1] (module docstring)."""
+    shown = set(evidence_ids)
+    valid = set(cited) & shown
+    needed = set(needed_ids) & shown
+    room = len(shown) - len(needed) - 1
+    if room < 1:
         return 0.0
-    return (len(valid) - 1) / (n - 1)
+    return max(0, len(valid) - len(valid & needed) - 1) / room
+
+
+def needed_chunks(view: "PromptView", parsed: ParsedOutput, checker=None) -> list[str]:
+    """Ids of the chunks an answer needs (module docstring, "overcitation"); [] for a refusal or an
+    answer no chunk supports."""
+    if parsed.refusal or not parsed.answer:
+        return []
+    source = "fever" if view.claim else None
+    if is_verdict(parsed.answer, source) and (view.claim or is_yes_no_question(view.question)):
+        words = content_words(view.question)
+        if not words:
+            return []
+        shares = {c["id"]: len(words & set(answer_tokens(c["text"]))) for c in view.evidence}
+        best = max(shares.values(), default=0)
+        return [i for i, v in shares.items() if v == best and best > 0]
+    return [c["id"] for c in view.evidence
+            if answer_supported(parsed.answer, [c["text"]], source=source, checker=checker, question=view.question)]
 
 
 def content_words(text: str) -> set[str]:
@@ -285,7 +309,7 @@ def compute_penalties(prompt: str, response: str, options: PenaltyOptions | None
     support = support_score(view, parsed, checker)
     values = {
         "citation": invalid_citation_penalty(cited, view.ids),
-        "overcitation": overcitation_penalty(cited, view.ids),
+        "overcitation": overcitation_penalty(cited, view.ids, needed_chunks(view, parsed, checker)),
         "confidence": confidence_penalty(parsed, support),
         "length": length_penalty(parsed, response, options.max_answer_words),
         "span": span_penalty(parsed, support),

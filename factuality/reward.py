@@ -79,6 +79,7 @@ import yaml
 from . import dist
 from .cli import Stage
 from .config import ConfigError, LazySpec, Part, StageSpec, fields_of, to_dict
+from .generation import common_prefix_len
 from .metrics import ECE_BINS, _ece, answer_supported, score_example
 from .modeling import (ModelOptions, ModelLoadError, base_model_id, bnb_config, load_model,
                        load_tokenizer, model_summary, pick_device, resolve_attn_implementation, resolve_dtype,
@@ -191,6 +192,7 @@ RM_TRAIN_DEFAULTS: dict[str, Any] = dict(
     learning_rate=1e-3, num_train_epochs=3.0, warmup_steps=0.1, weight_decay=0.01, lr_scheduler_type="linear",
     optim="adamw_torch", gradient_checkpointing=None, activation_checkpointing=False, logging_steps=10,
     logging_first_step=True, eval_steps=None, save_steps=200, save_total_limit=2, report_to="none", seed=42,
+    center_rewards_coefficient=0.01,  # TRL's recommended value: pairs' rewards centred, so scores compare across prompts
 )
 RM_MODEL_DEFAULTS: dict[str, Any] = dict(use_peft=False, lora_task_type="SEQ_CLS")
 
@@ -239,35 +241,24 @@ RM_SPEC = LazySpec(_rm_spec)
 # --------------------------------------------------------------------------------------------
 # Pairs
 # --------------------------------------------------------------------------------------------
-def _check_pair(rec: dict) -> str | None:
-    """Cross-field rules of a pair the reward model relies on (RecordError `file:line: field: problem`)."""
-    if rec["split"] == "test":
-        return "split: 'test' examples never become pairs (they are held out for evaluate_sft.py); rebuild the pairs"
-    try:
-        view = parse_prompt(rec["prompt"])
-    except PromptFormatError as e:
-        return f"prompt: {e}"
-    shown = [c["id"] for c in rec["evidence"]]
-    if view.ids != shown:
-        return (f"evidence: ids {shown} differ from the chunks the prompt shows {view.ids}; the pair's evidence must be "
-                "the evidence rendered into its prompt")
-    return None
-
-
 def _pair_contract(templates: PromptTemplates) -> Contract:
-    if templates == PromptTemplates():
-        return Contract(PREFERENCE.name, PREFERENCE.schema, _check_pair, PREFERENCE.unique, PREFERENCE.allow_empty,
-                        PREFERENCE.expected)
+    """records.PREFERENCE plus the cross-field rules the reward model relies on (a RecordError
+    `file:line: field: problem` each): no test pairs, a prompt in this suite's format, and the
+    pair's evidence ids equal to the chunks its prompt shows."""
 
-    def check(rec):
+    def check(rec: dict) -> str | None:
         if rec["split"] == "test":
-            return _check_pair(rec)
+            return "split: 'test' examples never become pairs (they are held out for evaluate_sft.py); rebuild the pairs"
         try:
             view = parse_prompt(rec["prompt"], templates)
         except PromptFormatError as e:
             return f"prompt: {e}"
         shown = [c["id"] for c in rec["evidence"]]
-        return None if view.ids == shown else f"evidence: ids {shown} differ from the prompt's {view.ids}"
+        if view.ids != shown:
+            return (f"evidence: ids {shown} differ from the chunks the prompt shows {view.ids}; the pair's evidence "
+                    "must be the evidence rendered into its prompt")
+        return None
+
     return Contract(PREFERENCE.name, PREFERENCE.schema, check, PREFERENCE.unique, PREFERENCE.allow_empty,
                     PREFERENCE.expected)
 
@@ -432,6 +423,7 @@ class Probe:
     kind: str           # "honest" or a PROBE_KINDS trick
     prompt: str
     response: str
+    source: str = ""    # the example's dataset (the report splits each trick by it)
 
 
 def probe_examples(cfg, val_pairs: Sequence[Mapping], tokenizer, templates: PromptTemplates,
@@ -469,24 +461,32 @@ def make_probes(examples: Sequence[tuple[str, dict]], seed: int = 0) -> list[Pro
         if honest is None:
             continue
         rng = random.Random(f"{seed}:{ex['id']}")
-        probes.append(Probe(ex["id"], "honest", prompt, dump_output(honest)))
+        probes.append(Probe(ex["id"], "honest", prompt, dump_output(honest), ex.get("source", "")))
         for kind in PROBE_KINDS:
             bad = perturb(ex, honest, kind, rng)
             if bad is not None:
-                probes.append(Probe(ex["id"], kind, prompt, dump_output(bad)))
+                probes.append(Probe(ex["id"], kind, prompt, dump_output(bad), ex.get("source", "")))
     return probes
 
 
 def probe_table(probes: Sequence[Probe], scores: Mapping[str, np.ndarray]) -> dict:
     """Per trick: n and the share of probes where the honest answer scores strictly higher, for each
-    score variant (e.g. with_penalties, without_penalties, penalties_only)."""
+    score variant (e.g. with_penalties, without_penalties, penalties_only), overall and per source."""
     honest = {p.example_id: i for i, p in enumerate(probes) if p.kind == "honest"}
+
+    def shares(idx: list[tuple[int, int]]) -> dict:
+        row: dict[str, Any] = {"n": len(idx)}
+        for name, s in scores.items():
+            row[f"honest_wins_{name}"] = float(np.mean([s[h] > s[t] for h, t in idx])) if idx else None
+        return row
+
     table: dict[str, dict] = {}
     for kind in PROBE_KINDS:
         idx = [(honest[p.example_id], i) for i, p in enumerate(probes) if p.kind == kind]
-        row: dict[str, Any] = {"n": len(idx)}
-        for name, s in scores.items():
-            row[f"honest_wins_{name}"] = (float(np.mean([s[h] > s[t] for h, t in idx])) if idx else None)
+        row = shares(idx)
+        sources = sorted({probes[i].source for _, i in idx})
+        if len(sources) > 1:
+            row["by_source"] = {src: shares([(h, i) for h, i in idx if probes[i].source == src]) for src in sources}
         table[kind] = row
     return table
 
@@ -591,9 +591,10 @@ def extract_features(body, tokens: Tokens, prompts: Sequence[str], responses: Se
                      share_prompt_prefix: bool = True, desc: str = "features", progress: bool | None = None) -> np.ndarray:
     """(N, hidden) float32: the body's final hidden state at each sequence's last token.
 
-    share_prompt_prefix: sequences of one prompt run the prompt once (batch 1, use_cache) and their
-    responses continue from copies of its key/value cache, right-padded (causal attention never lets
-    a real token see the padding after it). Otherwise: full sequences, right-padded batches."""
+    share_prompt_prefix: the tokens every prompt starts with (system text, chat-template header) run
+    once; each prompt continues from a copy of that key/value cache (batch 1), and its responses
+    continue from copies of the prompt's cache, right-padded (causal attention never lets a real
+    token see the padding after it). Otherwise: full sequences, right-padded batches."""
     import torch
     from tqdm.auto import tqdm
 
@@ -631,14 +632,25 @@ def extract_features(body, tokens: Tokens, prompts: Sequence[str], responses: Se
             groups: dict[str, list[int]] = {}
             for i, p in enumerate(prompts):
                 groups.setdefault(p, []).append(i)
+            ids_of = {p: tokens.prompt(p) for p in groups}
+            # the head every prompt shares, run once; each prompt keeps >= 2 tokens of its own
+            shared = min(common_prefix_len(list(ids_of.values())), min(map(len, ids_of.values())) - 2) \
+                if len(groups) > 1 else 0
+            root = None
+            if shared >= 8:
+                first = next(iter(ids_of.values()))
+                root = body(input_ids=torch.tensor([first[:shared]], device=device), use_cache=True).past_key_values
+            else:
+                shared = 0
             for p, rows in groups.items():
-                pids = tokens.prompt(p)
+                pids = ids_of[p]
                 if len(pids) < 2:  # nothing to share: run whole
                     for b in range(0, len(rows), batch_size):
                         run_batch(rows[b:b + batch_size], [tokens.full(p, responses[i]) for i in rows[b:b + batch_size]])
                     continue
                 # the prompt's last token goes with the responses, so every response step has a query
-                prefix = body(input_ids=torch.tensor([pids[:-1]], device=device), use_cache=True).past_key_values
+                prefix = body(input_ids=torch.tensor([pids[shared:-1]], device=device), use_cache=True,
+                              past_key_values=copy.deepcopy(root) if root is not None else None).past_key_values
                 for b in range(0, len(rows), batch_size):
                     chunk = rows[b:b + batch_size]
                     cache = copy.deepcopy(prefix)
@@ -1094,6 +1106,13 @@ def _warmup(args, total: int) -> int:
     return int(w) if w >= 1 else math.ceil(w * total)
 
 
+def _every(steps, total: int) -> int | None:
+    """TrainingArguments' step intervals: an integer, or a share of the total below 1."""
+    if not steps:
+        return None
+    return max(1, math.ceil(steps * total)) if steps < 1 else int(steps)
+
+
 def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     import torch
 
@@ -1142,7 +1161,9 @@ def train_head(cfg, head, X_train: np.ndarray, P_train: np.ndarray, pairs: PairI
         sched.load_state_dict(state["scheduler"])
         hist, step, window = state["history"], state["step"], state["window"]
         log.info("resumed from %s at step %d/%d", resume_from, step, total)
-    eval_every = args.eval_steps if str(getattr(args.eval_strategy, "value", args.eval_strategy)) == "steps" else None
+    eval_every = _every(args.eval_steps, total) if str(getattr(args.eval_strategy, "value", args.eval_strategy)) == "steps" \
+        else None
+    log_every, save_every = _every(args.logging_steps, total) or 1, _every(args.save_steps, total)
     micro = args.per_device_train_batch_size
 
     def evaluate(epoch: float):
@@ -1181,7 +1202,7 @@ def train_head(cfg, head, X_train: np.ndarray, P_train: np.ndarray, pairs: PairI
         sched.step()
         step += 1
         window.append(loss_sum)
-        if step % max(1, int(args.logging_steps)) == 0 or step == total or (step == 1 and args.logging_first_step):
+        if step % log_every == 0 or step == total or (step == 1 and args.logging_first_step):
             hist["train_losses"].append(float(np.mean(window)))
             hist["train_loss_steps"].append(step)
             hist["learning_rates"].append(float(sched.get_last_lr()[0]))
@@ -1189,7 +1210,7 @@ def train_head(cfg, head, X_train: np.ndarray, P_train: np.ndarray, pairs: PairI
         end_of_epoch = step % per_epoch == 0
         if (eval_every and step % eval_every == 0) or end_of_epoch or step == total:
             evaluate(step / per_epoch)
-        if args.save_steps and step % int(args.save_steps) == 0 and step < total:
+        if save_every and step % save_every == 0 and step < total:
             ckpt = run_dir / f"checkpoint-{step}"
             buf = io.BytesIO()
             torch.save({"head": head.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -1284,6 +1305,13 @@ def format_report(report: Mapping, title: str = "Reward model") -> str:
         for trick, row in table.items():
             lines.append(f"| {trick} | {row['n']} | {_f(row['honest_wins_with_penalties'])} | "
                          f"{_f(row['honest_wins_without_penalties'])} | {_f(row['honest_wins_penalties_only'])} |")
+        split = [(t, src, r) for t, row in table.items() for src, r in row.get("by_source", {}).items()]
+        if split:
+            lines += ["", "Per source:", "", "| trick | source | n | penalties on | penalties off | penalties alone |",
+                      "|---|---|---:|---:|---:|---:|"]
+            for trick, src, r in split:
+                lines.append(f"| {trick} | {src} | {r['n']} | {_f(r['honest_wins_with_penalties'])} | "
+                             f"{_f(r['honest_wins_without_penalties'])} | {_f(r['honest_wins_penalties_only'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -1683,10 +1711,15 @@ def resolve_checkpoint(cfg) -> Path:
 
 
 def score_inputs(rm: RewardModel, ev: EvalInputs, progress: bool | None = None) -> ScoredSet:
-    learned = rm.learned_scores(ev.seqs.prompts, ev.seqs.responses)
+    """Every score variant of the eval sequences with a loaded reward model (one feature pass)."""
     untrained = None
-    if rm.init_head is not None:
-        untrained = head_scores(rm.init_head, rm.features(ev.seqs.prompts, ev.seqs.responses, progress))
+    if rm.kind == "head":
+        feats = rm.features(ev.seqs.prompts, ev.seqs.responses, progress)
+        learned = head_scores(rm.head, feats)
+        if rm.init_head is not None:
+            untrained = head_scores(rm.init_head, feats)
+    else:
+        learned = rm.learned_scores(ev.seqs.prompts, ev.seqs.responses, progress)
     return ScoredSet(learned, rm.penalty_totals(ev.seqs.prompts, ev.seqs.responses), untrained, ev.length, ev.verifier)
 
 

@@ -73,14 +73,33 @@ def test_invalid_citation_is_the_share_of_unknown_ids():
     assert invalid_citation_penalty(["E9"], ids) == 1.0
 
 
-def test_overcitation_costs_each_chunk_beyond_the_first():
+def test_overcitation_costs_chunks_beyond_the_needed_ones_and_a_bridge():
     ids = ["E1", "E2", "E3", "E4", "E5"]
-    assert overcitation_penalty([], ids) == 0.0
-    assert overcitation_penalty(["E2"], ids) == 0.0
-    assert overcitation_penalty(["E2", "E4"], ids) == 0.25            # (2 - 1) / (5 - 1)
-    assert overcitation_penalty(ids, ids) == 1.0
-    assert overcitation_penalty(["E2", "E9"], ids) == 0.0              # an unknown id is not a chunk (citation penalty)
-    assert overcitation_penalty(["E1"], ["E1"]) == 0.0                # one chunk shown: nothing to over-cite
+    assert overcitation_penalty([], ids, ["E2"]) == 0.0
+    assert overcitation_penalty(["E2"], ids, ["E2"]) == 0.0
+    assert overcitation_penalty(["E2", "E4"], ids, ["E2"]) == 0.0        # answer passage + a bridge
+    assert overcitation_penalty(["E1", "E2", "E4"], ids, ["E2"]) == pytest.approx(1 / 3)   # (3 - 1 - 1) / (5 - 1 - 1)
+    assert overcitation_penalty(ids, ids, ["E2"]) == 1.0                  # every chunk
+    assert overcitation_penalty(ids, ids, ["E2", "E3"]) == 1.0            # (5 - 2 - 1) / (5 - 2 - 1)
+    assert overcitation_penalty(["E2", "E3"], ["E2", "E3"], ["E2"]) == 0.0   # two chunks: the other may be a bridge
+    assert overcitation_penalty(ids, ids, []) == 1.0                      # nothing needed (unsupported): 4 extra of 4
+    assert overcitation_penalty(["E2", "E9"], ids, ["E2"]) == 0.0         # an unknown id is no chunk (citation penalty)
+
+
+def test_needed_chunks(tok):
+    from factuality.penalties import needed_chunks
+    from factuality.prompts import parse_output
+
+    ex = make_example(0, source="nq", n_chunks=4, gold_position=1)
+    ex["evidence"][3]["text"] = "Linda Davis also sang alone."                 # the answer in two chunks
+    view = parse_prompt(render_prompt(ex, tok))
+    assert needed_chunks(view, parse_output(out("Linda Davis", ["E2"]))) == ["E2", "E4"]
+    assert needed_chunks(view, parse_output(out("Garth Brooks", ["E2"]))) == []
+    assert needed_chunks(view, parse_output(out("insufficient evidence", []))) == []
+    claim = make_example(1, source="fever", n_chunks=3, gold_position=2)
+    claim["question"] = "The duet was recorded by Reba McEntire."
+    view = parse_prompt(render_prompt(claim, tok))
+    assert needed_chunks(view, parse_output(out("REFUTES", ["E1"]))) == ["E3"]   # the chunk most about the claim
 
 
 def test_penalties_of_hand_made_responses(qa):
@@ -89,6 +108,8 @@ def test_penalties_of_hand_made_responses(qa):
         out("Linda Davis", ["E2"], 0.9): (0, 0, 0, 0, 0),
         out("Linda Davis", ["E1"], 0.8): (0, 0, 0.8, 0, 1),             # cites a chunk without the answer
         out("Linda Davis", ["E1", "E2", "E3", "E4"], 1.0): (0, 1, 0, 0, 0),
+        out("Linda Davis", ["E1", "E2", "E3"], 1.0): (0, 0.5, 0, 0, 0),         # (3 - 1 - 1) / (4 - 1 - 1)
+        out("Linda Davis", ["E1", "E2"], 1.0): (0, 0, 0, 0, 0),                 # a bridge chunk is free
         out("Linda Davis", ["E2", "E7"], 0.9): (0.5, 0, 0, 0, 0),
         out("Linda Davis", [], 0.6): (0, 0, 0.6, 0, 1),                 # an answer citing nothing is unsupported
         out("Garth Brooks", ["E2"], 1.0): (0, 0, 1, 0, 1),              # not in the cited chunk

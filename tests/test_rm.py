@@ -120,6 +120,11 @@ def test_probe_table_by_hand():
     assert table["cite_all"] == {"n": 2, "honest_wins_on": 0.5}        # a wins; b ties (a tie is no win)
     assert table["unknown_id"] == {"n": 1, "honest_wins_on": 0.0}
     assert table["filler_padding"] == {"n": 0, "honest_wins_on": None}
+    by_source = [Probe(e, k, "p", "x", src) for e, k, src in (("a", "honest", "nq"), ("a", "cite_all", "nq"),
+                                                               ("b", "honest", "fever"), ("b", "cite_all", "fever"))]
+    table = probe_table(by_source, {"on": np.array([1.0, 0.0, 0.0, 0.0])})["cite_all"]
+    assert table["honest_wins_on"] == 0.5 and table["by_source"] == {"fever": {"n": 1, "honest_wins_on": 0.0},
+                                                                       "nq": {"n": 1, "honest_wins_on": 1.0}}
 
 
 # ------------------------------------------------------------------ pairs and their checks
@@ -161,6 +166,32 @@ def test_bad_pairs_are_refused_with_file_line_and_field(tmp_path, tiny_model_dir
     p.write_text("".join(json.dumps(r) + "\n" for r in leak))
     with pytest.raises(RecordError, match="pairs in both train and val"):
         read_pairs(p)
+
+
+def test_probes_come_from_the_val_pairs_when_there_is_no_probe_file(tmp_path, tiny_model_dir):
+    from factuality.reward import PROBE_KINDS, make_probes, probe_examples, read_pairs
+
+    path = make_pairs(tmp_path, tiny_model_dir)
+    train, val = read_pairs(path)
+    cfg = tiny_cfg(tmp_path, tiny_model_dir, probe_data=str(tmp_path / "missing.jsonl"))
+    exs, where = probe_examples(cfg, val, None, None, {p["example_id"] for p in train})
+    assert where.startswith("val pairs") and {e["id"] for _, e in exs} == {p["example_id"] for p in val}
+    assert all(prompt in {p["prompt"] for p in val} for prompt, _ in exs)
+    probes = make_probes(exs)
+    kinds = {p.kind for p in probes}
+    assert kinds == {"honest", *PROBE_KINDS}
+    honest = {p.example_id: p.response for p in probes if p.kind == "honest"}
+    assert all(json.loads(r)["citations"] for r in honest.values())   # honest = correct and cited
+    assert probe_examples(tiny_cfg(tmp_path, tiny_model_dir, probe_data=""), val, None, None, set()) == ([], "none")
+
+
+def test_configs_rm_yaml_is_the_notebooks_file(tmp_path):
+    from factuality.reward import RM_SPEC
+
+    ours = parse_config(RM_SPEC, ["-c", str(ROOT / "configs" / "rm.yaml")]).to_dict()
+    notebook = parse_config(RM_SPEC, ["-c", str(NOTEBOOK_RM)]).to_dict()
+    ours["run"].pop("config_path"), notebook["run"].pop("config_path")
+    assert ours == notebook
 
 
 def test_no_pairs_file_is_a_clear_error(tmp_path, tiny_model_dir, monkeypatch):
@@ -215,7 +246,8 @@ def test_shared_prompt_features_equal_full_forward_passes(tmp_path, tiny_model_d
     model_dir = tiny_model_dir if arch == "llama" else make_tiny_model(tmp_path / "g2", arch="gemma2")
     body = load_body(ModelOptions(model_name_or_path=str(model_dir), dtype="float32"))
     tokens = Tokens(load_tokenizer(str(model_dir)), 512, 64)
-    prompts = ["Evidence: [E1] a b c\n\nQuestion: q one"] * 3 + ["Evidence: [E1] x\n\nQuestion: q two"] * 2
+    system = "You answer questions using only the evidence passages you are given. "   # shared by every prompt
+    prompts = [system + "Evidence: [E1] a b c\n\nQuestion: q one"] * 3 + [system + "Evidence: [E1] x\n\nQuestion: q"] * 2
     responses = ['{"answer": "a", "citations": ["E1"]}', "b", "a much longer response " * 5, "c", "d"]
     shared = extract_features(body, tokens, prompts, responses, batch_size=2, share_prompt_prefix=True, progress=False)
     full = extract_features(body, tokens, prompts, responses, batch_size=3, share_prompt_prefix=False, progress=False)
@@ -274,8 +306,8 @@ def test_run_writes_the_report_the_notebook_reads(trained):
                                                  "cite_hard_negative", "refuse_answerable", "distractor_entity"}
     table = report["probes"]["by_trick"]
     assert all(t["n"] > 0 for t in table.values())
-    # the penalties alone already beat the citation and padding tricks on every probe
-    for trick in ("cite_all", "unknown_id", "filler_padding"):
+    # the penalties alone already beat the made-up citation and the padding on every probe
+    for trick in ("unknown_id", "filler_padding"):
         assert table[trick]["honest_wins_penalties_only"] == 1.0, (trick, table[trick])
     for f in ("best/reward_model.json", "best/head.safetensors", "final/head.safetensors", "rm_report.md",
               "reliability.png", "training_curves.png", "config.yaml", "run_card.json"):
