@@ -30,11 +30,12 @@ KINDS: dict[str, str] = {
     "extra_citation": "the support plus one chunk that does not support the answer",
     "unknown_id": "cites an id that is not among the evidence",
     "cite_all": "cites every evidence chunk",
-    "distractor_entity": "the answer swapped for an entity from a distractor chunk (FEVER: the other verdict)",
+    "distractor_entity": "the answer swapped for an entity from a distractor chunk",
     "refuse_answerable": "refuses although the evidence holds the answer",
     "answer_unanswerable": "answers, citing a chunk, where the evidence does not hold the answer",
     "overconfident_unsupported": "the right answer with confidence 1.0, citing a chunk that does not support it",
     "overconfident_wrong": "a wrong answer (a distractor entity) with confidence 1.0",
+    "flipped_verdict": "FEVER: the other verdict, citing the same chunks (only an entailment check can see it)",
     "filler_padding": "the right answer padded with confident filler",
 }
 
@@ -79,11 +80,17 @@ def distractor_entity(example: Mapping, rng: random.Random) -> str | None:
 
 
 def _wrong_answer(example: Mapping, rng: random.Random) -> str | None:
-    if example.get("source") == "fever":
-        gold = normalize_answer(example["answers"][0]).upper()
-        others = [lab for lab in FEVER_LABELS if lab != gold]
-        return others[0] if gold in FEVER_LABELS else None
+    """An entity from a distractor chunk, for every source: the entity tricks stay entity tricks on
+    FEVER too (a claim answered with a name); the other verdict is its own kind, flipped_verdict."""
     return distractor_entity(example, rng)
+
+
+def _other_verdict(example: Mapping) -> str | None:
+    if example.get("source") != "fever" or not example.get("answers"):
+        return None
+    gold = normalize_answer(example["answers"][0]).upper()
+    others = [lab for lab in FEVER_LABELS if lab != gold]
+    return others[0] if gold in FEVER_LABELS else None
 
 
 def _obj(answer: str, citations, confidence) -> dict:
@@ -157,6 +164,11 @@ def _overconfident_wrong(ex, good, rng):
     return None if wrong is None else _obj(wrong, good["citations"], 1.0)
 
 
+def _flipped_verdict(ex, good, rng):
+    wrong = _other_verdict(ex) if ex["answerable"] else None
+    return None if wrong is None else _obj(wrong, good["citations"], good["confidence"])
+
+
 def _filler_padding(ex, good, rng):
     if not ex["answerable"]:
         return None
@@ -169,6 +181,7 @@ _EDITS: dict[str, Callable[[Mapping, Mapping, random.Random], dict | None]] = {
     "distractor_entity": _distractor_entity, "refuse_answerable": _refuse_answerable,
     "answer_unanswerable": _answer_unanswerable, "overconfident_unsupported": _overconfident_unsupported,
     "overconfident_wrong": _overconfident_wrong, "filler_padding": _filler_padding,
+    "flipped_verdict": _flipped_verdict,
 }
 assert set(_EDITS) == set(KINDS)
 

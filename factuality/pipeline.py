@@ -224,22 +224,26 @@ def final_summary(report: list[dict]) -> str:
 
 
 def rm_lines(rm: dict) -> str:
-    """The reward model's report as Markdown (whatever figures the report holds)."""
-    lines = []
-    ev = rm.get("eval") or rm.get("validation") or {}
-    overall = ev.get("overall", ev)
-    if overall:
-        keys = [k for k in ("roc_auc", "accuracy", "ece", "brier", "n_pairs") if k in overall]
-        lines += ["| " + " | ".join(keys) + " |", "|" + "---:|" * len(keys),
-                  "| " + " | ".join(f"{overall[k]:.3f}" if isinstance(overall[k], float) else str(overall[k])
-                                    for k in keys) + " |", ""]
-    probes = rm.get("probes") or {}
-    if probes:
-        lines += ["| gaming probe | honest wins (penalties on) | honest wins (off) | n |", "|---|---:|---:|---:|"]
-        for trick, p in probes.items():
-            if isinstance(p, dict):
-                lines.append(f"| {trick} | {p.get('on', p.get('with_penalties', 0)):.3f} | "
-                             f"{p.get('off', p.get('without_penalties', 0)):.3f} | {p.get('n', '')} |")
+    """The reward model's report (train_rm.py's rm_report.json) as Markdown: ROC-AUC, accuracy and
+    calibration of the model and its baselines on held-out pairs, then the gaming probes."""
+    from .reward import ROW_LABELS
+
+    def f(x) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    lines = ["| scorer | pairs | ROC-AUC | accuracy | ECE | Brier |", "|---|---:|---:|---:|---:|---:|"]
+    for name, row in (rm.get("metrics") or {}).items():
+        o = row["overall"]
+        lines.append(f"| {ROW_LABELS.get(name, name)} | {o['n']} | {f(o['roc_auc'])} | {f(o['accuracy'])} | "
+                     f"{f(o['ece'])} | {f(o['brier'])} |")
+    table = (rm.get("probes") or {}).get("by_trick") or {}
+    if table:
+        lines += ["", f"Gaming probes ({rm['probes'].get('examples', '?')} held-out examples): share where the "
+                  "honest answer scores higher", "",
+                  "| trick | n | penalties on | penalties off |", "|---|---:|---:|---:|"]
+        for trick, row in table.items():
+            lines.append(f"| {trick} | {row['n']} | {f(row.get('honest_wins_with_penalties'))} | "
+                         f"{f(row.get('honest_wins_without_penalties'))} |")
     return "\n".join(lines)
 
 

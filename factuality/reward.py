@@ -104,7 +104,7 @@ FEATURE_FORMAT = 1
 PAIR_GLOB = "preferences_*.jsonl"
 # the gaming probes: perturb.py kinds a policy could use to look grounded (report order)
 PROBE_KINDS = ("cite_all", "unknown_id", "filler_padding", "overconfident_wrong", "cite_hard_negative",
-               "refuse_answerable", "distractor_entity")
+               "refuse_answerable", "distractor_entity", "flipped_verdict")
 # base-model-like prose (no JSON object, no citation) for synthetic pairs
 PROSE_TEMPLATES = ("The answer is {a}.", "Based on the passages provided, the answer is {a}.",
                    "According to the evidence, {a}.", "{a}")

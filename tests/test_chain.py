@@ -86,3 +86,15 @@ def test_seven_stages_chain_on_the_tiny_model(tiny_model_dir, tmp_path, monkeypa
     rows = read_jsonl(tmp_path / "runs/eval/eval_results.predictions.jsonl", PREDICTION)
     assert len(rows) == 3 * picks["test"] and res["tags"] == ["base", "sft", "dpo"]
     assert [c["label"] for c in res["comparisons"]] == ["sft-base", "dpo-sft"] and res["complete"]
+
+    # the main job's closing summary reads these very files: the table and the reward model's report
+    from factuality.pipeline import final_summary, rm_lines
+
+    rm_report = json.loads((tmp_path / "runs/rm/rm_report.json").read_text())
+    lines = rm_lines(rm_report)
+    assert "| reward model (penalised) |" in lines and "| flipped_verdict |" in lines
+    (tmp_path / "runs/eval-pipeline").mkdir(parents=True)
+    shutil.copy(tmp_path / "runs/eval/eval_results.json", tmp_path / "runs/eval-pipeline/eval_results.json")
+    shutil.copytree(tmp_path / "runs/rm", tmp_path / "checkpoints/rm/tiny")
+    text = final_summary([{"name": "evaluate", "status": "ran", "seconds": 1.0}])
+    assert "dpo" in text and "ROC-AUC" in text and "| evaluate | ran |" in text

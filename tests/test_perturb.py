@@ -52,8 +52,11 @@ def test_edits_do_what_they_say():
     assert perturb(ex, good, "refuse_answerable", rng)["answer"] == "insufficient evidence"
     assert perturb(ex, good, "answer_unanswerable", rng) is None  # answerable: does not apply
     fever = make_example(1, source="fever", answerable=True)
-    flipped = perturb(fever, gold_output(fever), "distractor_entity", rng)["answer"]
+    flipped = perturb(fever, gold_output(fever), "flipped_verdict", rng)["answer"]
     assert {flipped, gold_output(fever)["answer"]} == {"SUPPORTS", "REFUTES"}
+    assert perturb(ex, good, "flipped_verdict", rng) is None  # only a verdict flips
+    entity = perturb(fever, gold_output(fever), "distractor_entity", rng)
+    assert entity is None or entity["answer"] not in ("SUPPORTS", "REFUTES")
     with pytest.raises(ValueError, match="unknown perturbation"):
         perturb(ex, good, "nonsense")
 

@@ -303,7 +303,8 @@ def test_run_writes_the_report_the_notebook_reads(trained):
     assert rows["model"]["overall"]["n"] == 12 and rows["verifier"]["overall"]["roc_auc"] == 1.0
     assert rows["model"]["overall"]["roc_auc"] == pytest.approx(hist["best"]["roc_auc"])
     assert set(report["probes"]["by_trick"]) == {"cite_all", "unknown_id", "filler_padding", "overconfident_wrong",
-                                                 "cite_hard_negative", "refuse_answerable", "distractor_entity"}
+                                                 "cite_hard_negative", "refuse_answerable", "distractor_entity",
+                                                 "flipped_verdict"}
     table = report["probes"]["by_trick"]
     assert all(t["n"] > 0 for t in table.values())
     # the penalties alone already beat the made-up citation and the padding on every probe
