@@ -472,7 +472,7 @@ def build(cfg: BuildConfig) -> dict:
     hashes, manifest_to_write = verify_hashes(all_files, layout.manifest, cfg.accept_new_hash,
                                               input_scope(layout.roots, cfg.sources))
     timings["hash_s"] = time.perf_counter() - t
-    if not all_files:
+    if not all_files and all(s in S.REGISTRY for s in cfg.sources):   # (one's own data: the message below)
         raise FileNotFoundError(f"no raw input files under {', '.join(map(str, layout.roots))} for sources "
                                 f"{cfg.sources}; run `python build_data.py download --data-dir {cfg.data_dir}`")
     for s in cfg.sources:
@@ -527,6 +527,7 @@ def build(cfg: BuildConfig) -> dict:
         "bundled_sample": layout.bundled_sample,
         "manifest": str(layout.manifest),
         "manifest_updated": manifest_to_write is not None,
+        "sources": S.build_order(cfg.sources),
         "counts": counts,
         "split_sizes": {k: len(v) for k, v in splits.items()},
         "total": sum(len(v) for v in splits.values()),
@@ -593,7 +594,7 @@ def write_outputs(out_dir: Path, splits: dict[str, list[dict]], rejects: list[di
 def format_table(summary: dict) -> str:
     rows = [("source", "split", "answerable", "unanswerable", "total")]
     tot = Counter()
-    for source in S.build_order(summary["counts"]):
+    for source in S.build_order([*summary.get("sources", []), *summary["counts"]]):
         for split in SPLITS:
             c = summary["counts"].get(source, {}).get(split)
             if not c:

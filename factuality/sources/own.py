@@ -199,9 +199,10 @@ def draft(exs: list[RawExample], ctx: DraftContext, source: str) -> list[Draft]:
         raise FileNotFoundError(f"source {source!r}: question/answer pairs ({pairs[0].where}) need a knowledge base "
                                 f"in the same folder: {EXPECTED_DOCS} (e.g. {source}/documents.jsonl)")
     cfg = ctx.cfg
-    index, used = passage_index([f"{c.title}. {c.text}" if c.title else c.text for c in chunks], cfg.retriever,
-                                show_progress=not cfg.quiet and len(chunks) > 50_000, n_threads=cfg.n_threads)
-    log.info("%s: %d questions retrieve from %d knowledge-base chunks with %s", source, len(pairs), len(chunks), used)
+    index, used, why = passage_index([f"{c.title}. {c.text}" if c.title else c.text for c in chunks], cfg.retriever,
+                                     show_progress=not cfg.quiet and len(chunks) > 50_000, n_threads=cfg.n_threads)
+    log.info("%s: %d questions retrieve from %d knowledge-base chunks with %s (%s)", source, len(pairs), len(chunks),
+             used, why)
     ctx.shared.setdefault("retrievers", {})[source] = used
     return drafts + draft_from_index(pairs, chunks, index, ctx, source, used)
 
