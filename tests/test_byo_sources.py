@@ -376,3 +376,16 @@ def test_contract_takes_any_source_name_but_id_must_carry_it():
     bad = with_hash({**rec, "id": "nq:1"})
     assert EXAMPLE.problem(bad) == "id: 'nq:1' does not start with its source 'mydocs' and a colon"
     assert EXAMPLE.problem(with_hash({**rec, "source": "My Docs", "id": "My Docs:1"})).startswith("id:")
+
+
+def test_answer_pre_check_agrees_with_has_answer():
+    from factuality.sources.ctxs import answer_test
+
+    texts = [json.loads(line)["ctxs"] for line in (FIX / "nq/nq-dev-ctxs.jsonl").read_text().splitlines()]
+    texts = [c["text"] for cs in texts for c in cs] + ["U.S.A. won in 1969.", "The Fe-26 isotope", "It's the Who!",
+                                                       "an apple a day", "A-ha's hit", "july 20 , 1969"]
+    answers = [["Jane Austen"], ["USA"], ["Fe26"], ["The Who"], ["apple"], ["a"], ["aha"], ["July 20, 1969"],
+               ["1969", "Canberra"], ["it's"], ["its"], ["ha"]]
+    for ans in answers:
+        test = answer_test(ans)
+        assert [test(t) for t in texts] == [has_answer(t, ans) for t in texts], ans

@@ -21,11 +21,12 @@ one's own reads it through `factuality/sources/own.py`. Drafting (`draft_ctxs`):
 from __future__ import annotations
 
 import math
+import string
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from ..retrieval import BM25Index
-from ..text import has_answer
+from ..text import has_answer, normalize_answer
 from .base import (
     BadRecords,
     Chunk,
@@ -135,8 +136,22 @@ def ctxs_format(source: str, id_prefix: str = "", meta_of: Callable[[dict], dict
     return Format("retrieval results (ctxs)", EXPECTED, is_ctxs, read)
 
 
-def _supports(r: Retrieved, answers: list[str]) -> bool:
-    return r.has_answer if r.has_answer is not None else has_answer(r.chunk.text, answers)
+_DROP_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def answer_test(answers: list[str]) -> Callable[[str], bool]:
+    """`text.has_answer(text, answers)` as a function of the text, with a cheap exact pre-check: every
+    token of a normalised answer is a substring of the lower-cased text without punctuation (what
+    normalisation keeps), so a text lacking one cannot match and skips the full normalisation."""
+    norm = [a.split() for a in (normalize_answer(x) for x in answers) if a]
+
+    def holds(text: str) -> bool:
+        low = text.lower().translate(_DROP_PUNCT)
+        if not any(all(t in low for t in toks) for toks in norm):
+            return False
+        return has_answer(text, answers)
+
+    return holds
 
 
 def split_retrieved(ex: RawExample) -> tuple[tuple[Retrieved, tuple[int, int], bool] | None, list[Retrieved]]:
@@ -148,19 +163,20 @@ def split_retrieved(ex: RawExample) -> tuple[tuple[Retrieved, tuple[int, int], b
     by either test, so a passage flagged false that does contain the answer is shown as neither.
     """
     gold, negs, seen = None, [], set()
+    holds_answer = answer_test(ex.answers)
     for r in ex.retrieved or []:
         if r.chunk.doc_id in seen:
             continue
         seen.add(r.chunk.doc_id)
-        if _supports(r, ex.answers):
+        holds = holds_answer(r.chunk.text)
+        if r.has_answer if r.has_answer is not None else holds:
             if gold is None:
                 span = find_span(r.chunk.text, ex.answers)
                 if span is not None:
                     gold = (r, span, True)
                 elif r.has_answer:
                     gold = (r, (0, len(r.chunk.text)), False)
-            continue
-        if not has_answer(r.chunk.text, ex.answers):
+        elif not holds:
             negs.append(r)
     return gold, negs
 
