@@ -21,12 +21,11 @@ one's own reads it through `factuality/sources/own.py`. Drafting (`draft_ctxs`):
 from __future__ import annotations
 
 import math
-import string
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from ..retrieval import BM25Index
-from ..text import has_answer, normalize_answer
+from ..text import _DROP_PUNCT, has_answer, normalize_answer
 from .base import (
     BadRecords,
     Chunk,
@@ -136,9 +135,6 @@ def ctxs_format(source: str, id_prefix: str = "", meta_of: Callable[[dict], dict
     return Format("retrieval results (ctxs)", EXPECTED, is_ctxs, read)
 
 
-_DROP_PUNCT = str.maketrans("", "", string.punctuation)
-
-
 def answer_test(answers: list[str]) -> Callable[[str], bool]:
     """`text.has_answer(text, answers)` as a function of the text, with a cheap exact pre-check: every
     token of a normalised answer is a substring of the lower-cased text without punctuation (what
@@ -214,9 +210,11 @@ def draft_ctxs(exs: list[RawExample], ctx: DraftContext, source: str) -> list[Dr
     if short:
         chunks, pos, index = pool_index(exs, ctx, source)
         if index is not None:
+            # a question's own passages rank high and are excluded: fetch enough past them in one retrieve
+            own = max(len(parts[i][0].retrieved or []) for i in short)
             mined = index.mine([parts[i][0].question for i in short], [parts[i][0].answers for i in short], need,
                                exclude=[[pos[r.chunk.doc_id] for r in parts[i][0].retrieved or []] for i in short],
-                               k=cfg.retrieve_k)
+                               k=max(cfg.retrieve_k, need + own))
             for i, hits in zip(short, mined):
                 negs = parts[i][2]
                 for h in hits[:need - len(negs)]:
