@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from _data_helpers import load_all
 
-import build_data  # noqa: E402  (repo root put on sys.path by _data_helpers)
+import build_data
 from factuality import sources as S
 from factuality.build import BuildConfig, build, format_table
 from factuality.config import ConfigError
@@ -86,7 +86,9 @@ def test_nq_ctxs_build_under_nq_with_has_answer_and_bm25_fill(tmp_path):
     moon = next(r for r in recs if "moon" in r["question"])
     assert moon["meta"]["evidence_origin"] == "ctxs+bm25" and len(moon["evidence"]) == 4   # 1 of its own + 2 mined
     ctxs_ids = {f"psg:{c['id']}" for c in raw[moon["id"].split(":")[-1]]["ctxs"]}
-    assert len({e["doc_id"] for e in moon["evidence"]} - ctxs_ids) == 2
+    mined = {e["doc_id"] for e in moon["evidence"]} - ctxs_ids
+    assert len(mined) == 2 and mined <= set(moon["meta"]["bm25_fill_doc_ids"])   # candidates the fill offered
+    assert "bm25_fill_doc_ids" not in darwin["meta"]
     # the miss and the empty ctxs are dropped and counted
     assert summary["retrieval_miss"] == {"mode": "drop", "kept_unanswerable": {}, "dropped": {"nq": 2}, "total": 2}
     card = json.loads((data / "processed/run_card.json").read_text())
@@ -333,7 +335,13 @@ def own_corpus(tmp_path_factory):
 def test_own_corpus_reads_renders_and_scores_like_the_bundled_one(own_corpus, tiny_model_dir):
     from factuality.metrics import answer_supported, breakdown, score_example
     from factuality.modeling import load_tokenizer
-    from factuality.prompts import DEFAULT_TEMPLATES, dump_output, gold_output, parse_output, render_prompt
+    from factuality.prompts import (
+        DEFAULT_TEMPLATES,
+        dump_output,
+        gold_output,
+        parse_output,
+        render_prompt,
+    )
     from factuality.sft import load_split, tokenize_example
 
     out, summary = own_corpus
@@ -389,3 +397,19 @@ def test_answer_pre_check_agrees_with_has_answer():
     for ans in answers:
         test = answer_test(ans)
         assert [test(t) for t in texts] == [has_answer(t, ans) for t in texts], ans
+
+
+def test_byo_config_builds_every_format_as_written(tmp_path, monkeypatch):
+    from factuality.build import STAGE
+    from factuality.config import parse_config
+
+    monkeypatch.chdir(ROOT)
+    cfg = parse_config(STAGE.config, ["-c", "configs/build_byo.yaml", "--data-dir", str(tmp_path), "--quiet"])
+    summary = STAGE.run(cfg)
+    assert summary["sources"] == ["nq", "popqa", "tqa", "mydocs"] and set(summary["counts"]) == set(summary["sources"])
+    assert summary["retrieval_miss"] == {"mode": "unanswerable", "kept_unanswerable": {"nq": 2, "popqa": 1},
+                                         "dropped": {"mydocs": 1}, "total": 4}
+    card = json.loads((tmp_path / "processed/run_card.json").read_text())
+    assert card["config"]["retriever"] == "bm25" and card["retrievers"] == {"mydocs": "bm25"}
+    assert sorted(Path(p).name for p in card["inputs"]) == sorted(
+        p.name for p in FIX.rglob("*") if p.is_file() and p.parent != FIX)     # every input hashed

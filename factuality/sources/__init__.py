@@ -34,6 +34,7 @@ import importlib
 from types import ModuleType
 
 from ..records import SOURCES
+from . import own
 from .base import (
     BadRecords,
     Chunk,
@@ -49,6 +50,7 @@ from .base import (
     short_hash,
 )
 from .corpus import PASSAGE_COLUMNS, read_passages
+from .ctxs import read_ctxs
 from .fever import (
     FEVER_LABELS,
     WikiSentence,
@@ -58,11 +60,8 @@ from .fever import (
     unescape_ptb,
 )
 from .hotpotqa import paragraph_chunk, read_hotpotqa
-from .nq import read_dpr, read_nq_open
+from .nq import read_dpr, read_nq, read_nq_open
 from .popqa import POPQA_COLUMNS, read_popqa, read_popqa_ctxs
-from .ctxs import read_ctxs
-from .nq import read_nq
-from . import own
 
 REQUIRED = ("NAME", "TASK", "INPUTS", "READERS", "DOWNLOADS", "draft")
 TASKS = ("question", "claim")

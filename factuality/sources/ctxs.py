@@ -13,7 +13,8 @@ one's own reads it through `factuality/sources/own.py`. Drafting (`draft_ctxs`):
   a flag, the answer match used everywhere else (a normalised gold answer in the text);
 - hard negatives: retrieved passages that are answer-free (flagged false, or unflagged, and
   holding no gold answer), in the file's order; when a question has too few, BM25 over all the
-  passages of the source's records fills up (never an answer-holding one, never its own);
+  passages of the source's records fills up (never an answer-holding one, never its own; the doc
+  ids it offered in `meta.bm25_fill_doc_ids`, their `retrieval_scores` BM25's, the others the file's);
 - a question whose passages hold no answer is a retrieval miss: dropped or kept as unanswerable
   (`--retrieval-miss`), counted either way;
 - `isgold` flags are kept in `meta` (`isgold_doc_ids`, and `support_isgold` for the support chunk).
@@ -216,10 +217,11 @@ def draft_ctxs(exs: list[RawExample], ctx: DraftContext, source: str) -> list[Dr
                                exclude=[[pos[r.chunk.doc_id] for r in parts[i][0].retrieved or []] for i in short],
                                k=max(cfg.retrieve_k, need + own))
             for i, hits in zip(short, mined):
-                negs = parts[i][2]
-                for h in hits[:need - len(negs)]:
-                    negs.append((chunks[h.index], h.score))
+                negs, fill = parts[i][2], hits[:need - len(parts[i][2])]
+                negs += [(chunks[h.index], h.score) for h in fill]
+                if fill:
                     filled.add(i)
+                    parts[i][0].meta["bm25_fill_doc_ids"] = [chunks[h.index].doc_id for h in fill]
     drafts = []
     for i, (ex, gold, negs) in enumerate(parts):
         origin = "ctxs+bm25" if i in filled else "ctxs"
