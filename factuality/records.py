@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import gzip
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ import secrets
 import shutil
 import signal
 import string
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -35,7 +37,10 @@ from typing import Any, Callable, Iterable, Iterator
 import jsonschema
 
 SCHEMA_VERSION = 1
-SOURCES = ("fever", "hotpotqa", "nq", "popqa")
+SOURCES = ("fever", "hotpotqa", "nq", "popqa")   # the datasets the suite ships readers for
+# A source of one's own (build_data.py --sources NAME, see factuality/sources/own.py) goes under
+# its own name: lower-case letters, digits and underscores, so that `<source>:<id>` stays parseable.
+SOURCE_NAME = r"[a-z][a-z0-9_]{0,39}"
 SPLITS = ("train", "val", "test")
 
 
@@ -77,8 +82,8 @@ EXAMPLE_SCHEMA: dict[str, Any] = {
     ],
     "properties": {
         "schema_version": {"const": SCHEMA_VERSION},
-        "id": {"type": "string", "pattern": "^(fever|hotpotqa|nq|popqa):.+"},
-        "source": {"enum": list(SOURCES)},
+        "id": {"type": "string", "pattern": f"^{SOURCE_NAME}:.+"},
+        "source": {"type": "string", "pattern": f"^{SOURCE_NAME}$"},
         "split": {"enum": list(SPLITS)},
         "question": {"type": "string", "minLength": 1},
         "answers": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
@@ -94,6 +99,8 @@ EXAMPLE_SCHEMA: dict[str, Any] = {
 
 def _check_example(rec: dict) -> str | None:
     """Cross-field rules a JSON Schema cannot say. Returns a problem or None."""
+    if not rec["id"].startswith(rec["source"] + ":"):
+        return f"id: {rec['id']!r} does not start with its source {rec['source']!r} and a colon"
     ids = [c["id"] for c in rec["evidence"]]
     if len(set(ids)) != len(ids):
         return "evidence: chunk ids are not unique"
@@ -727,10 +734,44 @@ def _not_utf8(data: bytes, pos: int, data_offset: int = 0) -> tuple[int, str]:
                     "re-save the file as UTF-8 or re-download it")
 
 
-def decode_lines(path: Path, bad: Rejects) -> Iterator[tuple[int, str | None, bytes]]:
-    """(line number, text or None when not UTF-8 (reported to `bad`), raw bytes) of each line."""
-    offset = 0
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def is_gzip(path: str | os.PathLike) -> bool:
+    """Whether a file is gzip-compressed, by its first two bytes (not its name)."""
     with open(path, "rb") as f:
+        return f.read(2) == GZIP_MAGIC
+
+
+@contextlib.contextmanager
+def open_bytes(path: str | os.PathLike) -> Iterator[Any]:
+    """A file opened for reading bytes, decompressed when it is gzip (detected by content). A gzip
+    stream that is cut short or corrupt is a RecordError naming the file (byte offsets in messages
+    about such a file count in the decompressed data)."""
+    path = Path(path)
+    if not is_gzip(path):
+        with open(path, "rb") as f:
+            yield f
+        return
+    try:
+        with gzip.open(path, "rb") as f:
+            yield f
+    except (OSError, EOFError, zlib.error) as e:
+        raise RecordError(f"{path}: (gzip): the compressed data is damaged or cut short ({e}); re-download or "
+                          "re-compress the file") from None
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The whole file, decompressed when it is gzip (`open_bytes`)."""
+    with open_bytes(path) as f:
+        return f.read()
+
+
+def decode_lines(path: Path, bad: Rejects) -> Iterator[tuple[int, str | None, bytes]]:
+    """(line number, text or None when not UTF-8 (reported to `bad`), raw bytes) of each line
+    (of the decompressed data when the file is gzip)."""
+    offset = 0
+    with open_bytes(path) as f:
         for lineno, raw in enumerate(f, start=1):
             try:
                 text = raw.decode("utf-8")
@@ -804,10 +845,11 @@ UNDECODABLE = type("Undecodable", (), {"__repr__": lambda self: "UNDECODABLE"})(
 def read_json(path: str | os.PathLike, bad: Rejects | None = None, expected: str = "a JSON document") -> Any:
     """A whole JSON file. Not valid JSON -> RecordError `path:line: ...`. Bytes that are not UTF-8:
     RecordError with line and byte offset; for a JSON array with `bad` that collects, the records
-    holding them go to `bad` (`path[index]`) and stand as UNDECODABLE at their index."""
+    holding them go to `bad` (`path[index]`) and stand as UNDECODABLE at their index. A gzip file is
+    decompressed first."""
     path = Path(path)
     _require_file(path)
-    data = path.read_bytes()
+    data = read_bytes(path)
     bad_offsets: list[int] = []
     try:
         text = data.decode("utf-8")

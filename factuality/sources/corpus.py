@@ -72,8 +72,19 @@ def draft_retrieved(exs: list[RawExample], ctx: DraftContext, source: str) -> li
     """NQ-Open / PopQA: BM25 over the passage corpus; the best hit holding a gold answer is support."""
     if not exs:
         return []
-    cfg = ctx.cfg
     corpus, index = corpus_index(ctx)
+    return draft_from_index(exs, corpus, index, ctx, source, "bm25")
+
+
+def draft_from_index(exs: list[RawExample], corpus: list[Chunk], index, ctx: DraftContext, source: str,
+                     origin: str) -> list[Draft]:
+    """Retrieve `retrieve_k` passages per question from `index` (BM25Index, or a dense / hybrid one
+    with the same `search` and `norm`): the best hit holding a gold answer is support (DPR's
+    `has_answer`), answer-free hits are the hard negatives; a question with no answer-holding hit is
+    a retrieval miss (dropped or unanswerable, `retrieval_miss`)."""
+    if not exs:
+        return []
+    cfg = ctx.cfg
     hits_all = index.search([ex.question for ex in exs], cfg.retrieve_k, show_progress=not cfg.quiet and len(exs) > 2000)
     drafts = []
     for ex, hits in zip(exs, hits_all):
@@ -90,9 +101,9 @@ def draft_retrieved(exs: list[RawExample], ctx: DraftContext, source: str) -> li
             negs.append((c, h.score))
         if gold:
             c, spans, score = gold[0]
-            drafts.append(Draft(ex, [(c, spans)], negs, True, "bm25", gold_scores=[score]))
+            drafts.append(Draft(ex, [(c, spans)], negs, True, origin, gold_scores=[score]))
         elif cfg.retrieval_miss == "unanswerable" and negs:
-            drafts.append(Draft(ex, [], negs, False, "bm25", unanswerable_reason="retrieval_miss"))
+            drafts.append(Draft(ex, [], negs, False, origin, unanswerable_reason="retrieval_miss"))
         else:
             ctx.bad.drop(f"{source}_no_support_retrieved")
     return drafts

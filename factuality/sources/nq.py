@@ -10,18 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import corpus
+from . import corpus, ctxs
 from .base import (
     BadRecords,
     Chunk,
     Draft,
     DraftContext,
+    Format,
     RawExample,
     RemoteFile,
     filter_candidates,
     find_span,
     json_array,
     jsonl_records,
+    read_by_content,
     short_hash,
     str_field,
     str_list,
@@ -29,7 +31,7 @@ from .base import (
 
 NAME = "nq"
 TASK = "question"
-INPUTS = {"nq_dpr": "nq/*.json", "nq_open": "nq/*.jsonl", **corpus.INPUTS}
+INPUTS = {"nq_dpr": "nq/*.json", "nq_open": "nq/*.jsonl", "nq_gz": "nq/*.gz", **corpus.INPUTS}
 DOWNLOADS = [RemoteFile("https://dl.fbaipublicfiles.com/dpr/data/retriever/biencoder-nq-dev.json.gz",
                         "nq/biencoder-nq-dev.json", "gunzip"),
              RemoteFile("https://raw.githubusercontent.com/google-research-datasets/natural-questions/master/"
@@ -37,6 +39,7 @@ DOWNLOADS = [RemoteFile("https://dl.fbaipublicfiles.com/dpr/data/retriever/bienc
              corpus.PSGS_W100]
 EXPECTED_DPR = "DPR retriever records {question, answers, positive_ctxs, hard_negative_ctxs} (biencoder-nq-*.json)"
 EXPECTED_OPEN = "NQ-Open questions {question, answer: [...]}, one JSON object a line (NQ-open.*.jsonl)"
+OPEN_PREFIX = "open:"
 
 
 def _ctx_ok(c: Any) -> bool:
@@ -44,7 +47,11 @@ def _ctx_ok(c: Any) -> bool:
 
 
 def read_dpr(path: Path, bad: BadRecords) -> Iterator[RawExample]:
-    for where, rec in json_array(path, bad, EXPECTED_DPR):
+    return _dpr_records(((w, r, r) for w, r in json_array(path, bad, EXPECTED_DPR)), path, bad)
+
+
+def _dpr_records(records, path: Path, bad: BadRecords) -> Iterator[RawExample]:
+    for where, rec, _ in records:
         if not isinstance(rec, dict):
             bad.report(where, "(record)", "a JSON object is expected", rec)
             continue
@@ -82,7 +89,14 @@ def read_dpr(path: Path, bad: BadRecords) -> Iterator[RawExample]:
 
 
 def read_nq_open(path: Path, bad: BadRecords) -> Iterator[RawExample]:
-    for where, rec, line in jsonl_records(path, bad, EXPECTED_OPEN):
+    return _open_records(jsonl_records(path, bad, EXPECTED_OPEN), path, bad)
+
+
+def _open_records(records, path: Path, bad: BadRecords) -> Iterator[RawExample]:
+    for where, rec, line in records:
+        if not isinstance(rec, dict):
+            bad.report(where, "(record)", "a JSON object is expected", line)
+            continue
         q, answers = str_field(rec, "question"), str_list(rec.get("answer"))
         if q is None:
             bad.report(where, "question", "missing or not a non-empty string", line)
@@ -90,16 +104,30 @@ def read_nq_open(path: Path, bad: BadRecords) -> Iterator[RawExample]:
         if answers is None:
             bad.report(where, "answer", "expected a non-empty list of strings", line)
             continue
-        yield RawExample(NAME, f"open:{short_hash(q)}", q.strip(), answers, str(where), meta={"type": "open"})
+        yield RawExample(NAME, f"{OPEN_PREFIX}{short_hash(q)}", q.strip(), answers, str(where), meta={"type": "open"})
 
 
-READERS = {"nq_dpr": read_dpr, "nq_open": read_nq_open}
+FORMATS = [
+    Format("DPR retriever JSON", EXPECTED_DPR, lambda r: isinstance(r, dict) and "positive_ctxs" in r, _dpr_records),
+    ctxs.ctxs_format(NAME, OPEN_PREFIX, lambda rec: {"type": "open"}),
+    Format("NQ-Open", EXPECTED_OPEN, lambda r: isinstance(r, dict) and "answer" in r and "question" in r, _open_records),
+]
+
+
+def read_nq(path: Path, bad: BadRecords) -> Iterator[RawExample]:
+    """Any NQ file: DPR JSON, NQ-Open or NQ-Open retrieval results, told apart by the first record."""
+    return read_by_content(path, bad, FORMATS, NAME)
+
+
+READERS = {"nq_dpr": read_nq, "nq_open": read_nq, "nq_gz": read_nq}
 
 
 def draft(exs: list[RawExample], ctx: DraftContext) -> list[Draft]:
-    """DPR examples (they carry their gold passage) keep it; NQ-Open examples retrieve from the corpus."""
+    """DPR examples (they carry their gold passage) keep it; retrieval results use their own passages;
+    NQ-Open questions retrieve from the corpus."""
     drafts = []
     for ex in (e for e in exs if e.gold):
         cands = filter_candidates(ex.candidates, ex.answers, {c.doc_id for c, _ in ex.gold})
         drafts.append(Draft(ex, ex.gold[:1], [(c, None) for c in cands], True, "dpr"))
-    return drafts + corpus.draft_retrieved([e for e in exs if not e.gold], ctx, NAME)
+    drafts += ctxs.draft_ctxs([e for e in exs if e.retrieved is not None], ctx, NAME)
+    return drafts + corpus.draft_retrieved([e for e in exs if not e.gold and e.retrieved is None], ctx, NAME)
