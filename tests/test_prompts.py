@@ -243,3 +243,18 @@ def test_shorten_around_keeps_every_span_and_cuts_between():
     assert out == "... " + "a" * 10 + "SPAN1" + "b" * 10 + " ... " + "b" * 10 + "SPAN2" + "c" * 10 + " ..."
     assert out.startswith("...") and out.endswith("...") and " ... " in out
     assert _shorten_around(text, [(s1, s1 + 5)], 10_000) == text  # a wide window keeps everything
+
+
+def test_the_target_answer_is_the_alias_its_support_span_holds():
+    from factuality.prompts import gold_output
+    from factuality.testing import make_example
+
+    ex = make_example(3, source="popqa", answerable=True)
+    chunk = next(c for c in ex["evidence"] if c["id"] == ex["support"][0]["chunk_id"])
+    span = ex["support"][0]
+    shown = chunk["text"][span["start"]:span["end"]]
+    # the dataset's first alias is not what the passage says; a later alias is
+    ex = {**ex, "answers": ["Some Other Name", shown.upper()]}
+    assert gold_output(ex)["answer"] == shown.upper()
+    # no alias in the spans: the first alias, as before
+    assert gold_output({**ex, "answers": ["Nowhere", "Else"]})["answer"] == "Nowhere"
