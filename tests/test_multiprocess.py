@@ -146,9 +146,9 @@ def test_a_part_left_by_a_dead_rank_is_reused(world, tmp_path, monkeypatch):
 # ------------------------------------------------------------------ make_prefs generation
 def prefs_args(world, out: Path) -> list[str]:
     d = world["dir"]
-    return ["-c", str(ROOT / "configs" / "prefs_tiny.yaml"), "--phase", "generate", "--sft-model", str(world["adapter"]),
-            "--base-model", str(world["model"]), "--data-path", str(d / "train.jsonl"), "--val-path", str(d / "val.jsonl"),
-            "--output-dir", str(out)]
+    return ["-c", str(ROOT / "configs" / "prefs_tiny.yaml"), "--phase", "generate",
+            "--sft-model", str(world["adapter"]), "--base-model", str(world["model"]),
+            "--data-path", str(d / "train.jsonl"), "--val-path", str(d / "val.jsonl"), "--output-dir", str(out)]
 
 
 def test_make_prefs_generation_two_processes_write_what_one_writes(world, tmp_path):
