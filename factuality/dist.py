@@ -146,22 +146,28 @@ class RankParts:
         self.marker(process_index()).unlink(missing_ok=True)
         return JsonlAppender(self.part(process_index()), self.contract)
 
-    def merge(self, order=None) -> int:
-        """Every rank: record its part's sha256 and row count; main: check each part against
-        them, append all rows to the target sorted by `order(row)` (input order), remove the
-        parts. Returns the number of rows merged (0 with one process: rows went to the target)."""
-        import json
+    def finish(self) -> None:
+        """This rank is done: record its part's sha256 and row count beside it."""
+        from .records import atomic_write_json, sha256_file
 
-        from .records import RecordError, atomic_write_json, sha256_file
-
-        if world_size() == 1:
-            return 0
         rank = process_index()
         part = self.part(rank)
         if not part.exists():
             part.touch()
         atomic_write_json(self.marker(rank), {"rank": rank, "world_size": world_size(), "sha256": sha256_file(part),
                                               "rows": len(self._rows(part))})
+
+    def merge(self, order=None) -> int:
+        """Every rank: `finish`; main: check each part against what its rank recorded, append all
+        rows to the target sorted by `order(row)` (input order), remove the parts. Returns the
+        number of rows merged (0 with one process: the rows went to the target)."""
+        import json
+
+        from .records import RecordError, sha256_file
+
+        if world_size() == 1:
+            return 0
+        self.finish()
         wait_for_everyone()
         merged = 0
         if is_main_process():

@@ -143,6 +143,37 @@ def test_a_part_left_by_a_dead_rank_is_reused(world, tmp_path, monkeypatch):
     assert not part.exists()
 
 
+def test_rank_parts_merge_in_input_order_and_refuse_a_part_changed_after_its_rank_finished(tmp_path, monkeypatch):
+    """RankParts with two ranks played in turn in one process (the barrier a no-op)."""
+    from factuality import dist
+    from factuality.records import RecordError
+
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    monkeypatch.setattr(dist, "wait_for_everyone", lambda: None)
+    monkeypatch.setattr(dist, "is_main_process", lambda: dist.process_index() == 0)
+
+    def play(target, tamper: bool):
+        parts = dist.RankParts(target)
+        for rank, ids in ((1, [3, 4, 5]), (0, [0, 1, 2])):
+            monkeypatch.setattr(dist, "process_index", lambda rank=rank: rank)
+            with parts.open() as out:
+                for i in reversed(ids):  # written out of order, as length-sorted batches finish
+                    out.write({"id": f"x{i}", "n": i})
+            if rank == 1:
+                parts.finish()
+                if tamper:
+                    with open(parts.part(1), "a") as f:
+                        f.write('{"id": "x9", "n": 9}\n')
+        return parts.merge(order=lambda row: row["n"])
+
+    assert play(tmp_path / "ok.jsonl", tamper=False) == 6
+    assert [r["n"] for r in read_jsonl(tmp_path / "ok.jsonl")] == [0, 1, 2, 3, 4, 5]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.jsonl"], "parts and markers removed"
+    with pytest.raises(RecordError, match=r"ok2.jsonl.rank1.part: sha256 .* rank 1 recorded when it finished"):
+        play(tmp_path / "ok2.jsonl", tamper=True)
+    assert not (tmp_path / "ok2.jsonl").exists(), "nothing merged"
+
+
 # ------------------------------------------------------------------ make_prefs generation
 def prefs_args(world, out: Path) -> list[str]:
     d = world["dir"]
