@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from . import dist
 from .config import ConfigError, to_dict
 from .generation import PREFILL_MODES
 from .metrics import BootstrapSpec, bucket_labels, check_boundaries
@@ -48,6 +49,7 @@ from .report import (  # noqa: F401
     write_plots,
 )
 from .text import approx_tokens
+from .vllm_backend import BackendOptions
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +61,10 @@ FAST_MAX_NEW_TOKENS = 64  # a grounded answer object is ~20-40 tokens; longer me
 
 
 @dataclass
-class EvalConfig(ModelOptions):
+class EvalConfig(ModelOptions, BackendOptions):
     """Options of evaluate_sft.py. Model loading options are ModelOptions' (TRL ModelConfig);
-    its LoRA-shaping fields mean nothing here and are left off the command line."""
+    its LoRA-shaping fields mean nothing here and are left off the command line. --backend
+    chooses the generation engine (vllm_backend.BackendOptions)."""
 
     CLI_HIDDEN = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_parameters",
                   "lora_modules_to_save", "lora_task_type", "use_rslora", "use_dora", "lora_top_layers")
@@ -424,23 +427,44 @@ class ModelPool:
         model.set_adapter(system["tag"])
         return model, nullcontext()
 
+    def batches(self, system: Mapping, adapters: Sequence[Mapping], tokenizer, prompts: Sequence[str],
+                prompt_ids: Sequence[Sequence[int]], todo: Sequence[int], **generate_kwargs):
+        """Yield the generations of `todo` (prompt indices) as `system`, batch by batch, from the
+        configured backend: generation.iter_generate (transformers) or vllm_backend.VllmEngine."""
+        if getattr(self.cfg, "backend", "transformers") == "vllm":
+            from .vllm_backend import VllmEngine
 
-def append_generations(out: JsonlAppender, make_row, model, tokenizer, prompts: Sequence[str],
-                       prompt_ids: Sequence[Sequence[int]], todo: Sequence[int], max_batches: int = 0,
-                       **generate_kwargs) -> bool:
-    """Generate `todo` (prompt indices) in batches and append `make_row(generation)` for each as
-    its batch finishes, so a killed run loses at most the batch in flight. Returns True when it
-    stopped early after `max_batches` batches (0 = no limit). `generate_kwargs` go to
-    generation.iter_generate."""
-    from .generation import iter_generate
+            if system["adapter"] is None and not system.get("is_base"):
+                engine = self._fresh(("vllm", system["evaluated"]),
+                                     lambda: VllmEngine(system["evaluated"], {}, self.cfg, self.cfg.seed))
+                adapter = None
+            else:
+                same_base = {a["tag"]: a["adapter"] for a in adapters if a["base"] == system["base"]}
+                engine = self._fresh(("vllm", system["base"]),
+                                     lambda: VllmEngine(system["base"], same_base, self.cfg, self.cfg.seed))
+                adapter = None if system.get("is_base") else system["tag"]
+            yield from engine.iter_generate(tokenizer, prompt_ids, todo, adapter=adapter, **generate_kwargs)
+            return
+        from .generation import iter_generate
 
-    batches = iter_generate(model, tokenizer, prompts, indices=todo, prompt_ids=prompt_ids, **generate_kwargs)
-    for b, batch in enumerate(batches, start=1):
-        for g in batch:
-            out.write(make_row(g))
-        if max_batches and b >= max_batches:
-            return True
-    return False
+        model, ctx = self.context(system, adapters)
+        with ctx:
+            yield from iter_generate(model, tokenizer, prompts, indices=todo, prompt_ids=prompt_ids, **generate_kwargs)
+
+
+def append_generations(out: JsonlAppender, make_row, batches, max_batches: int = 0) -> bool:
+    """Append `make_row(generation)` for each generation of `batches` (ModelPool.batches) as its
+    batch finishes, so a killed run loses at most the batch in flight. Returns True when it
+    stopped early after `max_batches` batches (0 = no limit)."""
+    try:
+        for b, batch in enumerate(batches, start=1):
+            for g in batch:
+                out.write(make_row(g))
+            if max_batches and b >= max_batches:
+                return True
+        return False
+    finally:
+        batches.close()  # leaves the system's context (adapters disabled for the base) now, not at GC
 
 
 def run_evaluation(cfg) -> dict:
@@ -518,7 +542,9 @@ def run_evaluation(cfg) -> dict:
         # ---- generate, appending per batch; a rerun continues where the last one stopped ----
         from .generation import encode_prompts
         from .modeling import load_tokenizer
+        from .vllm_backend import check_available
 
+        check_available(cfg.backend, dist.world_size())
         systems, comparisons = plan_systems(cfg)
         adapters = [s for s in systems if s["adapter"]]
         first = adapters[0] if adapters else systems[0]
@@ -543,6 +569,8 @@ def run_evaluation(cfg) -> dict:
                     "top_p": cfg.top_p if cfg.do_sample else None, "seed": cfg.seed, "dtype": cfg.dtype,
                     "load_in_4bit": cfg.load_in_4bit, "load_in_8bit": cfg.load_in_8bit,
                     "attn_implementation": cfg.attn_implementation}
+        if cfg.backend != "transformers":  # another engine's kernels: its outputs are its own
+            settings["backend"] = cfg.backend
         payloads = {}
         base_fps: dict[str, str] = {}
         for sysm in systems:
@@ -564,26 +592,35 @@ def run_evaluation(cfg) -> dict:
                                 "fingerprint_sha256": fp.get("adapter_fingerprint") or fp["fingerprint"]}
         pred_path = paths["predictions"]
         sidecar_path = Path(f"{pred_path}.signatures.json")
-        if cfg.overwrite:
-            for p in (pred_path, sidecar_path):
+        # Several processes (accelerate launch / torchrun): each generates its share of every system's
+        # examples into its own part file; the main process merges them in input order at the end.
+        parts = dist.RankParts(pred_path, PREDICTION, key=lambda row: (row["model_tag"], row["id"]))
+        if cfg.overwrite and dist.is_main_process():
+            for p in (pred_path, sidecar_path, *parts.leftovers()):
                 if p.exists():
                     p.unlink()
-        out = JsonlAppender(pred_path, PREDICTION)  # opening cuts a line torn by a kill, before it is read
-        out.close()
+        dist.wait_for_everyone()
+        parts.fold_leftovers()  # rows a killed rank finished join the file (and are reused below)
+        if dist.is_main_process():
+            JsonlAppender(pred_path, PREDICTION).close()  # opening cuts a line torn by a kill, before it is read
+        dist.wait_for_everyone()
         existing = load_existing(pred_path)
         sidecar = json.loads(sidecar_path.read_text(encoding="utf-8")) if sidecar_path.exists() else {}
         for tag in signatures:
             check_signatures(pred_path, existing, tag, signatures[tag], payloads[tag], sidecar)
             sidecar.setdefault(tag, {})[signatures[tag]] = payloads[tag]
-        atomic_write_json(sidecar_path, sidecar)
+        if dist.is_main_process():
+            atomic_write_json(sidecar_path, sidecar)
 
         pool = ModelPool(cfg)
-        with JsonlAppender(pred_path, PREDICTION) as out:
+        position = {(s["tag"], e["id"]): (k, n) for k, s in enumerate(systems) for n, e in enumerate(examples)}
+        with parts.open() as out:
             for sysm in systems:
                 tag = sysm["tag"]
                 done = existing.get(tag, {})
                 todo = [i for i, e in enumerate(examples) if e["id"] not in done]
                 log.info("%s: %d/%d already predicted, %d to go", tag, len(examples) - len(todo), len(examples), len(todo))
+                todo = dist.split_between_processes(todo)
                 if not todo:
                     continue
 
@@ -594,16 +631,21 @@ def run_evaluation(cfg) -> dict:
                     existing.setdefault(tag, {})[e["id"]] = row
                     return row
 
-                model, ctx = pool.context(sysm, adapters)
-                with ctx:
-                    partial = append_generations(out, make_row, model, tok, prompts, prompt_ids, todo,
-                                                 max_batches=cfg.max_batches, batch_size=cfg.batch_size,
-                                                 max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
-                                                 temperature=cfg.temperature, top_p=cfg.top_p, prefill=cfg.prefill,
-                                                 desc=tag, progress=cfg.progress)
+                batches = pool.batches(sysm, adapters, tok, prompts, prompt_ids, todo, batch_size=cfg.batch_size,
+                                       max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
+                                       temperature=cfg.temperature, top_p=cfg.top_p, prefill=cfg.prefill,
+                                       desc=tag, progress=cfg.progress)
+                partial = append_generations(out, make_row, batches, max_batches=cfg.max_batches)
                 if partial:
                     log.warning("%s: stopped after %d batches (--max-batches); rerun to continue", tag, cfg.max_batches)
                     break
+        del pool
+        if dist.world_size() > 1:
+            parts.merge(order=lambda row: position[(row["model_tag"], row["id"])])
+            partial = any(dist.gather_object(partial))
+            if not dist.is_main_process():
+                return {}  # the main process scores and reports
+            existing = load_existing(pred_path)
         rows_by_tag = {s["tag"]: existing.get(s["tag"], {}) for s in systems}
         pred_file = str(pred_path)
 

@@ -52,7 +52,9 @@ class PipelineConfig:
 
     preset: str = field(default="cpu", metadata={
         "help": "cpu: the embedded model on the bundled sample (minutes on a laptop); gpu: the notebook's "
-                "Gemma-2 recipes (configs/*.yaml)", "choices": ["cpu", "gpu"]})
+                "Gemma-2 recipes (configs/*.yaml); tiny: the test configs (configs/*_tiny.yaml) on a tiny random "
+                "model (a smoke test of the chain in about two minutes; its numbers mean nothing)",
+        "choices": ["cpu", "gpu", "tiny"]})
     force: list[str] = field(default_factory=list, metadata={
         "help": "steps to redo even when up to date (and every step after the first of them); 'all' for everything"})
     only: list[str] = field(default_factory=list, metadata={"help": "run only these steps (their inputs must exist)"})
@@ -61,31 +63,52 @@ class PipelineConfig:
     python: str = field(default=sys.executable, metadata={"help": "interpreter for the steps", "cli": False})
 
 
+TINY_MODEL = "runs/tiny-model"  # preset tiny: factuality.testing.make_tiny_model writes it here
+
+
 def steps_for(preset: str) -> list[Step]:
-    cpu = preset == "cpu"
-    c = (lambda name: f"configs/{name}_cpu.yaml") if cpu else (lambda name: f"configs/{name}.yaml")
-    sft_dir = "checkpoints/sft/smollm2-cpu" if cpu else "checkpoints/sft/gemma2-9b-qlora"
-    dpo_dir = "checkpoints/dpo/smollm2-cpu" if cpu else "checkpoints/dpo/gemma2-9b-qlora"
-    rm_dir = "checkpoints/rm/smollm2-cpu" if cpu else "checkpoints/rm/gemma2-9b"
-    evaluation = "configs/eval_pipeline_cpu.yaml" if cpu else "configs/eval_pipeline.yaml"
-    return [
+    cpu, tiny = preset == "cpu", preset == "tiny"
+    c = (lambda name: f"configs/{name}_{preset}.yaml") if cpu or tiny else (lambda name: f"configs/{name}.yaml")
+    run = {"cpu": "smollm2-cpu", "tiny": "tiny"}.get(preset)
+    sft_dir = f"checkpoints/sft/{run or 'gemma2-9b-qlora'}"
+    dpo_dir = f"checkpoints/dpo/{run or 'gemma2-9b-qlora'}"
+    rm_dir = f"checkpoints/rm/{run or 'gemma2-9b'}"
+    evaluation = "configs/eval_pipeline.yaml" if preset == "gpu" else "configs/eval_pipeline_cpu.yaml"
+    # tiny: the test configs name no model or data of their own (tests set them): these flags do
+    model = ["--model-name-or-path", TINY_MODEL] if tiny else []
+    prefs = ["--sft-model", sft_dir, "--judge-model", TINY_MODEL, "--data-path", "data/processed/train.jsonl",
+             "--val-path", "data/processed/val.jsonl", "--max-samples", "8", "--max-val-samples", "4"] if tiny else []
+    steps = [
         Step("build_data", ["build_data.py"], ["data/processed/*.jsonl", "data/processed/run_card.json"], redo_flag=None),
         Step("prompt_schema", ["prompt_schema.py", "save", "--prompts-dir", "prompts"], ["prompts/*"], redo_flag=None),
-        Step("train_sft", ["train_sft.py", "-c", "configs/sft_cpu.yaml" if cpu else "configs/sft_gemma2.yaml"],
+        Step("train_sft", ["train_sft.py", "-c", "configs/sft_gemma2.yaml" if preset == "gpu" else c("sft"), *model,
+                           *(["--output-dir", sft_dir, "--max-val-samples", "4"] if tiny else [])],
              [f"{sft_dir}/adapter_*", f"{sft_dir}/run_card.json"], reads=["build_data", "prompt_schema"]),
-        Step("make_prefs generate", ["make_prefs.py", "--phase", "generate", "-c", c("prefs")],
-             ["prefs/cache/*/*"], reads=["build_data", "train_sft"], redo_flag=None),
-        Step("make_prefs judge", ["make_prefs.py", "--phase", "judge", "-c", c("prefs")],
+        Step("make_prefs generate", ["make_prefs.py", "--phase", "generate", "-c", c("prefs"), *prefs],
+             # not prefs/cache/*/*: the judge phase adds its own cache there, which is no output of this step
+             [f"prefs/cache/*/{f}" for f in ("manifest.json", "examples.jsonl", "generations.jsonl")],
+             reads=["build_data", "train_sft"], redo_flag=None),
+        Step("make_prefs judge", ["make_prefs.py", "--phase", "judge", "-c", c("prefs"), *prefs],
              ["prefs/preferences_*.jsonl"], reads=["make_prefs generate"], redo_flag=None),
-        Step("train_rm", ["train_rm.py", "-c", c("rm"), "--synthetic-pairs", "false", "--pairs-path", "{prefs}",
-                          "--output-dir", rm_dir], [f"{rm_dir}/best/*", f"{rm_dir}/*.json"],
-             reads=["make_prefs judge"]),
-        Step("train_dpo", ["train_dpo.py", "-c", c("dpo"), "--pairs-file", "{prefs}", "--sft-adapter", sft_dir,
-                           "--rm-checkpoint", f"{rm_dir}/best"],
+        Step("train_rm", ["train_rm.py", "-c", c("rm"), *model, "--synthetic-pairs", "false", "--pairs-path", "{prefs}",
+                          "--output-dir", rm_dir, *(["--probe-data", "data/processed/val.jsonl", "--plots", "true"]
+                                                    if tiny else [])],
+             [f"{rm_dir}/best/*", f"{rm_dir}/*.json"], reads=["make_prefs judge"]),
+        Step("train_dpo", ["train_dpo.py", "-c", c("dpo"), *model, "--pairs-file", "{prefs}", "--sft-adapter", sft_dir,
+                           "--rm-checkpoint", f"{rm_dir}/best", *(["--output-dir", dpo_dir] if tiny else [])],
              [f"{dpo_dir}/adapter_*", f"{dpo_dir}/run_card.json"], reads=["make_prefs judge", "train_sft", "train_rm"]),
-        Step("evaluate", ["evaluate_sft.py", "-c", evaluation, "--overwrite"], ["runs/eval-pipeline/*.json"],
-             reads=["train_sft", "train_dpo"], redo_flag=None),
+        Step("evaluate", ["evaluate_sft.py", "-c", evaluation, "--overwrite",
+                          *(["--systems", f"base,sft={sft_dir},dpo={dpo_dir}", "--max-new-tokens", "16",
+                             "--limit", "12"] if tiny else [])],
+             ["runs/eval-pipeline/*.json"], reads=["train_sft", "train_dpo"], redo_flag=None),
     ]
+    if tiny:
+        make = f"from factuality.testing import make_tiny_model; make_tiny_model({TINY_MODEL!r})"
+        steps.insert(0, Step("tiny_model", ["-c", make], [f"{TINY_MODEL}/*"], redo_flag=None))
+        for s in steps[1:]:
+            if s.name in ("train_sft", "make_prefs generate", "make_prefs judge", "train_rm", "train_dpo"):
+                s.reads.append("tiny_model")
+    return steps
 
 
 # --------------------------------------------------------------------------------------------

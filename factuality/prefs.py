@@ -68,6 +68,7 @@ from .perturb import KINDS, perturbations
 from .prompts import PromptTemplates, dump_output, fit_evidence, gold_output, parse_output, render_prompt
 from .records import (SCHEMA_VERSION, Contract, JsonlAppender, PREFERENCE, RecordError, atomic_write_json,
                       read_examples, read_json, read_jsonl, sha256_file, sha256_text, write_jsonl)
+from .vllm_backend import BackendOptions
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +80,15 @@ LORA_FIELDS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_
 # Options that decide which candidates phase 1 made: the judge phase matches a cache on those the
 # user set (besides the data files, the sample limits and n_generations, always matched).
 GENERATION_KEYS = ("sft_model", "base_model", "max_new_tokens", "max_input_tokens", "min_chunk_chars", "temperature",
-                   "top_p", "seed", "use_8bit", "load_in_4bit", "dtype", "attn_implementation", "prompts_dir")
+                   "top_p", "seed", "use_8bit", "load_in_4bit", "dtype", "attn_implementation", "prompts_dir", "backend")
 
 
 @dataclass
-class PrefsOptions(ModelOptions):
+class PrefsOptions(ModelOptions, BackendOptions):
     """Options of make_prefs.py. The generators (base + SFT adapter) load with ModelOptions'
     fields (dtype, load_in_4bit, attn_implementation, ...); --use-8bit is the notebook's name for
-    load_in_8bit. The judge has its own --judge-* loading options."""
+    load_in_8bit; --backend chooses the generation engine (vllm_backend.BackendOptions). The
+    judge has its own --judge-* loading options."""
 
     CLI_HIDDEN = LORA_FIELDS + ("load_in_8bit",)
     model_name_or_path: str = field(default=EMBEDDED_MODEL, metadata={
@@ -207,8 +209,9 @@ class PrefsOptions(ModelOptions):
 
 
 def _check(cfg) -> None:
-    if dist.world_size() > 1:
-        raise ConfigError("make_prefs.py runs in one process; start it with python, not accelerate launch / torchrun")
+    if dist.world_size() > 1 and cfg.phase != "generate":
+        raise ConfigError(f"--phase {cfg.phase}: the judge runs in one process; start it with python (only --phase "
+                          f"generate splits its examples across accelerate launch / torchrun processes)")
     if cfg.phase in ("generate", "all") and not cfg.sft_model:
         raise ConfigError("--phase generate needs --sft-model (the adapter dir train_sft.py wrote, "
                           "e.g. checkpoints/sft/<run>)")
@@ -358,6 +361,8 @@ def _load_settings(cfg) -> dict:
            "load_in_4bit": cfg.load_in_4bit, "attn_implementation": cfg.attn_implementation}
     if cfg.load_in_4bit:
         out.update(bnb_4bit_quant_type=cfg.bnb_4bit_quant_type, use_bnb_nested_quant=cfg.use_bnb_nested_quant)
+    if cfg.backend != "transformers":  # another engine's kernels: its candidates are its own
+        out.update(backend=cfg.backend)
     return out
 
 
@@ -452,15 +457,19 @@ def generate_phase(cfg) -> dict:
     from .prompts import tokenize_prompt
     from .provenance import set_seed
 
+    from .vllm_backend import check_available
+
+    check_available(cfg.backend, dist.world_size())
     set_seed(cfg.seed)
     plan = plan_generation(cfg)
     examples, data_info, sft, base, adapters = plan.examples, plan.data, plan.sft, plan.base, plan.adapters
     templates, templates_from, payload, sig = plan.templates, plan.templates_from, plan.payload, plan.signature
     cache = cache_path(cfg, sig)
     manifest_path = cache / "manifest.json"
-    if cfg.overwrite and cache.exists():
+    if cfg.overwrite and cache.exists() and dist.is_main_process():
         log.info("--overwrite: removing the cache %s", cache)
         shutil.rmtree(cache)
+    dist.wait_for_everyone()
     if manifest_path.exists():
         manifest = read_json(manifest_path, expected="a generation cache manifest")
         if manifest.get("complete"):
@@ -483,18 +492,25 @@ def generate_phase(cfg) -> dict:
                 "prompt_templates": templates_from, "origins": origins, "complete": False,
                 "examples": {"used": len(examples), "too_long": too_long, "prompts": len(prompt_rows),
                              "evidence_cut": sum(bool(r["dropped_ids"] or r["shortened_ids"]) for r in prompt_rows)}}
-    cache.mkdir(parents=True, exist_ok=True)
     examples_path = cache / "examples.jsonl"
-    if examples_path.exists():
-        if read_jsonl(examples_path, PROMPT_ROW) != prompt_rows:
-            raise RecordError(f"{examples_path}: holds other prompts than this run renders for signature {sig}; "
-                              f"rerun with --overwrite to rebuild this cache")
-    else:
-        write_jsonl(examples_path, prompt_rows, PROMPT_ROW)
-    atomic_write_json(manifest_path, manifest)
-
     gen_path = cache / "generations.jsonl"
-    JsonlAppender(gen_path, CANDIDATE).close()  # opening cuts a line torn by a kill, before it is read
+    # Several processes (accelerate launch / torchrun): each generates its share of every origin's
+    # prompts into its own part of generations.jsonl; the main process merges them at the end.
+    parts = dist.RankParts(gen_path, CANDIDATE)
+    if dist.is_main_process():
+        cache.mkdir(parents=True, exist_ok=True)
+        if examples_path.exists():
+            if read_jsonl(examples_path, PROMPT_ROW) != prompt_rows:
+                raise RecordError(f"{examples_path}: holds other prompts than this run renders for signature {sig}; "
+                                  f"rerun with --overwrite to rebuild this cache")
+        else:
+            write_jsonl(examples_path, prompt_rows, PROMPT_ROW)
+        atomic_write_json(manifest_path, manifest)
+    dist.wait_for_everyone()
+    parts.fold_leftovers()  # candidates a killed rank finished join the cache (and are reused below)
+    if dist.is_main_process():
+        JsonlAppender(gen_path, CANDIDATE).close()  # opening cuts a line torn by a kill, before it is read
+    dist.wait_for_everyone()
     existing = read_jsonl(gen_path, CANDIDATE, allow_empty=True) if gen_path.stat().st_size else []
     stale = [r for r in existing if r["signature"] != sig]
     if stale:
@@ -505,14 +521,15 @@ def generate_phase(cfg) -> dict:
     prompt_ids = [tokenize_prompt(tok, p) for p in prompts]
     pool = ModelPool(cfg)
     todo_count = 0
-    with JsonlAppender(gen_path, CANDIDATE) as out:
+    with parts.open() as out:
         for origin in origins:
             todo = [i for i, r in enumerate(prompt_rows) if f"{r['id']}#{origin}" not in done]
             log.info("%s: %d/%d candidates cached, %d to generate", origin, len(prompt_rows) - len(todo),
                      len(prompt_rows), len(todo))
+            todo_count += len(todo)
+            todo = dist.split_between_processes(todo)
             if not todo:
                 continue
-            todo_count += len(todo)
             sampling = origin.startswith("sft_sample_")
             seeds = {i: sample_seed(cfg.seed, prompt_rows[i]["id"], origin) for i in todo} if sampling else None
 
@@ -520,18 +537,24 @@ def generate_phase(cfg) -> dict:
                 r = prompt_rows[g.index]
                 return _candidate_row(r["id"], r["split"], origin, g, sig)
 
-            model, ctx = pool.context(base if origin == "base" else sft, adapters)
-            with ctx:
-                append_generations(out, make_row, model, tok, prompts, prompt_ids, todo,
+            batches = pool.batches(base if origin == "base" else sft, adapters, tok, prompts, prompt_ids, todo,
                                    batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, do_sample=sampling,
                                    temperature=cfg.temperature if sampling else 1.0, top_p=cfg.top_p,
                                    prefill=cfg.prefill, decode=cfg.decode, sample_seeds=seeds, desc=origin,
                                    progress=cfg.progress)
+            append_generations(out, make_row, batches)
     del pool
-    rows = read_jsonl(gen_path, CANDIDATE, allow_empty=True)
     order = {r["id"]: n for n, r in enumerate(prompt_rows)}
     rank = {o: n for n, o in enumerate(origins)}
-    rows.sort(key=lambda r: (order[r["example_id"]], rank[r["origin"]]))
+
+    def canonical(r):
+        return order[r["example_id"]], rank[r["origin"]]
+
+    parts.merge(order=canonical)
+    if not dist.is_main_process():
+        return {**manifest, "reused": False, "cache_dir": str(cache)}  # the main process completes the cache
+    rows = read_jsonl(gen_path, CANDIDATE, allow_empty=True)
+    rows.sort(key=canonical)
     if len(rows) != len(prompt_rows) * len(origins):
         raise RecordError(f"{gen_path}: {len(rows)} candidates where {len(prompt_rows) * len(origins)} were expected")
     write_jsonl(gen_path, rows, CANDIDATE)  # canonical order: the same file whether or not the run was resumed

@@ -1482,7 +1482,8 @@ def run_lora(cfg, inputs: Inputs, run_dir: Path, resume_from: Path | None) -> di
     t0 = time.time()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     train_s = time.time() - t0
-    if not history["eval_metrics"] or history["eval_metrics"][-1]["step"] != trainer.state.global_step:
+    evaluated = [h["step"] for h in trainer.state.log_history if "eval_loss" in h]  # every rank has these
+    if not evaluated or evaluated[-1] != trainer.state.global_step:  # (history is the main process's only)
         trainer.evaluate()
     changed = [n for n, p in trainer.model.named_parameters() if n in base_before and not torch_equal(p, base_before[n])]
     history["train_losses"] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
