@@ -114,6 +114,19 @@ def test_a_trained_copy_of_lm_head_gets_the_same_gradients(models, tmp_path):
     assert_same(ours, plain_loss_and_grads(trainer, batch))
 
 
+def test_qlora_4bit_base_gives_the_same_loss_and_grads(models, tmp_path):
+    """QLoRA: the 4-bit (bitsandbytes NF4, run here on the CPU) base's answer-only loss and LoRA
+    gradients equal its plain forward's."""
+    pytest.importorskip("bitsandbytes")
+    trainer, batch = sft_setup(models["llama"], "padding_free", answer_only=True, tmp=tmp_path, load_in_4bit=True)
+    assert trainer.lm_head_mode == "answer-only"
+    (loss, grads), (plain_loss, plain_grads) = trainer_loss_and_grads(trainer, batch), plain_loss_and_grads(trainer, batch)
+    torch.testing.assert_close(loss, plain_loss, rtol=1e-4, atol=1e-6)
+    assert grads.keys() == plain_grads.keys() and grads
+    for name, g in grads.items():  # bf16 gradients (QLoRA's compute dtype): within bf16 rounding, tensor by tensor
+        assert (g.float() - plain_grads[name].float()).norm() <= 1e-2 * plain_grads[name].float().norm(), name
+
+
 def test_lora_on_lm_head_is_a_clear_config_error():
     with pytest.raises(ConfigError, match="lm_head"):
         parse_config(SFT_SPEC, ["-c", str(SFT_TINY), "--lora-target-modules", "q_proj,lm_head"])
