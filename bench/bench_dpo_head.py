@@ -1,7 +1,7 @@
 """DPO throughput and memory of the LM head only at completion positions, against TRL's own head.
 
-    python bench/bench_dpo_head.py                          # scaled-tiny body, SmolLM2's and a 256,000 vocabulary, ~4 min on 2 cores
-    python bench/bench_dpo_head.py --vocabs smollm2 --steps 6 --pairs 24
+    python bench/bench_dpo_head.py                          # scaled-tiny body, SmolLM2's and a 256,000 vocabulary, ~8 min on 2 cores
+    python bench/bench_dpo_head.py --vocabs smollm2 --steps 6 --batch-size 4      # ~2 min
 
 Variants (each in a fresh subprocess, so peak memory is its own), all training the same random
 stand-in SFT adapter with factuality.dpo.build_trainer on the same fitted pairs, batch size, lr and
@@ -103,8 +103,8 @@ def main(argv=None) -> int:
                    help=f"comma-separated, from {', '.join(VARIANTS)}; the first is the baseline")
     p.add_argument("--data", default=str(ROOT / "data" / "processed" / "train.jsonl"))
     p.add_argument("--pairs", type=int, default=16, help="pairs the steps draw from")
-    p.add_argument("--batch-size", type=int, default=4, help="pairs per step")
-    p.add_argument("--steps", type=int, default=4, help="optimiser steps per variant (the first is a warm-up)")
+    p.add_argument("--batch-size", type=int, default=2, help="pairs per step")
+    p.add_argument("--steps", type=int, default=3, help="optimiser steps per variant (the first is a warm-up)")
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     p.add_argument("--variant", help=argparse.SUPPRESS)
