@@ -19,3 +19,4 @@ bench: setup
 	$(PY) bench/bench_generation.py
 	$(PY) bench/bench_rm.py
 	$(PY) bench/bench_dpo.py
+	$(PY) bench/bench_dpo_head.py
