@@ -17,7 +17,7 @@ final-logit soft-capping and the temperature, and returns TRL's own `FusedCausal
 token log-probs with gradient; entropy, top-1, mean logit and log sum p^2 for TRL's metrics,
 without gradient), scattered back to the label positions. TRL's loss code then runs unchanged,
 so every SFT / DPO loss type works as before. When the selected positions times the vocabulary
-exceed `CHUNK_ELEMENTS`, they go through the head in chunks whose logits are recomputed in the
+exceed `CHUNK_ELEMENTS` (32 MiB of float32), they go through the head in chunks whose logits are recomputed in the
 backward pass (activation checkpointing) rather than kept, so memory stays bounded by one chunk.
 
 Not covered, so TRL's head is kept (with one logged line): MoE router losses, and models whose
@@ -39,8 +39,9 @@ log = logging.getLogger("factuality.heads")
 
 IGNORE_INDEX = -100
 # Logits (selected positions x vocabulary) computed at once; above it, chunks recomputed in backward.
-# 2**25 float32 values are 128 MiB: 512 answer tokens of Gemma-2's 256,000-entry vocabulary.
-CHUNK_ELEMENTS = 2 ** 25
+# 2**23 float32 values are 32 MiB: 32 answer tokens of Gemma-2's 256,000-entry vocabulary, 170 of
+# SmolLM2's 49,152. The recomputation costs one more head pass over the answer tokens only.
+CHUNK_ELEMENTS = 2 ** 23
 # Config attributes some families scale their logits by (TRL's add_fused_lm_head reads the same ones).
 LOGIT_SCALE_ATTRS = ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
 OUTPUT_FIELDS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
@@ -96,14 +97,15 @@ def _project(hidden, targets, head, softcap: float | None, inv_temperature: floa
     log_z = torch.logsumexp(z, dim=-1)
     log_probs = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_z
     extra = {}
-    with torch.no_grad():
+    with torch.no_grad():  # one (N, V) temporary at most: p, then dot products with it
         zd, lz = z.detach(), log_z.detach()
         if "entropy" in want or "log_sum_sq_probs" in want:
-            log_p = zd - lz.unsqueeze(-1)
+            p = (zd - lz.unsqueeze(-1)).exp_()
             if "entropy" in want:
-                extra["entropy"] = -(log_p.exp() * log_p).sum(-1)
+                extra["entropy"] = lz - torch.linalg.vecdot(p, zd)
             if "log_sum_sq_probs" in want:
-                extra["log_sum_sq_probs"] = torch.logsumexp(2 * log_p, dim=-1)
+                extra["log_sum_sq_probs"] = torch.linalg.vecdot(p, p).log()
+            del p
         if "mean_logits" in want:
             extra["mean_logits"] = zd.mean(-1)
         if "is_top1" in want:

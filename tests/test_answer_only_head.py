@@ -142,7 +142,8 @@ def test_head_runs_only_at_label_positions(models, tmp_path):
     finally:
         hook.remove()
     answer = int((batch["labels"][:, 1:] != heads.IGNORE_INDEX).sum())
-    assert seen == [answer]
+    assert sum(seen) == answer  # each answer position once (in chunks of at most CHUNK_ELEMENTS logits)
+    assert len(seen) > 1 and max(seen) * 256_000 <= heads.CHUNK_ELEMENTS
     assert answer < batch["attention_mask"].sum() / 5  # the point: a small share of the tokens
 
 
