@@ -20,3 +20,4 @@ bench: setup
 	$(PY) bench/bench_rm.py
 	$(PY) bench/bench_dpo.py
 	$(PY) bench/bench_byo.py
+	$(PY) bench/bench_dpo_head.py

@@ -1,16 +1,23 @@
-"""SFT throughput: this trainer's batching against plain TRL defaults, same data, model and LoRA.
+"""SFT throughput: this trainer's batching and LM head against plain TRL defaults, same data, model and LoRA.
 
-    python bench/bench_sft.py                                   # scaled-up tiny model, ~2 min on 2 CPU cores
+    python bench/bench_sft.py                                   # scaled-up tiny model, both vocabularies, ~6 min on 2 CPU cores
+    python bench/bench_sft.py --examples 16                     # the README's figures (~12 min: TRL's CPU head on 256,000 is slow)
+    python bench/bench_sft.py --vocabs smollm2 --variants trl-default,group_by_length,padding_free,packed,answer_only
     python bench/bench_sft.py --model embedded:smollm2-135m-instruct --examples 24   # the real small model (slower)
-    python bench/bench_sft.py --variants trl-default,group_by_length --batch-size 8
 
 Variants (each in a fresh subprocess, so peak memory is its own):
 - trl-default: TRL's SFTTrainer fed prompt/completion strings, TRL tokenising, completion-only
   loss, random batches padded to the longest (TRL's defaults; gradient checkpointing matched to
   the others, off, so the comparison isolates batching);
 - padded / group_by_length / padding_free / packed: factuality.sft.build_trainer with
-  `batching` set to that value (evidence-side truncation, our own answer-only labels).
+  `batching` set to that value (evidence-side truncation, our own answer-only labels) and TRL's
+  own fused LM head (`answer_only_head: false`, the trainer as it was before that option);
+- answer_only: padding_free batches with the LM head applied at answer positions only
+  (`answer_only_head: true`, factuality/heads.py; the default of train_sft.py).
 Every variant trains one epoch over the same examples with the same LoRA, batch size and lr.
+`--vocabs` runs the whole set once per vocabulary: smollm2 (the scaled-tiny body with SmolLM2's
+49,152-entry vocabulary) and 256000 (the same body with Gemma-2's vocabulary size); each prints
+its table with ratios against its own baseline.
 Reported: training tokens/s (non-pad tokens), the share of padding in the batches, the peak
 resident memory of the process (CPU) or peak allocated CUDA memory, and the speed-up against
 trl-default. Data: data/processed/train.jsonl when it exists, else generated examples.
@@ -33,14 +40,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-VARIANTS = ("trl-default", "padded", "group_by_length", "padding_free", "packed")
+VARIANTS = ("trl-default", "padded", "group_by_length", "padding_free", "packed", "answer_only")
 SCALED_TINY = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
                    num_key_value_heads=2)
 
 
-def make_scaled_tiny(path: Path) -> Path:
+def scaled_tiny_path(vocab: str) -> Path:
+    """The scaled-tiny model for a --vocabs entry: `smollm2` (its tokenizer's 49,152) or a size."""
+    name = "factuality-bench-scaled-tiny" + ("" if vocab == "smollm2" else f"-v{int(vocab)}")
+    return make_scaled_tiny(Path(tempfile.gettempdir()) / name, None if vocab == "smollm2" else int(vocab))
+
+
+def make_scaled_tiny(path: Path, vocab_size: int | None = None) -> Path:
     """A random 4-layer Llama (hidden 256). With the embedded model's tokenizer when it is available,
-    so prompt lengths (and so the padding) are those of real use; else the tiny test tokenizer."""
+    so prompt lengths (and so the padding) are those of real use; else the tiny test tokenizer.
+    `vocab_size`: a larger output vocabulary than the tokenizer's (the inputs use its first ids)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -54,8 +68,8 @@ def make_scaled_tiny(path: Path) -> Path:
         tok = load_tokenizer(EMBEDDED_MODEL)
     except Exception as e:  # noqa: BLE001 - the package may be missing: fall back to the tiny tokenizer
         print(f"(embedded tokenizer unavailable: {e}; using the tiny test tokenizer)")
-        return make_tiny_model(path, **SCALED_TINY)
-    cfg = tiny_config(len(tok), **SCALED_TINY, tie_word_embeddings=True)
+        return make_tiny_model(path, **SCALED_TINY, **({"vocab_size": vocab_size} if vocab_size else {}))
+    cfg = tiny_config(vocab_size or len(tok), **SCALED_TINY, tie_word_embeddings=True)
     cfg.eos_token_id, cfg.pad_token_id, cfg.bos_token_id = tok.eos_token_id, tok.pad_token_id, None
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg)
@@ -111,8 +125,8 @@ def worker(args) -> dict:
                        per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
                        learning_rate=1e-4, num_train_epochs=1, warmup_steps=0.0, lr_scheduler_type="constant",
                        logging_steps=1000, save_steps=10_000, eval_steps=None, output_dir=out_dir, run_name="b",
-                       lora_dropout=0.0, seed=0, val_file=None,
-                       batching="padded" if args.variant == "trl-default" else args.variant)
+                       lora_dropout=0.0, seed=0, val_file=None, answer_only_head=args.variant == "answer_only",
+                       batching={"trl-default": "padded", "answer_only": "padding_free"}.get(args.variant, args.variant))
     tok = load_tokenizer(cfg.model_name_or_path)
     ds, stats = build_dataset(examples, tok, cfg.max_length, DEFAULT_TEMPLATES, "bench")
     model = load_model(cfg.model, is_trainable=True)
@@ -145,12 +159,11 @@ def worker(args) -> dict:
         trainer = build_trainer(cfg, ds, None, tok, model=model, save_strategy="no", disable_tqdm=True)
     counter = TokenCounter(trainer.data_collator)
     trainer.data_collator = counter
-    # warm-up: one forward/backward outside the timing (first-call allocations, kernel selection)
+    # warm-up: one forward/backward outside the timing (first-call allocations, kernel selection), through
+    # the trainer's own loss (a plain forward would compute every position's logits and set the peak memory)
     batch = next(iter(trainer.get_train_dataloader()))
     trainer.model.train()
-    loss = trainer.model(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels",
-                                                                     "position_ids")}).loss
-    loss.backward()
+    trainer.compute_loss(trainer.model, trainer._prepare_inputs(batch)).backward()
     trainer.model.zero_grad(set_to_none=True)
     counter.real = counter.total = 0
     on_cuda = torch.cuda.is_available()
@@ -161,7 +174,8 @@ def worker(args) -> dict:
     result = trainer.train()
     seconds = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2**20 if on_cuda else rss_mib()
-    return {"variant": args.variant, "steps": trainer.state.global_step, "seconds": round(seconds, 2),
+    return {"variant": args.variant, "lm_head": getattr(trainer, "lm_head_mode", "TRL fused head (TRL's SFTTrainer)"),
+            "steps": trainer.state.global_step, "seconds": round(seconds, 2),
             "tokens": counter.real, "batch_tokens": counter.total,
             "padding_share": round(1 - counter.real / counter.total, 3) if counter.total else 0.0,
             "tokens_per_s": round(counter.real / seconds, 1), "peak_mib": round(peak), "rss_before_mib": round(rss_before),
@@ -174,11 +188,13 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="scaled-tiny", help="scaled-tiny (a random 4-layer Llama, built here) or any "
                                                           "model name/path modeling.load_model accepts")
     p.add_argument("--data", default=str(ROOT / "data" / "processed" / "train.jsonl"))
-    p.add_argument("--examples", type=int, default=32, help="examples in the epoch each variant trains on")
+    p.add_argument("--examples", type=int, default=8, help="examples in the epoch each variant trains on")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=1024)
-    p.add_argument("--variants", default="trl-default,group_by_length,padding_free,packed",
+    p.add_argument("--variants", default="trl-default,padding_free,answer_only",
                    help=f"comma-separated, from {', '.join(VARIANTS)}; the first is the baseline")
+    p.add_argument("--vocabs", default="smollm2,256000",
+                   help="scaled-tiny only: output vocabularies to run the variants on, each in turn (smollm2: 49,152)")
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     p.add_argument("--variant", help=argparse.SUPPRESS)
     p.add_argument("--model-path", help=argparse.SUPPRESS)
@@ -188,37 +204,44 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return 0
 
-    model_path = args.model
-    if args.model == "scaled-tiny":
-        model_path = str(make_scaled_tiny(Path(tempfile.gettempdir()) / "factuality-bench-scaled-tiny"))
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         p.error(f"unknown variants {bad}; choose from {', '.join(VARIANTS)}")
-    results = []
-    for v in variants:
-        cmd = [sys.executable, __file__, "--variant", v, "--model-path", model_path, "--data", args.data,
-               "--examples", str(args.examples), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
-        print(f"running {v} ...", flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode or not line:
-            print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
-            raise SystemExit(f"variant {v} failed (exit {proc.returncode})")
-        results.append(json.loads(line[0][len("RESULT "):]))
-        r = results[-1]
-        print(f"  {v}: {r['tokens_per_s']:.1f} tokens/s, {r['padding_share']:.1%} padding, peak {r['peak_mib']} MiB "
-              f"({r['steps']} steps in {r['seconds']:.1f} s)", flush=True)
-    base = results[0]
-    print(f"\nmodel {args.model}, {base['examples']} examples, batch {args.batch_size}, max_length {args.max_length}; "
-          f"baseline {base['variant']}")
-    print(f"{'variant':<16} {'steps':>5} {'seconds':>8} {'tokens':>7} {'pad share':>9} {'tokens/s':>9} "
-          f"{'peak MiB':>9} {'speed-up':>8} {'mem ratio':>9}")
-    for r in results:
-        r["speedup"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2)
-        r["memory_ratio"] = round(r["peak_mib"] / base["peak_mib"], 2)
-        print(f"{r['variant']:<16} {r['steps']:>5} {r['seconds']:>8.1f} {r['tokens']:>7} {r['padding_share']:>9.1%} "
-              f"{r['tokens_per_s']:>9.1f} {r['peak_mib']:>9} {r['speedup']:>7.2f}x {r['memory_ratio']:>8.2f}x")
+    vocabs = [v.strip() for v in args.vocabs.split(",") if v.strip()] if args.model == "scaled-tiny" else ["model's own"]
+    if any(v not in ("smollm2", "model's own") and not v.isdigit() for v in vocabs):
+        p.error(f"--vocabs {args.vocabs!r}: each entry is smollm2 or a vocabulary size (256000)")
+    every = []
+    for vocab in vocabs:
+        model_path = str(scaled_tiny_path(vocab)) if args.model == "scaled-tiny" else args.model
+        results = []
+        for v in variants:
+            cmd = [sys.executable, __file__, "--variant", v, "--model-path", model_path, "--data", args.data,
+                   "--examples", str(args.examples), "--batch-size", str(args.batch_size),
+                   "--max-length", str(args.max_length)]
+            print(f"vocabulary {vocab}: running {v} ...", flush=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode or not line:
+                print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+                raise SystemExit(f"variant {v} failed (exit {proc.returncode})")
+            r = dict(json.loads(line[0][len("RESULT "):]), vocab=vocab)
+            results.append(r)
+            print(f"  {v}: {r['tokens_per_s']:.1f} tokens/s, {r['padding_share']:.1%} padding, peak {r['peak_mib']} MiB "
+                  f"({r['steps']} steps in {r['seconds']:.1f} s)", flush=True)
+        base = results[0]
+        print(f"\nmodel {args.model}, vocabulary {vocab}, {base['examples']} examples, batch {args.batch_size}, "
+              f"max_length {args.max_length}; baseline {base['variant']}")
+        print(f"{'variant':<16} {'steps':>5} {'seconds':>8} {'tokens':>7} {'pad share':>9} {'tokens/s':>9} "
+              f"{'peak MiB':>9} {'speed-up':>8} {'mem ratio':>9}")
+        for r in results:
+            r["speedup"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2)
+            r["memory_ratio"] = round(r["peak_mib"] / base["peak_mib"], 2)
+            print(f"{r['variant']:<16} {r['steps']:>5} {r['seconds']:>8.1f} {r['tokens']:>7} {r['padding_share']:>9.1%} "
+                  f"{r['tokens_per_s']:>9.1f} {r['peak_mib']:>9} {r['speedup']:>7.2f}x {r['memory_ratio']:>8.2f}x")
+        print()
+        every += results
+    results = every
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     return 0

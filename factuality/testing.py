@@ -78,7 +78,7 @@ def make_tiny_model(path: str | Path, seed: int = 0, arch: str = "llama", **conf
     if (path / "config.json").exists() and (path / "tokenizer.json").exists():
         return path
     tok = make_tiny_tokenizer()
-    cfg = tiny_config(len(tok), arch=arch, **config_overrides)
+    cfg = tiny_config(config_overrides.pop("vocab_size", len(tok)), arch=arch, **config_overrides)
     cfg.eos_token_id = tok.eos_token_id
     cfg.pad_token_id = tok.pad_token_id
     cfg.bos_token_id = None
@@ -91,6 +91,18 @@ def make_tiny_model(path: str | Path, seed: int = 0, arch: str = "llama", **conf
     tok.save_pretrained(path)
     (path / "TINY_RANDOM_MODEL.json").write_text(json.dumps({"arch": arch, "seed": seed}) + "\n")
     return path
+
+
+GEMMA2_VOCAB = 256_000
+
+
+def make_large_vocab_model(path: str | Path, vocab_size: int = GEMMA2_VOCAB, seed: int = 0, arch: str = "llama",
+                           **config_overrides) -> Path:
+    """`make_tiny_model` with Gemma-2's vocabulary size (256,000) and the same small body, tied input
+    and output embeddings as Gemma-2 has: a model whose LM head dominates, as it does in training
+    with long prompts and short answers. The tokenizer is the tiny one, so inputs use its first ids."""
+    config_overrides.setdefault("tie_word_embeddings", True)
+    return make_tiny_model(path, seed=seed, arch=arch, vocab_size=vocab_size, **config_overrides)
 
 
 def make_example(idx: int = 0, source: str = "nq", answerable: bool = True, split: str = "test",

@@ -1,0 +1,169 @@
+"""DPO throughput and memory of the LM head only at completion positions, against TRL's own head.
+
+    python bench/bench_dpo_head.py                          # scaled-tiny body, SmolLM2's and a 256,000 vocabulary, ~8 min on 2 cores
+    python bench/bench_dpo_head.py --vocabs smollm2 --steps 6 --batch-size 4      # ~2 min
+
+Variants (each in a fresh subprocess, so peak memory is its own), all training the same random
+stand-in SFT adapter with factuality.dpo.build_trainer on the same fitted pairs, batch size, lr and
+steps, with a live reference pass each step (TRL's default for a PEFT policy):
+- trl-default: TRL's batching (chosen and rejected rows padded to the longest) and TRL's fused LM
+  head (`answer_only_head: false`), i.e. TRL's DPOTrainer as it comes and train_dpo.py before the
+  option (TRL 1.16 turns `padding_free` off for DPO, so there is no padding-free DPO to compare);
+- answer_only: the same batches with the head applied at completion positions only, for the
+  policy and the reference (`answer_only_head: true`, factuality/heads.py; train_dpo.py's default).
+Reported: training tokens/s (real tokens of chosen + rejected sequences, policy steps after a
+warm-up step), seconds per step, the peak resident memory of the process (CPU) or peak
+allocated CUDA memory, and both as ratios against trl-default, per vocabulary: smollm2 (49,152
+entries) and 256000 (Gemma-2's size), both on the same 4-layer, 256-wide random body
+(bench_sft.make_scaled_tiny). Pairs: generated examples (bench_dpo.make_pairs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+VARIANTS = ("trl-default", "answer_only")
+
+
+def worker(args) -> dict:
+    import torch
+    from transformers import TrainerCallback
+
+    from bench_dpo import rss_mib
+    from factuality.config import parse_config
+    from factuality.dpo import DPO_SPEC, build_trainer, fit_pairs, load_pairs, to_dataset
+    from factuality.modeling import load_tokenizer
+    from factuality.prompts import DEFAULT_TEMPLATES
+
+    torch.manual_seed(0)
+    out_dir = tempfile.mkdtemp(prefix="bench_dpo_head_")
+    cfg = parse_config(DPO_SPEC, [], model_name_or_path=args.model_path, sft_adapter=args.sft_adapter,
+                       pairs_file=args.pairs_file, output_dir=out_dir, dtype="auto", max_length=args.max_length,
+                       per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
+                       learning_rate=1e-5, max_steps=args.steps, warmup_steps=0, lr_scheduler_type="constant",
+                       logging_steps=1000, save_strategy="no", seed=0, disable_tqdm=True,
+                       answer_only_head=args.variant == "answer_only")
+    tok = load_tokenizer(args.model_path)
+    train, _ = load_pairs(cfg.pairs_file)
+    rows, stats = fit_pairs(train, tok, cfg.max_length, DEFAULT_TEMPLATES)
+    begin: list[float] = []
+    step_seconds: list[float] = []
+
+    class Stamp(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            begin.append(time.perf_counter())
+
+        def on_step_end(self, a, state, control, **kw):
+            step_seconds.append(time.perf_counter() - begin[-1])
+
+    on_cuda = torch.cuda.is_available()
+    trainer = build_trainer(cfg, to_dataset(rows), None, tok, callbacks=[Stamp()])
+    collate, batch_tokens = trainer.data_collator, []
+
+    def counting(features):  # real (non-pad) tokens of every batch, chosen and rejected rows together
+        batch = collate(features)
+        mask = batch.get("attention_mask")
+        batch_tokens.append(int(mask.sum()) if mask is not None else batch["input_ids"].numel())
+        return batch
+
+    trainer.data_collator = counting
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**20 if on_cuda else rss_mib()
+    timed, tokens = step_seconds[1:], batch_tokens[1:len(step_seconds)]  # the first step is a warm-up
+    return {"variant": args.variant, "lm_head": trainer.lm_head_mode, "steps": trainer.state.global_step,
+            "seconds": round(seconds, 2), "timed_seconds": round(sum(timed), 2), "timed_tokens": sum(tokens),
+            "tokens_per_s": round(sum(tokens) / sum(timed), 1) if timed else None,
+            "seconds_per_step": round(sum(timed) / len(timed), 2) if timed else None,
+            "peak_mib": round(peak), "memory_kind": "cuda_allocated" if on_cuda else "process_rss",
+            "train_loss": round(result.training_loss, 4), "pairs": stats.kept,
+            "mean_tokens": round(stats.tokens / max(stats.kept, 1))}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vocabs", default="smollm2,256000", help="output vocabularies of the scaled-tiny body, in turn")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help=f"comma-separated, from {', '.join(VARIANTS)}; the first is the baseline")
+    p.add_argument("--data", default=str(ROOT / "data" / "processed" / "train.jsonl"))
+    p.add_argument("--pairs", type=int, default=16, help="pairs the steps draw from")
+    p.add_argument("--batch-size", type=int, default=2, help="pairs per step")
+    p.add_argument("--steps", type=int, default=3, help="optimiser steps per variant (the first is a warm-up)")
+    p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--out", default=None, help="also write the results as JSON here")
+    p.add_argument("--variant", help=argparse.SUPPRESS)
+    p.add_argument("--model-path", help=argparse.SUPPRESS)
+    p.add_argument("--sft-adapter", help=argparse.SUPPRESS)
+    p.add_argument("--pairs-file", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.variant:  # worker mode
+        print("RESULT " + json.dumps(worker(args)), flush=True)
+        return 0
+
+    from bench_dpo import make_pairs, make_sft_adapter
+    from bench_sft import scaled_tiny_path
+    from factuality.modeling import load_tokenizer
+    from factuality.records import PREFERENCE, write_jsonl
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        p.error(f"unknown variants {bad}; choose from {', '.join(VARIANTS)}")
+    work = Path(tempfile.gettempdir()) / "factuality-bench-dpo-head"
+    every = []
+    for vocab in [v.strip() for v in args.vocabs.split(",") if v.strip()]:
+        model_path = str(scaled_tiny_path(vocab))
+        adapter = str(make_sft_adapter(model_path, work / f"sft-{Path(model_path).name}", top_layers=4))
+        pairs_file = work / "pairs.jsonl"
+        write_jsonl(pairs_file, make_pairs(args, load_tokenizer(model_path)), PREFERENCE)
+        results = []
+        for v in variants:
+            cmd = [sys.executable, __file__, "--variant", v, "--model-path", model_path, "--sft-adapter", adapter,
+                   "--pairs-file", str(pairs_file), "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+                   "--max-length", str(args.max_length)]
+            print(f"vocabulary {vocab}: running {v} ...", flush=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode or not line:
+                print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+                raise SystemExit(f"variant {v} failed (exit {proc.returncode})")
+            r = dict(json.loads(line[0][len("RESULT "):]), vocab=vocab)
+            results.append(r)
+            print(f"  {v}: {r['tokens_per_s']} tokens/s, {r['seconds_per_step']} s/step, peak {r['peak_mib']} MiB",
+                  flush=True)
+        base = results[0]
+        print(f"\nscaled-tiny body, vocabulary {vocab}, {base['pairs']} pairs (mean {base['mean_tokens']} tokens, "
+              f"prompt + longer completion), {args.batch_size} pairs per step, {args.steps} steps (first one "
+              f"untimed), live reference; baseline {base['variant']}")
+        print(f"{'variant':<14} {'s/step':>7} {'tokens/s':>9} {'peak MiB':>9} {'speed-up':>8} {'mem ratio':>9}")
+        for r in results:
+            r["speedup"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2)
+            r["memory_ratio"] = round(r["peak_mib"] / base["peak_mib"], 2)
+            print(f"{r['variant']:<14} {r['seconds_per_step']:>7.2f} {r['tokens_per_s']:>9.1f} {r['peak_mib']:>9} "
+                  f"{r['speedup']:>7.2f}x {r['memory_ratio']:>8.2f}x")
+        print()
+        every += results
+    if args.out:
+        Path(args.out).write_text(json.dumps(every, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
