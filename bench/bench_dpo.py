@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,10 +38,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 VARIANTS = ("live", "cached")
-
-
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_pairs(args, tok) -> list[dict]:
@@ -92,32 +87,17 @@ def make_sft_adapter(model_path: str, out: Path, top_layers: int = 12) -> Path:
     return out
 
 
-def worker(args) -> dict:
-    import torch
+def timed_dpo_trainer(cfg, model_path: str):
+    """(trainer, fitted rows, fit stats, step_seconds): factuality.dpo.build_trainer on the train pairs of
+    cfg.pairs_file fitted to cfg.max_length, with a callback appending each optimiser step's seconds
+    to step_seconds (the first is a warm-up)."""
     from transformers import TrainerCallback
 
-    from factuality.config import parse_config
-    from factuality.dpo import (
-        DPO_SPEC,
-        build_trainer,
-        fit_pairs,
-        load_pairs,
-        to_dataset,
-        use_cached_reference,
-    )
+    from factuality.dpo import build_trainer, fit_pairs, load_pairs, to_dataset
     from factuality.modeling import load_tokenizer
     from factuality.prompts import DEFAULT_TEMPLATES
 
-    torch.manual_seed(0)
-    out_dir = tempfile.mkdtemp(prefix="bench_dpo_")
-    cfg = parse_config(DPO_SPEC, [], model_name_or_path=args.model_path, sft_adapter=args.sft_adapter,
-                       pairs_file=args.pairs_file, ref_cache_dir=str(Path(out_dir) / "refcache"),
-                       output_dir=out_dir, dtype="auto", max_length=args.max_length,
-                       per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
-                       gradient_accumulation_steps=1, learning_rate=1e-5, max_steps=args.steps, warmup_steps=0,
-                       lr_scheduler_type="constant", logging_steps=1000, save_strategy="no", seed=0,
-                       disable_tqdm=True, precompute_ref_log_probs=args.variant == "cached")
-    tok = load_tokenizer(args.model_path)
+    tok = load_tokenizer(model_path)
     train, _ = load_pairs(cfg.pairs_file)
     rows, stats = fit_pairs(train, tok, cfg.max_length, DEFAULT_TEMPLATES)
     begin: list[float] = []
@@ -130,25 +110,37 @@ def worker(args) -> dict:
         def on_step_end(self, a, state, control, **kw):
             step_seconds.append(time.perf_counter() - begin[-1])
 
-    on_cuda = torch.cuda.is_available()
     trainer = build_trainer(cfg, to_dataset(rows), None, tok, callbacks=[Stamp()])
+    return trainer, rows, stats, step_seconds
+
+
+def worker(args) -> dict:
+    import torch
+    from bench_sft import timed_train
+
+    from factuality.config import parse_config
+    from factuality.dpo import DPO_SPEC, use_cached_reference
+
+    torch.manual_seed(0)
+    out_dir = tempfile.mkdtemp(prefix="bench_dpo_")
+    cfg = parse_config(DPO_SPEC, [], model_name_or_path=args.model_path, sft_adapter=args.sft_adapter,
+                       pairs_file=args.pairs_file, ref_cache_dir=str(Path(out_dir) / "refcache"),
+                       output_dir=out_dir, dtype="auto", max_length=args.max_length,
+                       per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
+                       gradient_accumulation_steps=1, learning_rate=1e-5, max_steps=args.steps, warmup_steps=0,
+                       lr_scheduler_type="constant", logging_steps=1000, save_strategy="no", seed=0,
+                       disable_tqdm=True, precompute_ref_log_probs=args.variant == "cached")
+    trainer, rows, stats, step_seconds = timed_dpo_trainer(cfg, args.model_path)
     precompute_s = 0.0
     if args.variant == "cached":
         t0 = time.perf_counter()
         use_cached_reference(trainer, cfg, rows, [])
         precompute_s = time.perf_counter() - t0
-    if on_cuda:
-        torch.cuda.reset_peak_memory_stats()
-    rss_before = rss_mib()
-    t0 = time.perf_counter()
-    result = trainer.train()
-    seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() / 2**20 if on_cuda else rss_mib()
-    return {"variant": args.variant, "steps": trainer.state.global_step, "step_seconds": step_seconds[1:],
-            "train_seconds": round(seconds, 2), "precompute_seconds": round(precompute_s, 2),
-            "peak_mib": round(peak), "rss_before_mib": round(rss_before),
-            "memory_kind": "cuda_allocated" if on_cuda else "process_rss", "train_loss": round(result.training_loss, 4),
-            "pairs": stats.kept, "mean_tokens": round(stats.tokens / max(stats.kept, 1))}
+    run = timed_train(trainer)
+    return {"variant": args.variant, "steps": run["steps"], "step_seconds": step_seconds[1:],
+            "train_seconds": run["seconds"], "precompute_seconds": round(precompute_s, 2),
+            "peak_mib": run["peak_mib"], "rss_before_mib": run["rss_before_mib"], "memory_kind": run["memory_kind"],
+            "train_loss": run["train_loss"], "pairs": stats.kept, "mean_tokens": round(stats.tokens / max(stats.kept, 1))}
 
 
 def main(argv=None) -> int:

@@ -25,7 +25,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,13 +39,11 @@ VARIANTS = ("trl-default", "answer_only")
 
 def worker(args) -> dict:
     import torch
-    from transformers import TrainerCallback
+    from bench_dpo import timed_dpo_trainer
+    from bench_sft import timed_train
 
-    from bench_dpo import rss_mib
     from factuality.config import parse_config
-    from factuality.dpo import DPO_SPEC, build_trainer, fit_pairs, load_pairs, to_dataset
-    from factuality.modeling import load_tokenizer
-    from factuality.prompts import DEFAULT_TEMPLATES
+    from factuality.dpo import DPO_SPEC
 
     torch.manual_seed(0)
     out_dir = tempfile.mkdtemp(prefix="bench_dpo_head_")
@@ -56,21 +53,7 @@ def worker(args) -> dict:
                        learning_rate=1e-5, max_steps=args.steps, warmup_steps=0, lr_scheduler_type="constant",
                        logging_steps=1000, save_strategy="no", seed=0, disable_tqdm=True,
                        answer_only_head=args.variant == "answer_only")
-    tok = load_tokenizer(args.model_path)
-    train, _ = load_pairs(cfg.pairs_file)
-    rows, stats = fit_pairs(train, tok, cfg.max_length, DEFAULT_TEMPLATES)
-    begin: list[float] = []
-    step_seconds: list[float] = []
-
-    class Stamp(TrainerCallback):
-        def on_step_begin(self, a, state, control, **kw):
-            begin.append(time.perf_counter())
-
-        def on_step_end(self, a, state, control, **kw):
-            step_seconds.append(time.perf_counter() - begin[-1])
-
-    on_cuda = torch.cuda.is_available()
-    trainer = build_trainer(cfg, to_dataset(rows), None, tok, callbacks=[Stamp()])
+    trainer, _, stats, step_seconds = timed_dpo_trainer(cfg, args.model_path)
     collate, batch_tokens = trainer.data_collator, []
 
     def counting(features):  # real (non-pad) tokens of every batch, chosen and rejected rows together
@@ -80,19 +63,14 @@ def worker(args) -> dict:
         return batch
 
     trainer.data_collator = counting
-    if on_cuda:
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    result = trainer.train()
-    seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() / 2**20 if on_cuda else rss_mib()
+    run = timed_train(trainer)
     timed, tokens = step_seconds[1:], batch_tokens[1:len(step_seconds)]  # the first step is a warm-up
-    return {"variant": args.variant, "lm_head": trainer.lm_head_mode, "steps": trainer.state.global_step,
-            "seconds": round(seconds, 2), "timed_seconds": round(sum(timed), 2), "timed_tokens": sum(tokens),
+    return {"variant": args.variant, "lm_head": trainer.lm_head_mode, "steps": run["steps"],
+            "seconds": run["seconds"], "timed_seconds": round(sum(timed), 2), "timed_tokens": sum(tokens),
             "tokens_per_s": round(sum(tokens) / sum(timed), 1) if timed else None,
             "seconds_per_step": round(sum(timed) / len(timed), 2) if timed else None,
-            "peak_mib": round(peak), "memory_kind": "cuda_allocated" if on_cuda else "process_rss",
-            "train_loss": round(result.training_loss, 4), "pairs": stats.kept,
+            "peak_mib": run["peak_mib"], "memory_kind": run["memory_kind"],
+            "train_loss": run["train_loss"], "pairs": stats.kept,
             "mean_tokens": round(stats.tokens / max(stats.kept, 1))}
 
 
@@ -119,6 +97,7 @@ def main(argv=None) -> int:
 
     from bench_dpo import make_pairs, make_sft_adapter
     from bench_sft import scaled_tiny_path
+
     from factuality.modeling import load_tokenizer
     from factuality.records import PREFERENCE, write_jsonl
 

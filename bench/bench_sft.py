@@ -93,6 +93,25 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def timed_train(trainer) -> dict:
+    """trainer.train() timed, with the peak memory it reached: allocated CUDA memory on a GPU, the
+    process's peak resident memory on a CPU (`rss_before_mib`: that peak before training). The
+    benchmarks of this folder (SFT, DPO) all measure a run this way."""
+    import torch
+
+    on_cuda = torch.cuda.is_available()
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = rss_mib()
+    t0 = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**20 if on_cuda else rss_mib()
+    return {"steps": trainer.state.global_step, "seconds": round(seconds, 2), "peak_mib": round(peak),
+            "rss_before_mib": round(rss_before), "memory_kind": "cuda_allocated" if on_cuda else "process_rss",
+            "train_loss": round(result.training_loss, 4)}
+
+
 class TokenCounter:
     """Wraps a collator: counts real (non-pad) and padded tokens of every batch it builds."""
 
@@ -166,21 +185,12 @@ def worker(args) -> dict:
     trainer.compute_loss(trainer.model, trainer._prepare_inputs(batch)).backward()
     trainer.model.zero_grad(set_to_none=True)
     counter.real = counter.total = 0
-    on_cuda = torch.cuda.is_available()
-    if on_cuda:
-        torch.cuda.reset_peak_memory_stats()
-    rss_before = rss_mib()
-    t0 = time.perf_counter()
-    result = trainer.train()
-    seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() / 2**20 if on_cuda else rss_mib()
+    run = timed_train(trainer)
+    seconds = run["seconds"]
     return {"variant": args.variant, "lm_head": getattr(trainer, "lm_head_mode", "TRL fused head (TRL's SFTTrainer)"),
-            "steps": trainer.state.global_step, "seconds": round(seconds, 2),
-            "tokens": counter.real, "batch_tokens": counter.total,
+            **run, "tokens": counter.real, "batch_tokens": counter.total,
             "padding_share": round(1 - counter.real / counter.total, 3) if counter.total else 0.0,
-            "tokens_per_s": round(counter.real / seconds, 1), "peak_mib": round(peak), "rss_before_mib": round(rss_before),
-            "memory_kind": "cuda_allocated" if on_cuda else "process_rss", "train_loss": round(result.training_loss, 4),
-            "examples": stats.kept, "truncated": stats.truncated}
+            "tokens_per_s": round(counter.real / seconds, 1), "examples": stats.kept, "truncated": stats.truncated}
 
 
 def main(argv=None) -> int:
