@@ -30,6 +30,8 @@ KINDS: dict[str, str] = {
     "extra_citation": "the support plus one chunk that does not support the answer",
     "unknown_id": "cites an id that is not among the evidence",
     "cite_all": "cites every evidence chunk",
+    # the entity tricks stay entity answers on FEVER too (a claim answered with a name); the other
+    # verdict is its own kind, flipped_verdict
     "distractor_entity": "the answer swapped for an entity from a distractor chunk",
     "refuse_answerable": "refuses although the evidence holds the answer",
     "answer_unanswerable": "answers, citing a chunk, where the evidence does not hold the answer",
@@ -77,12 +79,6 @@ def distractor_entity(example: Mapping, rng: random.Random) -> str | None:
                 cands.append(m.group(0).strip())
     cands = list(dict.fromkeys(cands))
     return rng.choice(cands) if cands else None
-
-
-def _wrong_answer(example: Mapping, rng: random.Random) -> str | None:
-    """An entity from a distractor chunk, for every source: the entity tricks stay entity tricks on
-    FEVER too (a claim answered with a name); the other verdict is its own kind, flipped_verdict."""
-    return distractor_entity(example, rng)
 
 
 def _other_verdict(example: Mapping) -> str | None:
@@ -134,7 +130,7 @@ def _cite_all(ex, good, rng):
 
 
 def _distractor_entity(ex, good, rng):
-    wrong = _wrong_answer(ex, rng) if ex["answerable"] else None
+    wrong = distractor_entity(ex, rng) if ex["answerable"] else None
     return None if wrong is None else _obj(wrong, good["citations"], good["confidence"])
 
 
@@ -160,7 +156,7 @@ def _overconfident_unsupported(ex, good, rng):
 
 
 def _overconfident_wrong(ex, good, rng):
-    wrong = _wrong_answer(ex, rng) if ex["answerable"] else None
+    wrong = distractor_entity(ex, rng) if ex["answerable"] else None
     return None if wrong is None else _obj(wrong, good["citations"], 1.0)
 
 

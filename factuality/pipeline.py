@@ -249,25 +249,10 @@ def final_summary(report: list[dict]) -> str:
 def rm_lines(rm: dict) -> str:
     """The reward model's report (train_rm.py's rm_report.json) as Markdown: ROC-AUC, accuracy and
     calibration of the model and its baselines on held-out pairs, then the gaming probes."""
-    from .reward import ROW_LABELS
+    from .reward import heldout_table, probe_summary
 
-    def f(x) -> str:
-        return "n/a" if x is None else f"{x:.3f}"
-
-    lines = ["| scorer | pairs | ROC-AUC | accuracy | ECE | Brier |", "|---|---:|---:|---:|---:|---:|"]
-    for name, row in (rm.get("metrics") or {}).items():
-        o = row["overall"]
-        lines.append(f"| {ROW_LABELS.get(name, name)} | {o['n']} | {f(o['roc_auc'])} | {f(o['accuracy'])} | "
-                     f"{f(o['ece'])} | {f(o['brier'])} |")
-    table = (rm.get("probes") or {}).get("by_trick") or {}
-    if table:
-        lines += ["", f"Gaming probes ({rm['probes'].get('examples', '?')} held-out examples): share where the "
-                  "honest answer scores higher", "",
-                  "| trick | n | penalties on | penalties off |", "|---|---:|---:|---:|"]
-        for trick, row in table.items():
-            lines.append(f"| {trick} | {row['n']} | {f(row.get('honest_wins_with_penalties'))} | "
-                         f"{f(row.get('honest_wins_without_penalties'))} |")
-    return "\n".join(lines)
+    probes = probe_summary(rm)
+    return "\n".join(heldout_table(rm) + (["", *probes] if probes else []))
 
 
 def summarize(result: dict) -> str:

@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 import jsonschema
 
+from .text import normalize_answer
+
 REFUSAL_ANSWER = "insufficient evidence"
 PROMPT_FORMAT_VERSION = 1
 
@@ -216,8 +218,6 @@ def supported_alias(example: dict) -> str:
     """The gold alias the support spans hold (the first such alias), else answers[0]: a target whose
     words are in the cited chunk ("England" where the passage says England, not the dataset's first
     alias "United Kingdom"), so the gold answer is supported by its own citations."""
-    from .text import normalize_answer
-
     answers = example["answers"]
     texts = {c["id"]: c.get("text", "") for c in example.get("evidence", [])}
     spans = {normalize_answer(texts[s["chunk_id"]][s["start"]:s["end"]]) for s in example.get("support", [])

@@ -1282,14 +1282,33 @@ def _f(x, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def format_report(report: Mapping, title: str = "Reward model") -> str:
-    lines = [f"# {title}", ""]
-    rows = report["metrics"]
-    lines += ["## Held-out pairs", "", "| scorer | n | ROC-AUC | accuracy | ECE | Brier |", "|---|---:|---:|---:|---:|---:|"]
-    for name, row in rows.items():
+def heldout_table(report: Mapping) -> list[str]:
+    """Markdown rows: ROC-AUC, accuracy, ECE and Brier of the model and each baseline on the held-out pairs."""
+    lines = ["| scorer | n | ROC-AUC | accuracy | ECE | Brier |", "|---|---:|---:|---:|---:|---:|"]
+    for name, row in report["metrics"].items():
         o = row["overall"]
         lines.append(f"| {ROW_LABELS.get(name, name)} | {o['n']} | {_f(o['roc_auc'])} | {_f(o['accuracy'])} | "
                      f"{_f(o['ece'])} | {_f(o['brier'])} |")
+    return lines
+
+
+def probe_summary(report: Mapping) -> list[str]:
+    """Markdown rows: per trick, the share of probes where the honest answer scores higher ([] without probes)."""
+    table = report["probes"]["by_trick"]
+    if not table:
+        return []
+    lines = [f"## Gaming probes ({report['probes']['examples']} held-out examples): share where the honest "
+             "answer scores higher", "", "| trick | n | penalties on | penalties off | penalties alone |",
+             "|---|---:|---:|---:|---:|"]
+    for trick, row in table.items():
+        lines.append(f"| {trick} | {row['n']} | {_f(row['honest_wins_with_penalties'])} | "
+                     f"{_f(row['honest_wins_without_penalties'])} | {_f(row['honest_wins_penalties_only'])} |")
+    return lines
+
+
+def format_report(report: Mapping, title: str = "Reward model") -> str:
+    lines = [f"# {title}", "", "## Held-out pairs", "", *heldout_table(report)]
+    rows = report["metrics"]
     kinds = list(rows["model"]["by_kind"])
     if kinds:
         lines += ["", "## Per pair kind (reward model, penalised)", "", "| kind | n | ROC-AUC | accuracy | ECE | Brier |",
@@ -1299,12 +1318,7 @@ def format_report(report: Mapping, title: str = "Reward model") -> str:
             lines.append(f"| {k} | {o['n']} | {_f(o['roc_auc'])} | {_f(o['accuracy'])} | {_f(o['ece'])} | {_f(o['brier'])} |")
     table = report["probes"]["by_trick"]
     if table:
-        lines += ["", f"## Gaming probes ({report['probes']['examples']} held-out examples): share where the honest "
-                  "answer scores higher", "", "| trick | n | penalties on | penalties off | penalties alone |",
-                  "|---|---:|---:|---:|---:|"]
-        for trick, row in table.items():
-            lines.append(f"| {trick} | {row['n']} | {_f(row['honest_wins_with_penalties'])} | "
-                         f"{_f(row['honest_wins_without_penalties'])} | {_f(row['honest_wins_penalties_only'])} |")
+        lines += ["", *probe_summary(report)]
         split = [(t, src, r) for t, row in table.items() for src, r in row.get("by_source", {}).items()]
         if split:
             lines += ["", "Per source:", "", "| trick | source | n | penalties on | penalties off | penalties alone |",
