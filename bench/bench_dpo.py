@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -164,6 +163,8 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return 0
 
+    from bench_sft import run_variant
+
     from factuality.modeling import load_tokenizer
     from factuality.records import PREFERENCE, write_jsonl
 
@@ -183,12 +184,7 @@ def main(argv=None) -> int:
                    "--pairs-file", str(pairs_file), "--batch-size", str(args.batch_size), "--steps", str(args.steps),
                    "--max-length", str(args.max_length)]
             print(f"round {rnd + 1}: running {v} ...", flush=True)
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode or not line:
-                print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
-                raise SystemExit(f"variant {v} failed (exit {proc.returncode})")
-            r = json.loads(line[0][len("RESULT "):])
+            r = run_variant(cmd, v)
             runs[v].append(r)
             print(f"  {v}: steps {', '.join(f'{x:.1f}' for x in r['step_seconds'])} s (after a warm-up step), "
                   f"precompute {r['precompute_seconds']:.1f} s, peak {r['peak_mib']} MiB", flush=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -96,15 +95,12 @@ def main(argv=None) -> int:
         return 0
 
     from bench_dpo import make_pairs, make_sft_adapter
-    from bench_sft import scaled_tiny_path
+    from bench_sft import pick_variants, run_variant, scaled_tiny_path
 
     from factuality.modeling import load_tokenizer
     from factuality.records import PREFERENCE, write_jsonl
 
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    bad = [v for v in variants if v not in VARIANTS]
-    if bad:
-        p.error(f"unknown variants {bad}; choose from {', '.join(VARIANTS)}")
+    variants = pick_variants(p, args.variants, VARIANTS)
     work = Path(tempfile.gettempdir()) / "factuality-bench-dpo-head"
     every = []
     for vocab in [v.strip() for v in args.vocabs.split(",") if v.strip()]:
@@ -118,12 +114,7 @@ def main(argv=None) -> int:
                    "--pairs-file", str(pairs_file), "--batch-size", str(args.batch_size), "--steps", str(args.steps),
                    "--max-length", str(args.max_length)]
             print(f"vocabulary {vocab}: running {v} ...", flush=True)
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode or not line:
-                print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
-                raise SystemExit(f"variant {v} failed (exit {proc.returncode})")
-            r = dict(json.loads(line[0][len("RESULT "):]), vocab=vocab)
+            r = dict(run_variant(cmd, v), vocab=vocab)
             results.append(r)
             print(f"  {v}: {r['tokens_per_s']} tokens/s, {r['seconds_per_step']} s/step, peak {r['peak_mib']} MiB",
                   flush=True)

@@ -93,6 +93,26 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def run_variant(cmd: list[str], variant: str) -> dict:
+    """Run one variant's worker process (`cmd`) and return the JSON of its `RESULT ` line; its output
+    and a SystemExit when it fails or prints none."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not line:
+        print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+        raise SystemExit(f"variant {variant} failed (exit {proc.returncode})")
+    return json.loads(line[0][len("RESULT "):])
+
+
+def pick_variants(parser, text: str, known) -> list[str]:
+    """The comma-separated variants of `text`, in order; a parser error naming any unknown one."""
+    variants = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in variants if v not in known]
+    if bad:
+        parser.error(f"unknown variants {bad}; choose from {', '.join(known)}")
+    return variants
+
+
 def timed_train(trainer) -> dict:
     """trainer.train() timed, with the peak memory it reached: allocated CUDA memory on a GPU, the
     process's peak resident memory on a CPU (`rss_before_mib`: that peak before training). The
@@ -132,9 +152,9 @@ class TokenCounter:
 def worker(args) -> dict:
     import torch
 
+    from factuality.config import parse_config
     from factuality.modeling import load_model, load_tokenizer
     from factuality.prompts import DEFAULT_TEMPLATES, completion_text, render_prompt
-    from factuality.config import parse_config
     from factuality.sft import SFT_SPEC, build_dataset, build_trainer, lora_config
 
     torch.manual_seed(0)
@@ -214,10 +234,7 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return 0
 
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    bad = [v for v in variants if v not in VARIANTS]
-    if bad:
-        p.error(f"unknown variants {bad}; choose from {', '.join(VARIANTS)}")
+    variants = pick_variants(p, args.variants, VARIANTS)
     vocabs = [v.strip() for v in args.vocabs.split(",") if v.strip()] if args.model == "scaled-tiny" else ["model's own"]
     if any(v not in ("smollm2", "model's own") and not v.isdigit() for v in vocabs):
         p.error(f"--vocabs {args.vocabs!r}: each entry is smollm2 or a vocabulary size (256000)")
@@ -230,12 +247,7 @@ def main(argv=None) -> int:
                    "--examples", str(args.examples), "--batch-size", str(args.batch_size),
                    "--max-length", str(args.max_length)]
             print(f"vocabulary {vocab}: running {v} ...", flush=True)
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode or not line:
-                print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
-                raise SystemExit(f"variant {v} failed (exit {proc.returncode})")
-            r = dict(json.loads(line[0][len("RESULT "):]), vocab=vocab)
+            r = dict(run_variant(cmd, v), vocab=vocab)
             results.append(r)
             print(f"  {v}: {r['tokens_per_s']:.1f} tokens/s, {r['padding_share']:.1%} padding, peak {r['peak_mib']} MiB "
                   f"({r['steps']} steps in {r['seconds']:.1f} s)", flush=True)
