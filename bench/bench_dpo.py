@@ -163,7 +163,7 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return 0
 
-    from bench_sft import run_variant
+    from bench_sft import memory_note, run_variant
 
     from factuality.modeling import load_tokenizer
     from factuality.records import PREFERENCE, write_jsonl
@@ -211,6 +211,7 @@ def main(argv=None) -> int:
     print(f"cached / live: {speedup:.2f}x steps/s, {cached['peak_mib'] / live['peak_mib']:.2f}x peak memory; the "
           f"precompute pays for itself after {break_even:.1f} steps (one epoch of these pairs: "
           f"{-(-live['pairs'] // args.batch_size)} steps)")
+    print(memory_note(live["memory_kind"]))
     if args.out:
         Path(args.out).write_text(json.dumps({"results": results, "speedup": round(speedup, 3),
                                               "memory_ratio": round(cached["peak_mib"] / live["peak_mib"], 3),

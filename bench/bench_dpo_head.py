@@ -15,7 +15,8 @@ Reported: training tokens/s (real tokens of chosen + rejected sequences, policy 
 warm-up step), seconds per step, the peak resident memory of the process (CPU) or peak
 allocated CUDA memory, and both as ratios against trl-default, per vocabulary: smollm2 (49,152
 entries) and 256000 (Gemma-2's size), both on the same 4-layer, 256-wide random body
-(bench_sft.make_scaled_tiny). Pairs: generated examples (bench_dpo.make_pairs).
+(bench_sft.make_scaled_tiny). Pairs: bench_dpo.make_pairs over --data (build_data.py's train split; generated,
+shorter examples where that file is missing: the summary names which).
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def worker(args) -> dict:
             "seconds": run["seconds"], "timed_seconds": round(sum(timed), 2), "timed_tokens": sum(tokens),
             "tokens_per_s": round(sum(tokens) / sum(timed), 1) if timed else None,
             "seconds_per_step": round(sum(timed) / len(timed), 2) if timed else None,
-            "peak_mib": run["peak_mib"], "memory_kind": run["memory_kind"],
+            "peak_mib": run["peak_mib"], "rss_before_mib": run["rss_before_mib"], "memory_kind": run["memory_kind"],
             "train_loss": run["train_loss"], "pairs": stats.kept,
             "mean_tokens": round(stats.tokens / max(stats.kept, 1))}
 
@@ -78,7 +79,9 @@ def main(argv=None) -> int:
     p.add_argument("--vocabs", default="smollm2,256000", help="output vocabularies of the scaled-tiny body, in turn")
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help=f"comma-separated, from {', '.join(VARIANTS)}; the first is the baseline")
-    p.add_argument("--data", default=str(ROOT / "data" / "processed" / "train.jsonl"))
+    p.add_argument("--data", default=str(ROOT / "data" / "processed" / "train.jsonl"),
+                   help="examples the pairs are made of (build_data.py's output); a path that does not exist: "
+                        "generated examples, shorter than the sample's (the summary says which)")
     p.add_argument("--pairs", type=int, default=16, help="pairs the steps draw from")
     p.add_argument("--batch-size", type=int, default=2, help="pairs per step")
     p.add_argument("--steps", type=int, default=3, help="optimiser steps per variant (the first is a warm-up)")
@@ -95,12 +98,13 @@ def main(argv=None) -> int:
         return 0
 
     from bench_dpo import make_pairs, make_sft_adapter
-    from bench_sft import pick_variants, run_variant, scaled_tiny_path
+    from bench_sft import memory_note, pick_variants, run_variant, scaled_tiny_path
 
     from factuality.modeling import load_tokenizer
     from factuality.records import PREFERENCE, write_jsonl
 
     variants = pick_variants(p, args.variants, VARIANTS)
+    data = args.data if Path(args.data).exists() else "generated examples (no --data file)"
     work = Path(tempfile.gettempdir()) / "factuality-bench-dpo-head"
     every = []
     for vocab in [v.strip() for v in args.vocabs.split(",") if v.strip()]:
@@ -119,16 +123,19 @@ def main(argv=None) -> int:
             print(f"  {v}: {r['tokens_per_s']} tokens/s, {r['seconds_per_step']} s/step, peak {r['peak_mib']} MiB",
                   flush=True)
         base = results[0]
-        print(f"\nscaled-tiny body, vocabulary {vocab}, {base['pairs']} pairs (mean {base['mean_tokens']} tokens, "
-              f"prompt + longer completion), {args.batch_size} pairs per step, {args.steps} steps (first one "
-              f"untimed), live reference; baseline {base['variant']}")
-        print(f"{'variant':<14} {'s/step':>7} {'tokens/s':>9} {'peak MiB':>9} {'speed-up':>8} {'mem ratio':>9}")
+        print(f"\nscaled-tiny body, vocabulary {vocab}, {base['pairs']} pairs of {data} (mean {base['mean_tokens']} "
+              f"tokens, prompt + longer completion), {args.batch_size} pairs per step, {args.steps} steps (first one "
+              f"untimed), live reference; baseline {base['variant']}; 'before' = the process's peak before training "
+              f"(runtime, model, adapter)")
+        print(f"{'variant':<14} {'s/step':>7} {'tokens/s':>9} {'before MiB':>10} {'peak MiB':>9} {'speed-up':>8} "
+              f"{'mem ratio':>9}")
         for r in results:
             r["speedup"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2)
             r["memory_ratio"] = round(r["peak_mib"] / base["peak_mib"], 2)
-            print(f"{r['variant']:<14} {r['seconds_per_step']:>7.2f} {r['tokens_per_s']:>9.1f} {r['peak_mib']:>9} "
+            print(f"{r['variant']:<14} {r['seconds_per_step']:>7.2f} {r['tokens_per_s']:>9.1f} {r['rss_before_mib']:>10} "
+                  f"{r['peak_mib']:>9} "
                   f"{r['speedup']:>7.2f}x {r['memory_ratio']:>8.2f}x")
-        print()
+        print(memory_note(base["memory_kind"]) + "\n")
         every += results
     if args.out:
         Path(args.out).write_text(json.dumps(every, indent=2) + "\n")

@@ -93,10 +93,36 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# glibc's malloc raises its mmap threshold after large frees (up to 32 MiB), so the blocks freed by one
+# step stay resident and a CPU peak RSS counts them; with a fixed threshold large blocks go back to the
+# OS on free and the peak follows live memory (as CUDA's max_memory_allocated does). Every variant's
+# worker runs the same way. FACTUALITY_BENCH_MALLOC=default keeps glibc's own behaviour.
+MMAP_THRESHOLD = "65536"
+
+
+def worker_env() -> dict:
+    env = dict(os.environ)
+    if env.get("FACTUALITY_BENCH_MALLOC") != "default":
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD)
+    return env
+
+
+def memory_note(memory_kind: str = "process_rss") -> str:
+    """How the workers' peak memory was taken (printed under each benchmark's table)."""
+    if memory_kind == "cuda_allocated":
+        return "peak = torch.cuda.max_memory_allocated() during training"
+    env = worker_env()
+    if "MALLOC_MMAP_THRESHOLD_" in env:
+        return (f"CPU peak = the worker's peak RSS with glibc's mmap threshold fixed at {env['MALLOC_MMAP_THRESHOLD_']} "
+                "bytes (freed large blocks leave the process, so the peak follows live memory); "
+                "FACTUALITY_BENCH_MALLOC=default for glibc's own allocator behaviour")
+    return "CPU peak = the worker's peak RSS under glibc's default allocator (freed blocks may stay resident)"
+
+
 def run_variant(cmd: list[str], variant: str) -> dict:
-    """Run one variant's worker process (`cmd`) and return the JSON of its `RESULT ` line; its output
-    and a SystemExit when it fails or prints none."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    """Run one variant's worker process (`cmd`, environment `worker_env()`) and return the JSON of its
+    `RESULT ` line; its output and a SystemExit when it fails or prints none."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=worker_env())
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not line:
         print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
@@ -261,7 +287,7 @@ def main(argv=None) -> int:
             r["memory_ratio"] = round(r["peak_mib"] / base["peak_mib"], 2)
             print(f"{r['variant']:<16} {r['steps']:>5} {r['seconds']:>8.1f} {r['tokens']:>7} {r['padding_share']:>9.1%} "
                   f"{r['tokens_per_s']:>9.1f} {r['peak_mib']:>9} {r['speedup']:>7.2f}x {r['memory_ratio']:>8.2f}x")
-        print()
+        print(memory_note(base["memory_kind"]) + "\n")
         every += results
     results = every
     if args.out:

@@ -86,7 +86,7 @@ from .modeling import (ModelOptions, ModelLoadError, base_model_id, bnb_config, 
                        resolve_model_path)
 from .penalties import (PENALTIES, PenaltyOptions, PromptFormatError, parse_prompt, penalty_matrix, weight_vector,
                         weights_from)
-from .perturb import perturb, perturbations
+from .perturb import KINDS, perturb, perturbations
 from .prompts import PromptTemplates, dump_output, fit_evidence, gold_output, render_prompt, tokenize_prompt
 from .provenance import run_card, set_seed, write_run_card
 from .records import (PREFERENCE, SCHEMA_VERSION, Contract, RecordError, atomic_dir, atomic_write_bytes,
@@ -165,6 +165,18 @@ class RMOptions:
     synthetic_val_pairs: int = field(default=50, metadata={"min": 1, "help": "synthetic pairs of val examples"})
     synthetic_pairs_per_example: int = field(default=2, metadata={
         "min": 1, "help": "synthetic pairs made from each example (kinds drawn at random among those that apply)"})
+    augment_pairs: int = field(default=0, metadata={
+        "min": 0, "help": "add up to N gold-against-edit training pairs (perturb.py edits of the gold answer, kinds "
+                          "augment_kinds) of training examples in augment_data that no pair uses; never val pairs. "
+                          "What no penalty can see (a refusal of an answerable question, an answer to an unanswerable "
+                          "one) the head learns from pairs alone, and a make_prefs run over a few dozen prompts holds "
+                          "few of them. Not with synthetic_pairs (those are such pairs already). 0: the pairs file alone"})
+    augment_kinds: list[str] = field(default_factory=lambda: list(KINDS), metadata={
+        "help": f"perturbation kinds of the augment pairs (drawn at random per example among those that apply), "
+                f"from {', '.join(KINDS)}"})
+    augment_data: str | None = field(default=None, metadata={
+        "help": "processed examples the augment pairs are made from (default <synthetic_data_dir>/train.jsonl); "
+                "only split: train examples are used"})
     plots: bool = field(default=True, metadata={"help": "write reliability.png and training_curves.png"})
     torch_threads: int | None = field(default=None, metadata={
         "min": 1, "help": "torch CPU threads (null: torch's default, one per core); on cores other processes share, 1 "
@@ -184,6 +196,11 @@ class RMOptions:
             raise ConfigError("--resume and --overwrite contradict each other; choose one")
         if self.validate_only and (self.resume or self.overwrite):
             raise ConfigError("--validate-only trains nothing; drop --resume / --overwrite")
+        unknown = [k for k in self.augment_kinds if k not in KINDS]
+        if unknown:
+            raise ConfigError(f"augment_kinds: unknown kind {unknown[0]!r}; known: {', '.join(KINDS)}")
+        if self.augment_pairs and not self.augment_kinds:
+            raise ConfigError("augment_pairs > 0 needs at least one augment_kinds entry; list kinds or set augment_pairs: 0")
 
 
 # Our recipe defaults for TRL's RewardConfig (TRL's assume a GPU and a trained base).
@@ -357,10 +374,12 @@ def _prose(example: Mapping, rng: random.Random) -> str:
 
 
 def synthetic_pairs(examples: Sequence[Mapping], tokenizer, n_pairs: int, per_example: int = 2, seed: int = 0,
-                    templates: PromptTemplates | None = None, max_prompt_tokens: int = 1536) -> list[dict]:
+                    templates: PromptTemplates | None = None, max_prompt_tokens: int = 1536,
+                    kinds: Sequence[str] | None = None, tag: str = "") -> list[dict]:
     """PREFERENCE pairs made without a model: each example's gold answer (chosen) against labelled
     perturbations of it (perturb.py) and against base-model-like prose, `per_example` kinds drawn
-    at random per example, until `n_pairs`. Margin = verifier score difference."""
+    at random per example, until `n_pairs`. Margin = verifier score difference. `kinds`: only
+    these perturbation kinds, no prose; `tag` goes into the pair ids (<example id>#<tag><k>)."""
     templates = templates or PromptTemplates()
     rng = random.Random(seed)
     order = list(examples)
@@ -373,8 +392,11 @@ def synthetic_pairs(examples: Sequence[Mapping], tokenizer, n_pairs: int, per_ex
         gold = honest_output(shown)
         if gold is None:
             continue
-        cands = [(f"perturb:{k}", f"perturb:{k}", dump_output(b)) for k, b in perturbations(shown, gold, seed=seed)]
-        cands.append(("synthetic:prose", "prose", _prose(shown, random.Random(f"{seed}:{ex['id']}"))))
+        cands = [(f"perturb:{k}", f"perturb:{k}", dump_output(b)) for k, b in perturbations(shown, gold, kinds, seed)]
+        if kinds is None:
+            cands.append(("synthetic:prose", "prose", _prose(shown, random.Random(f"{seed}:{ex['id']}"))))
+        if not cands:
+            continue
         chosen = dump_output(gold)
         picked = rng.sample(cands, min(per_example, len(cands)))
         for k, (kind, origin, rejected) in enumerate(picked):
@@ -382,7 +404,7 @@ def synthetic_pairs(examples: Sequence[Mapping], tokenizer, n_pairs: int, per_ex
                 break
             c, r = verifier_score(shown, chosen), verifier_score(shown, rejected)
             out.append({
-                "schema_version": SCHEMA_VERSION, "id": f"{ex['id']}#{k}", "example_id": ex["id"], "split": ex["split"],
+                "schema_version": SCHEMA_VERSION, "id": f"{ex['id']}#{tag}{k}", "example_id": ex["id"], "split": ex["split"],
                 "source": ex["source"], "prompt": prompt, "chosen": chosen, "rejected": rejected, "margin": c - r,
                 "chosen_score": c, "rejected_score": r, "kind": kind, "chosen_origin": "gold", "rejected_origin": origin,
                 "evidence": [{"id": ch["id"], "title": ch.get("title", ""), "text": ch["text"]} for ch in shown["evidence"]],
@@ -412,6 +434,31 @@ def write_synthetic_pairs(cfg, tokenizer, templates: PromptTemplates) -> Path:
     log.info("synthetic pairs: %d train + %d val -> %s", sum(r["split"] == "train" for r in rows),
              sum(r["split"] == "val" for r in rows), out)
     return out
+
+
+def augment_pairs(cfg, tokenizer, templates: PromptTemplates, used_ids: set[str]) -> tuple[list[dict], str | None]:
+    """(pairs, file) of the augment_pairs option: gold against one of augment_kinds, from the split:
+    train examples of augment_data (default <synthetic_data_dir>/train.jsonl) that `used_ids` (the
+    examples of the pairs file and the probes) do not hold; ids <example id>#aug<k>."""
+    n = cfg.run.augment_pairs
+    if not n:
+        return [], None
+    if cfg.run.synthetic_pairs:
+        log.info("augment_pairs: not used with synthetic_pairs (those are gold-against-edit pairs already; "
+                 "synthetic_train_pairs sets how many)")
+        return [], None
+    path = Path(cfg.run.augment_data or Path(cfg.run.synthetic_data_dir) / "train.jsonl")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found; augment_pairs makes pairs of build_data.py's training examples "
+                                "(run `python build_data.py`), set --augment-data, or set --augment-pairs 0")
+    exs = [e for e in read_examples(path) if e["split"] == "train" and e["id"] not in used_ids]
+    budget = _prompt_budget(cfg.train.max_length, cfg.run.max_response_tokens)
+    rows = synthetic_pairs(exs, tokenizer, n, cfg.run.synthetic_pairs_per_example, cfg.train.seed, templates, budget,
+                           kinds=cfg.run.augment_kinds, tag="aug")
+    counts = _count(rows)
+    log.info("augment pairs: %d of %d unused training examples of %s (%s)", len(rows), len(exs), path,
+             ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no edit applies")
+    return rows, str(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1513,8 +1560,7 @@ def run_lora(cfg, inputs: Inputs, run_dir: Path, resume_from: Path | None) -> di
         rm = load_reward_model(run_dir / "best", base_model=cfg.model.model_name_or_path)
         train_set, train_idx = baseline_train_set(inputs, tokens, cfg.penalties)
         report = build_report(score_inputs(rm, ev), ev.pairs, train_set, train_idx, ev.probes, ev.probe_rows)
-        report.update(checkpoint="best", best=history["best"], pairs_path=str(inputs.pairs_path),
-                      pairs_sha256=sha256_file(inputs.pairs_path), probe_source=inputs.probe_source)
+        report.update(checkpoint="best", best=history["best"], **inputs.sources())
         atomic_write_json(run_dir / "best" / "report.json", report)
         result = finish_run(cfg, inputs, run_dir, history, report, {
             "model": {"base": cfg.model.model_name_or_path, **summary, "frozen_base_weights_changed": len(changed)},
@@ -1576,6 +1622,12 @@ class Inputs:
     probes: list[Probe]
     probe_source: str
     examples_by_id: dict[str, dict]
+    augment: dict = field(default_factory=dict)   # augment_pairs: {"pairs", "by_kind", "source"}
+
+    def sources(self) -> dict:
+        """Where the report's pairs and probes came from (every report records it)."""
+        return {"pairs_path": str(self.pairs_path), "pairs_sha256": sha256_file(self.pairs_path),
+                "probe_source": self.probe_source, "augment": self.augment}
 
 
 def read_inputs(cfg) -> Inputs:
@@ -1588,13 +1640,17 @@ def read_inputs(cfg) -> Inputs:
     train_ids = {p["example_id"] for p in train_pairs}
     probe_exs, probe_source = probe_examples(cfg, val_pairs, tokenizer, templates, train_ids)
     probes = make_probes(probe_exs, cfg.train.seed)
+    used = train_ids | {p["example_id"] for p in val_pairs} | {ex["id"] for _, ex in probe_exs}
+    extra, augment_source = augment_pairs(cfg, tokenizer, templates, used)
+    train_pairs = train_pairs + extra
     examples = pair_examples(val_pairs, templates)
     for _, ex in probe_exs:
         examples.setdefault(ex["id"], ex)
     log.info("pairs %s: %d train, %d val (%s); probes: %d examples, %d responses from %s", pairs_path,
              len(train_pairs), len(val_pairs), ", ".join(f"{k} {v}" for k, v in sorted(_count(val_pairs).items())),
              len({p.example_id for p in probes}), len(probes), probe_source)
-    return Inputs(templates, tokenizer, pairs_path, train_pairs, val_pairs, probes, probe_source, examples)
+    augment = {"pairs": len(extra), "by_kind": _count(extra), "source": augment_source} if extra else {}
+    return Inputs(templates, tokenizer, pairs_path, train_pairs, val_pairs, probes, probe_source, examples, augment)
 
 
 def _count(pairs) -> dict:
@@ -1678,8 +1734,7 @@ def run_frozen(cfg, inputs: Inputs, run_dir: Path, resume_from: Path | None) -> 
     val_set = ScoredSet(head_scores(best, X_eval), P_eval, head_scores(init_head, X_eval), ev.length, ev.verifier)
     train_set, train_pairs_idx = baseline_train_set(inputs, tokens, cfg.penalties)
     report = build_report(val_set, ev.pairs, train_set, train_pairs_idx, ev.probes, ev.probe_rows)
-    report.update(checkpoint="best", best=history["best"], pairs_path=str(inputs.pairs_path),
-                  pairs_sha256=sha256_file(inputs.pairs_path), probe_source=inputs.probe_source)
+    report.update(checkpoint="best", best=history["best"], **inputs.sources())
     atomic_write_json(run_dir / "best" / "report.json", report)  # the figures --validate-only must reproduce
     return finish_run(cfg, inputs, run_dir, history, report, {
         "features": {"train": train_info, "eval": eval_info, "prompts_truncated": tokens.truncated_prompts,
@@ -1705,7 +1760,8 @@ def finish_run(cfg, inputs: Inputs, run_dir: Path, history: Mapping, report: Map
     card = run_card("train_rm.py", to_dict(cfg), inputs_sha, seed=cfg.train.seed, run_dir=str(run_dir),
                     resumed_from=str(resume_from) if resume_from else None,
                     pairs={"train": len(inputs.train_pairs), "val": len(inputs.val_pairs),
-                           "train_by_kind": _count(inputs.train_pairs), "val_by_kind": _count(inputs.val_pairs)},
+                           "train_by_kind": _count(inputs.train_pairs), "val_by_kind": _count(inputs.val_pairs),
+                           "augment": inputs.augment},
                     probes={"source": inputs.probe_source, "responses": len(inputs.probes)},
                     best=history.get("best"), val_metrics=overall, plots=plots, renamed_config_keys=cfg.renamed,
                     penalties=asdict(cfg.penalties), **extra)
@@ -1773,8 +1829,7 @@ def validate(cfg) -> dict:
     t0 = time.time()
     report = build_report(score_inputs(rm, ev), ev.pairs, train_set, train_idx, ev.probes, ev.probe_rows)
     seconds = time.time() - t0
-    report.update(checkpoint=str(ckpt), pairs_path=str(inputs.pairs_path), pairs_sha256=sha256_file(inputs.pairs_path),
-                  probe_source=inputs.probe_source)
+    report.update(checkpoint=str(ckpt), **inputs.sources())
     saved_path = ckpt / "report.json"
     if saved_path.exists():
         saved = json.loads(saved_path.read_text(encoding="utf-8"))

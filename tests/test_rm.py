@@ -168,6 +168,40 @@ def test_bad_pairs_are_refused_with_file_line_and_field(tmp_path, tiny_model_dir
         read_pairs(p)
 
 
+def test_augment_pairs_add_training_pairs_of_unused_training_examples_only(tmp_path, tiny_model_dir):
+    from factuality.reward import read_inputs, read_pairs
+
+    path = make_pairs(tmp_path, tiny_model_dir)
+    train, val = read_pairs(path)
+    data = tmp_path / "data" / "processed"
+    used = {p["example_id"] for p in train + val}
+    unused = {e["id"] for e in read_jsonl(data / "train.jsonl", EXAMPLE)} - used
+    assert unused  # 15 of the 24 training examples make the 30 training pairs
+
+    plain = read_inputs(tiny_cfg(tmp_path, tiny_model_dir, synthetic_data_dir=str(data)))
+    assert len(plain.train_pairs) == 30 and plain.augment == {}
+    kinds = ["refuse_answerable", "answer_unanswerable"]
+    inputs = read_inputs(tiny_cfg(tmp_path, tiny_model_dir, synthetic_data_dir=str(data), augment_pairs=6,
+                                  augment_kinds=kinds))
+    extra = inputs.train_pairs[30:]
+    assert inputs.train_pairs[:30] == plain.train_pairs and inputs.val_pairs == plain.val_pairs
+    assert 0 < len(extra) <= 6 and inputs.augment["pairs"] == len(extra)
+    assert {p["example_id"] for p in extra} <= unused and all("#aug" in p["id"] for p in extra)
+    assert {p["kind"] for p in extra} <= {f"perturb:{k}" for k in kinds} and all(p["split"] == "train" for p in extra)
+    for p in extra:  # refusal against an answer of an unanswerable question, or the gold answer against a refusal
+        assert p["chosen_score"] > p["rejected_score"]
+        assert ("insufficient evidence" in p["chosen"]) != p["answerable"]
+    # synthetic pairs are such pairs already: no augmentation on top of them
+    syn = read_inputs(tiny_cfg(tmp_path, tiny_model_dir, synthetic_data_dir=str(data), augment_pairs=6,
+                               synthetic_pairs=True, synthetic_train_pairs=10, synthetic_val_pairs=4,
+                               pairs_path=str(tmp_path / "prefs" / "syn.jsonl")))
+    assert syn.augment == {} and len(syn.train_pairs) == 10
+    with pytest.raises(ConfigError, match="augment_kinds: unknown kind 'cite_everything'"):
+        tiny_cfg(tmp_path, tiny_model_dir, augment_kinds=["cite_everything"])
+    with pytest.raises(FileNotFoundError, match="missing.jsonl: not found; augment_pairs"):
+        read_inputs(tiny_cfg(tmp_path, tiny_model_dir, augment_pairs=6, augment_data=str(tmp_path / "missing.jsonl")))
+
+
 def test_probes_come_from_the_val_pairs_when_there_is_no_probe_file(tmp_path, tiny_model_dir):
     from factuality.reward import PROBE_KINDS, make_probes, probe_examples, read_pairs
 
