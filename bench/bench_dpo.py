@@ -86,6 +86,22 @@ def make_sft_adapter(model_path: str, out: Path, top_layers: int = 12) -> Path:
     return out
 
 
+def write_pairs(args, model_path: str, path: Path) -> Path:
+    """make_pairs of --data / --pairs, tokenised for model_path, written to path."""
+    from factuality.modeling import load_tokenizer
+    from factuality.records import PREFERENCE, write_jsonl
+
+    write_jsonl(path, make_pairs(args, load_tokenizer(model_path)), PREFERENCE)
+    return path
+
+
+def worker_cmd(script: str, variant: str, args, model_path: str, adapter: str, pairs_file: Path) -> list[str]:
+    """The command line of one DPO bench variant's worker process (`script --variant ...`)."""
+    return [sys.executable, script, "--variant", variant, "--model-path", model_path, "--sft-adapter", adapter,
+            "--pairs-file", str(pairs_file), "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+            "--max-length", str(args.max_length)]
+
+
 def timed_dpo_trainer(cfg, model_path: str):
     """(trainer, fitted rows, fit stats, step_seconds): factuality.dpo.build_trainer on the train pairs of
     cfg.pairs_file fitted to cfg.max_length, with a callback appending each optimiser step's seconds
@@ -143,11 +159,13 @@ def worker(args) -> dict:
 
 
 def main(argv=None) -> int:
+    from bench_sft import add_data_arg
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="embedded:smollm2-135m-instruct",
                    help="any model name/path modeling.load_model accepts, or scaled-tiny (a random 4-layer Llama, built here)")
     p.add_argument("--sft-adapter", default=None, help="an SFT adapter of --model (default: a random LoRA made here)")
-    p.add_argument("--data", default=str(ROOT / "data" / "processed" / "train.jsonl"))
+    add_data_arg(p)
     p.add_argument("--pairs", type=int, default=16, help="pairs the steps draw from (and the cached variant precomputes)")
     p.add_argument("--batch-size", type=int, default=2, help="pairs per step")
     p.add_argument("--steps", type=int, default=4, help="optimiser steps per variant and round (the first is a warm-up)")
@@ -163,10 +181,7 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return 0
 
-    from bench_sft import memory_note, run_variant
-
-    from factuality.modeling import load_tokenizer
-    from factuality.records import PREFERENCE, write_jsonl
+    from bench_sft import data_label, memory_note, run_variant
 
     work = Path(tempfile.gettempdir()) / "factuality-bench-dpo"
     model_path = args.model
@@ -175,16 +190,12 @@ def main(argv=None) -> int:
 
         model_path = str(make_scaled_tiny(Path(tempfile.gettempdir()) / "factuality-bench-scaled-tiny"))
     adapter = args.sft_adapter or str(make_sft_adapter(model_path, work / f"sft-{Path(model_path).name}"))
-    pairs_file = work / "pairs.jsonl"
-    write_jsonl(pairs_file, make_pairs(args, load_tokenizer(model_path)), PREFERENCE)
+    pairs_file = write_pairs(args, model_path, work / "pairs.jsonl")
     runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for rnd in range(args.rounds):
         for v in VARIANTS:
-            cmd = [sys.executable, __file__, "--variant", v, "--model-path", model_path, "--sft-adapter", adapter,
-                   "--pairs-file", str(pairs_file), "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-                   "--max-length", str(args.max_length)]
             print(f"round {rnd + 1}: running {v} ...", flush=True)
-            r = run_variant(cmd, v)
+            r = run_variant(worker_cmd(__file__, v, args, model_path, adapter, pairs_file), v)
             runs[v].append(r)
             print(f"  {v}: steps {', '.join(f'{x:.1f}' for x in r['step_seconds'])} s (after a warm-up step), "
                   f"precompute {r['precompute_seconds']:.1f} s, peak {r['peak_mib']} MiB", flush=True)
@@ -202,7 +213,8 @@ def main(argv=None) -> int:
     speedup = cached["steps_per_s"] / live["steps_per_s"]
     saved = live["seconds_per_step"] - cached["seconds_per_step"]
     break_even = cached["precompute_seconds"] / saved if saved > 0 else float("inf")
-    print(f"\nmodel {args.model}, {live['pairs']} pairs (mean {live['mean_tokens']} tokens), {args.batch_size} pairs "
+    print(f"\nmodel {args.model}, {live['pairs']} pairs of {data_label(args.data)} (mean {live['mean_tokens']} tokens), "
+          f"{args.batch_size} pairs "
           f"per step, max_length {args.max_length}, {args.rounds} rounds")
     print(f"{'variant':<8} {'s/step':>7} {'steps/s':>8} {'pairs/s':>8} {'precompute s':>12} {'peak MiB':>9}")
     for r in results:

@@ -75,13 +75,13 @@ def worker(args) -> dict:
 
 
 def main(argv=None) -> int:
+    from bench_sft import add_data_arg
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vocabs", default="smollm2,256000", help="output vocabularies of the scaled-tiny body, in turn")
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help=f"comma-separated, from {', '.join(VARIANTS)}; the first is the baseline")
-    p.add_argument("--data", default=str(ROOT / "data" / "processed" / "train.jsonl"),
-                   help="examples the pairs are made of (build_data.py's output); a path that does not exist: "
-                        "generated examples, shorter than the sample's (the summary says which)")
+    add_data_arg(p)
     p.add_argument("--pairs", type=int, default=16, help="pairs the steps draw from")
     p.add_argument("--batch-size", type=int, default=2, help="pairs per step")
     p.add_argument("--steps", type=int, default=3, help="optimiser steps per variant (the first is a warm-up)")
@@ -97,33 +97,25 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return 0
 
-    from bench_dpo import make_pairs, make_sft_adapter
-    from bench_sft import memory_note, pick_variants, run_variant, scaled_tiny_path
-
-    from factuality.modeling import load_tokenizer
-    from factuality.records import PREFERENCE, write_jsonl
+    from bench_dpo import make_sft_adapter, worker_cmd, write_pairs
+    from bench_sft import data_label, memory_note, pick_variants, run_variant, scaled_tiny_path
 
     variants = pick_variants(p, args.variants, VARIANTS)
-    data = args.data if Path(args.data).exists() else "generated examples (no --data file)"
     work = Path(tempfile.gettempdir()) / "factuality-bench-dpo-head"
     every = []
     for vocab in [v.strip() for v in args.vocabs.split(",") if v.strip()]:
         model_path = str(scaled_tiny_path(vocab))
         adapter = str(make_sft_adapter(model_path, work / f"sft-{Path(model_path).name}", top_layers=4))
-        pairs_file = work / "pairs.jsonl"
-        write_jsonl(pairs_file, make_pairs(args, load_tokenizer(model_path)), PREFERENCE)
+        pairs_file = write_pairs(args, model_path, work / "pairs.jsonl")
         results = []
         for v in variants:
-            cmd = [sys.executable, __file__, "--variant", v, "--model-path", model_path, "--sft-adapter", adapter,
-                   "--pairs-file", str(pairs_file), "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-                   "--max-length", str(args.max_length)]
             print(f"vocabulary {vocab}: running {v} ...", flush=True)
-            r = dict(run_variant(cmd, v), vocab=vocab)
+            r = dict(run_variant(worker_cmd(__file__, v, args, model_path, adapter, pairs_file), v), vocab=vocab)
             results.append(r)
             print(f"  {v}: {r['tokens_per_s']} tokens/s, {r['seconds_per_step']} s/step, peak {r['peak_mib']} MiB",
                   flush=True)
         base = results[0]
-        print(f"\nscaled-tiny body, vocabulary {vocab}, {base['pairs']} pairs of {data} (mean {base['mean_tokens']} "
+        print(f"\nscaled-tiny body, vocabulary {vocab}, {base['pairs']} pairs of {data_label(args.data)} (mean {base['mean_tokens']} "
               f"tokens, prompt + longer completion), {args.batch_size} pairs per step, {args.steps} steps (first one "
               f"untimed), live reference; baseline {base['variant']}; 'before' = the process's peak before training "
               f"(runtime, model, adapter)")

@@ -78,6 +78,18 @@ def make_scaled_tiny(path: Path, vocab_size: int | None = None) -> Path:
     return path
 
 
+def add_data_arg(parser) -> None:
+    """--data of the training benches (SFT, both DPO): build_data.py's train split by default; a path
+    that does not exist means generated examples, and each summary names which (`data_label`)."""
+    parser.add_argument("--data", default=str(ROOT / "data" / "processed" / "train.jsonl"),
+                        help="examples to train on (build_data.py's output); a path that does not exist: generated "
+                             "examples, shorter than the sample's (the summary says which)")
+
+
+def data_label(path: str) -> str:
+    return path if Path(path).exists() else "generated examples (no --data file)"
+
+
 def examples_for(args) -> list[dict]:
     from factuality.records import read_examples
     from factuality.testing import make_example
@@ -243,7 +255,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="scaled-tiny", help="scaled-tiny (a random 4-layer Llama, built here) or any "
                                                           "model name/path modeling.load_model accepts")
-    p.add_argument("--data", default=str(ROOT / "data" / "processed" / "train.jsonl"))
+    add_data_arg(p)
     p.add_argument("--examples", type=int, default=8, help="examples in the epoch each variant trains on")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=1024)
@@ -278,7 +290,8 @@ def main(argv=None) -> int:
             print(f"  {v}: {r['tokens_per_s']:.1f} tokens/s, {r['padding_share']:.1%} padding, peak {r['peak_mib']} MiB "
                   f"({r['steps']} steps in {r['seconds']:.1f} s)", flush=True)
         base = results[0]
-        print(f"\nmodel {args.model}, vocabulary {vocab}, {base['examples']} examples, batch {args.batch_size}, "
+        print(f"\nmodel {args.model}, vocabulary {vocab}, {base['examples']} examples of {data_label(args.data)}, "
+              f"batch {args.batch_size}, "
               f"max_length {args.max_length}; baseline {base['variant']}")
         print(f"{'variant':<16} {'steps':>5} {'seconds':>8} {'tokens':>7} {'pad share':>9} {'tokens/s':>9} "
               f"{'peak MiB':>9} {'speed-up':>8} {'mem ratio':>9}")
