@@ -16,6 +16,7 @@ import random
 import re
 from typing import Callable, Mapping
 
+from .config import ConfigError
 from .prompts import REFUSAL_ANSWER
 from .text import normalize_answer
 
@@ -189,6 +190,14 @@ def perturb(example: Mapping, good: Mapping, kind: str, rng: random.Random | Non
     good = {"answer": str(good.get("answer", "")), "citations": list(good.get("citations") or []),
             "confidence": float(good.get("confidence", 1.0) if good.get("confidence") is not None else 1.0)}
     return _EDITS[kind](example, good, rng or random.Random(0))
+
+
+def check_kinds(kinds, option: str) -> None:
+    """A ConfigError naming `option` and its first kind that is not one of KINDS (config validation of
+    make_prefs' perturb_kinds and train_rm's augment_kinds)."""
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ConfigError(f"{option}: unknown kind {unknown[0]!r}; known: {', '.join(KINDS)}")
 
 
 def perturbations(example: Mapping, good: Mapping, kinds=None, seed: int = 0) -> list[tuple[str, dict]]:

@@ -64,7 +64,7 @@ from .judge import (JUDGE_METHODS, JUDGE_MODES, VERIFIER_WEIGHTS, VERIFIERS, Jud
                     pointwise_messages, render_judge_prompt, text_key, verifier_score)
 from .judge import templates_hash as judge_templates_hash
 from .modeling import EMBEDDED_MODEL, ModelOptions
-from .perturb import KINDS, perturbations
+from .perturb import KINDS, check_kinds, perturbations
 from .prompts import PromptTemplates, dump_output, fit_evidence, gold_output, parse_output, render_prompt
 from .records import (SCHEMA_VERSION, Contract, JsonlAppender, PREFERENCE, RecordError, atomic_write_json,
                       read_examples, read_json, read_jsonl, sha256_file, sha256_text, write_jsonl)
@@ -198,9 +198,7 @@ class PrefsOptions(ModelOptions, BackendOptions):
         if self.temperature == 0 and self.n_generations > 2:
             raise ConfigError(f"--n-generations {self.n_generations} with --temperature 0: greedy decoding gives one "
                               f"answer per model (1 = SFT, 2 = SFT + base); set --temperature > 0 for samples")
-        unknown = [k for k in self.perturb_kinds if k not in KINDS]
-        if unknown:
-            raise ConfigError(f"--perturb-kinds: unknown kind {unknown[0]!r}; known: {', '.join(KINDS)}")
+        check_kinds(self.perturb_kinds, "--perturb-kinds")
         self.verifier_weights = check_weights(self.verifier_weights)
         if self.judge_use_8bit and self.judge_use_4bit:
             raise ConfigError("--judge-use-8bit and --judge-use-4bit are exclusive; choose one")

@@ -86,7 +86,7 @@ from .modeling import (ModelOptions, ModelLoadError, base_model_id, bnb_config, 
                        resolve_model_path)
 from .penalties import (PENALTIES, PenaltyOptions, PromptFormatError, parse_prompt, penalty_matrix, weight_vector,
                         weights_from)
-from .perturb import KINDS, perturb, perturbations
+from .perturb import KINDS, check_kinds, perturb, perturbations
 from .prompts import PromptTemplates, dump_output, fit_evidence, gold_output, render_prompt, tokenize_prompt
 from .provenance import run_card, set_seed, write_run_card
 from .records import (PREFERENCE, SCHEMA_VERSION, Contract, RecordError, atomic_dir, atomic_write_bytes,
@@ -196,9 +196,7 @@ class RMOptions:
             raise ConfigError("--resume and --overwrite contradict each other; choose one")
         if self.validate_only and (self.resume or self.overwrite):
             raise ConfigError("--validate-only trains nothing; drop --resume / --overwrite")
-        unknown = [k for k in self.augment_kinds if k not in KINDS]
-        if unknown:
-            raise ConfigError(f"augment_kinds: unknown kind {unknown[0]!r}; known: {', '.join(KINDS)}")
+        check_kinds(self.augment_kinds, "augment_kinds")
         if self.augment_pairs and not self.augment_kinds:
             raise ConfigError("augment_pairs > 0 needs at least one augment_kinds entry; list kinds or set augment_pairs: 0")
 
