@@ -5,13 +5,13 @@
     python build_data.py -c configs/data.yaml --num-distractors 4 --rejects data/rejects.jsonl
     python build_data.py download --data-dir data --sources fever,hotpotqa,nq,popqa
 
-Every option and why it exists: configs/data.yaml, and the help of factuality.build.BuildConfig
+Every option and why it exists: configs/data.yaml, and the help of factuality.stages.build.BuildConfig
 (`python build_data.py -h`; `python build_data.py download -h` for the downloader).
 """
 import sys
 
 from factuality import cli as entry
-from factuality.build import STAGE as BUILD
+from factuality.stages.build import STAGE as BUILD
 from factuality.config import parse_config
 from factuality.download import STAGE as DOWNLOAD
 

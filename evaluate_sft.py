@@ -11,12 +11,12 @@
 Metrics: definitions in factuality/metrics.py, reported overall, per source and per prompt-length
 bucket, with 95% bootstrap intervals; every listed comparison gets paired deltas on the same
 examples. Writes <output>.json, <output stem>.predictions.jsonl (resumable: a rerun continues),
-<output stem>.md and <output stem>_plots/. Every option: `--help` (factuality.evaluation.EvalConfig).
+<output stem>.md and <output stem>_plots/. Every option: `--help` (factuality.stages.evaluate.EvalConfig).
 """
 import sys
 
 from factuality import cli
-from factuality.evaluation import STAGE, EvalConfig, run_evaluation, summarize  # noqa: F401 - importable names
+from factuality.stages.evaluate import STAGE, EvalConfig, run_evaluation, summarize  # noqa: F401 - importable names
 
 
 def main(cfg: EvalConfig) -> dict:

@@ -17,12 +17,12 @@ labelled perturbations of good answers (hard pairs), scores every candidate with
 (factuality/metrics.py) and the judge model (token probabilities), and writes
 prefs/preferences_<signature>.jsonl (TRL's prompt/chosen/rejected plus margin, scores, split, kind,
 evidence and support ids) and prefs/preferences_<signature>.stats.json. Every option: `--help`
-(factuality.prefs.PrefsOptions); the method: factuality/prefs.py and factuality/judge.py.
+(factuality.stages.prefs.PrefsOptions); the method: factuality/prefs.py and factuality/judge.py.
 """
 import sys
 
 from factuality import cli
-from factuality.prefs import STAGE
+from factuality.stages.prefs import STAGE
 
 if __name__ == "__main__":
     sys.exit(cli.main(STAGE, __doc__))

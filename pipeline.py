@@ -14,7 +14,7 @@ factuality/pipeline.py.
 import sys
 
 from factuality import cli
-from factuality.pipeline import STAGE
+from factuality.stages.pipeline import STAGE
 
 if __name__ == "__main__":
     sys.exit(cli.main(STAGE, __doc__))

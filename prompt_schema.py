@@ -14,7 +14,7 @@ count, and the gold target. Logic: factuality/prompt_tool.py.
 import sys
 
 from factuality import cli
-from factuality.prompt_tool import (  # noqa: F401 - importable names
+from factuality.stages.prompt_schema import (  # noqa: F401 - importable names
     CASES,
     STAGE,
     Case,

@@ -20,7 +20,7 @@ TrainingArguments field under its own name, TRL's ModelConfig loading fields, an
 import sys
 
 from factuality import cli
-from factuality.dpo import STAGE
+from factuality.stages.dpo import STAGE
 
 if __name__ == "__main__":
     sys.exit(cli.main(STAGE, __doc__))

@@ -8,7 +8,7 @@
 
 Reads the pairs of make_prefs.py (default: the newest prefs/preferences_*.jsonl; --synthetic-pairs
 true makes them from data/processed without a model). Writes <output_dir>/: best/ and final/ (load
-with factuality.reward.load_reward_model(path).score(prompts, responses)), checkpoint-*/,
+with factuality.stages.reward.load_reward_model(path).score(prompts, responses)), checkpoint-*/,
 training_history.json (train_losses, eval_metrics), rm_report.json / .md (ROC-AUC, accuracy, ECE,
 Brier overall and per pair kind, baselines, gaming probes), reliability.png, training_curves.png,
 config.yaml and run_card.json. Options: TRL's RewardConfig / TrainingArguments fields under their own
@@ -17,7 +17,7 @@ names, TRL's ModelConfig fields, the five penalty weights, and ours: `--help` li
 import sys
 
 from factuality import cli
-from factuality.reward import STAGE
+from factuality.stages.reward import STAGE
 
 if __name__ == "__main__":
     sys.exit(cli.main(STAGE, __doc__))

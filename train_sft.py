@@ -14,7 +14,7 @@ TRL's ModelConfig fields (model, 4/8-bit, LoRA), and ours (data, batching): `--h
 import sys
 
 from factuality import cli
-from factuality.sft import STAGE
+from factuality.stages.sft import STAGE
 
 if __name__ == "__main__":
     sys.exit(cli.main(STAGE, __doc__))

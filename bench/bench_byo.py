@@ -7,7 +7,7 @@ Generates, with a seeded RNG, a pool of passages over a Zipf-distributed synthet
 and, for each question, a DPR-style retrieval-results record (`{question, answers, ctxs}`, 20
 passages with ids, string scores and `has_answer`; one passage holds the answer, the question is
 words of it plus noise), written as gzipped JSONL under nq/. Then runs `build_data.py`'s build
-(`factuality.build.build`, everything from hashing the input to writing the splits), each
+(`factuality.stages.build.build`, everything from hashing the input to writing the splits), each
 variant in its own process so peak memory (ru_maxrss) is its own:
   - baseline, first-party NQ-Open path: the same questions as NQ-Open JSONL plus the pool as a
     psgs_w100-style TSV corpus; evidence by BM25 over the whole corpus (what a user had to do
@@ -79,7 +79,7 @@ def generate(raw_open: Path, raw_ctxs: Path, n_questions: int, n_ctxs: int, n_pa
 
 def child(args) -> None:
     """One build in this process; prints its figures as one JSON line."""
-    from factuality.build import BuildConfig, build
+    from factuality.stages.build import BuildConfig, build
 
     cfg = BuildConfig(data_dir=args.data_dir, raw_dir=args.raw_dir, sources=["nq"], accept_new_hash=True, quiet=True,
                       num_distractors=args.num_distractors, no_oracle_fraction=0.0)

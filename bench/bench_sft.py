@@ -9,7 +9,7 @@ Variants (each in a fresh subprocess, so peak memory is its own):
 - trl-default: TRL's SFTTrainer fed prompt/completion strings, TRL tokenising, completion-only
   loss, random batches padded to the longest (TRL's defaults; gradient checkpointing matched to
   the others, off, so the comparison isolates batching);
-- padded / group_by_length / padding_free / packed: factuality.sft.build_trainer with
+- padded / group_by_length / padding_free / packed: factuality.stages.sft.build_trainer with
   `batching` set to that value (evidence-side truncation, our own answer-only labels) and TRL's
   own fused LM head (`answer_only_head: false`, the trainer as it was before that option);
 - answer_only: padding_free batches with the LM head applied at answer positions only
@@ -193,7 +193,7 @@ def worker(args) -> dict:
     from factuality.config import parse_config
     from factuality.modeling import load_model, load_tokenizer
     from factuality.prompts import DEFAULT_TEMPLATES, completion_text, render_prompt
-    from factuality.sft import SFT_SPEC, build_dataset, build_trainer, lora_config
+    from factuality.stages.sft import SFT_SPEC, build_dataset, build_trainer, lora_config
 
     torch.manual_seed(0)
     examples = examples_for(args)

@@ -2,7 +2,7 @@
 
     # train_sft.py
     from factuality import cli
-    from factuality.sft import STAGE
+    from factuality.stages.sft import STAGE
     if __name__ == "__main__":
         sys.exit(cli.main(STAGE, __doc__))
 

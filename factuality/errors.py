@@ -19,7 +19,7 @@ class UserError(Exception):
 _EXPECTED = (
     ("factuality.config", "ConfigError"),
     ("factuality.records", "RecordError"),
-    ("factuality.build", "HashMismatch"),
+    ("factuality.stages.build", "HashMismatch"),
     ("factuality.modeling", "ModelLoadError"),
 )
 # OS errors about a path the user named: missing inputs, a run folder in the way, no permission.

@@ -449,7 +449,7 @@ def main() -> None:
     for p in (write_wiki(), write_popqa(), write_corpus()):
         print(f"wrote {p.relative_to(ROOT)} ({p.stat().st_size} bytes)")
     sys.path.insert(0, str(ROOT))
-    from factuality.build import BuildConfig, SAMPLE_DIR, discover_inputs, verify_hashes, MANIFEST_NAME
+    from factuality.stages.build import BuildConfig, SAMPLE_DIR, discover_inputs, verify_hashes, MANIFEST_NAME
     from factuality.records import atomic_write_json
     cfg = BuildConfig()
     files = sorted({p for fs in discover_inputs([SAMPLE_DIR / "raw", SAMPLE_DIR / "fixtures"], cfg.sources).values() for p in fs})

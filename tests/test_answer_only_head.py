@@ -15,7 +15,7 @@ from factuality.config import ConfigError, parse_config
 from factuality.modeling import load_model, load_tokenizer
 from factuality.prompts import DEFAULT_TEMPLATES
 from factuality.records import EXAMPLE, write_jsonl
-from factuality.sft import SFT_SPEC, build_dataset, build_trainer
+from factuality.stages.sft import SFT_SPEC, build_dataset, build_trainer
 from factuality.testing import make_example, make_large_vocab_model, make_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -212,7 +212,7 @@ def test_use_liger_kernel_is_a_clear_error_without_cuda_or_package():
 
 
 def test_answer_only_head_is_an_option_of_both_stages():
-    from factuality.dpo import DPO_SPEC
+    from factuality.stages.dpo import DPO_SPEC
 
     assert parse_config(SFT_SPEC, ["-c", str(SFT_TINY)]).run.answer_only_head is True
     cfg = parse_config(DPO_SPEC, ["-c", str(ROOT / "configs" / "dpo_tiny.yaml"), "--answer-only-head", "false"])
@@ -221,7 +221,7 @@ def test_answer_only_head_is_an_option_of_both_stages():
 
 # ------------------------------------------------------------------ end to end
 def test_tiny_train_sft_and_train_dpo_with_the_option_on(models, tmp_path):
-    from factuality import dpo, sft
+    from factuality.stages import dpo, sft
     from tests.test_dpo import make_pairs
 
     train = examples(8)
@@ -251,7 +251,7 @@ def test_tiny_train_sft_and_train_dpo_with_the_option_on(models, tmp_path):
 def test_reward_feature_pass_stops_at_the_last_hidden_state(models, monkeypatch):
     """reward.load_body drops the output layer and extract_features reads the body's last hidden
     state: the vocabulary projection never runs (the features equal a plain forward's last hidden state)."""
-    from factuality import reward
+    from factuality.stages import reward
     from factuality.modeling import ModelOptions
 
     model = load_model(str(models["vocab256k"]))

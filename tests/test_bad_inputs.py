@@ -16,9 +16,9 @@ import pytest
 import build_data
 import prompt_schema
 from factuality import cli
-from factuality.evaluation import STAGE as EVAL
+from factuality.stages.evaluate import STAGE as EVAL
 from factuality.records import EXAMPLE, write_jsonl
-from factuality.sft import STAGE as SFT
+from factuality.stages.sft import STAGE as SFT
 from factuality.testing import make_example
 
 ROOT = Path(__file__).resolve().parent.parent

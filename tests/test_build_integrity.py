@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from _data_helpers import REPO, copy_sample_raw, load_all
 
-from factuality.build import BuildConfig, HashMismatch, build, question_key
+from factuality.stages.build import BuildConfig, HashMismatch, build, question_key
 from factuality.records import (
     KILL_AT_ENV,
     TRACE_ENV,
@@ -84,7 +84,7 @@ def test_deleted_raw_file_is_refused_and_outputs_stay_untouched(tmp_path):
 def test_deleted_file_of_the_bundled_sample_is_refused(tmp_path, monkeypatch):
     import shutil
 
-    import factuality.build as B
+    import factuality.stages.build as B
     sample = tmp_path / "sample"
     shutil.copytree(B.SAMPLE_DIR, sample)
     monkeypatch.setattr(B, "SAMPLE_DIR", sample)
@@ -98,7 +98,7 @@ def test_deleted_file_of_the_bundled_sample_is_refused(tmp_path, monkeypatch):
 # Killed builds: old set or new set, never a mix
 # --------------------------------------------------------------------------------------------
 def run_build(kw: dict, env: dict) -> subprocess.CompletedProcess:
-    code = ("import json, sys; from factuality.build import BuildConfig, build; "
+    code = ("import json, sys; from factuality.stages.build import BuildConfig, build; "
             "build(BuildConfig(quiet=True, **json.loads(sys.argv[1])))")
     return subprocess.run([sys.executable, "-c", code, json.dumps(kw)], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO), **env}, timeout=120)

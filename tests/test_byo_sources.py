@@ -23,7 +23,7 @@ from _data_helpers import load_all
 
 import build_data
 from factuality import sources as S
-from factuality.build import BuildConfig, build, format_table
+from factuality.stages.build import BuildConfig, build, format_table
 from factuality.config import ConfigError
 from factuality.records import EXAMPLE, RecordError, read_examples, with_hash
 from factuality.text import has_answer
@@ -342,7 +342,7 @@ def test_own_corpus_reads_renders_and_scores_like_the_bundled_one(own_corpus, ti
         parse_output,
         render_prompt,
     )
-    from factuality.sft import load_split, tokenize_example
+    from factuality.stages.sft import load_split, tokenize_example
 
     out, summary = own_corpus
     recs = [r for split in ("train", "val", "test") if (out / f"{split}.jsonl").stat().st_size
@@ -400,7 +400,7 @@ def test_answer_pre_check_agrees_with_has_answer():
 
 
 def test_byo_config_builds_every_format_as_written(tmp_path, monkeypatch):
-    from factuality.build import STAGE
+    from factuality.stages.build import STAGE
     from factuality.config import parse_config
 
     monkeypatch.chdir(ROOT)

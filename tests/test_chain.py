@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_seven_stages_chain_on_the_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
-    from factuality import build, dpo, evaluation, prefs, prompt_tool, reward, sft
-    from factuality.evaluation import PREDICTION
+    from factuality.stages import build, dpo, evaluate as evaluation, prefs, prompt_schema as prompt_tool, reward, sft
+    from factuality.stages.evaluate import PREDICTION
 
     monkeypatch.chdir(tmp_path)
     shutil.copytree(tiny_model_dir, tmp_path / "tiny")
@@ -88,7 +88,7 @@ def test_seven_stages_chain_on_the_tiny_model(tiny_model_dir, tmp_path, monkeypa
     assert [c["label"] for c in res["comparisons"]] == ["sft-base", "dpo-sft"] and res["complete"]
 
     # the main job's closing summary reads these very files: the table and the reward model's report
-    from factuality.pipeline import final_summary, rm_lines
+    from factuality.stages.pipeline import final_summary, rm_lines
 
     rm_report = json.loads((tmp_path / "runs/rm/rm_report.json").read_text())
     lines = rm_lines(rm_report)

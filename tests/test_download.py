@@ -13,7 +13,7 @@ from functools import partial
 import pytest
 
 from factuality import download as D
-from factuality.build import SAMPLE_DIR, BuildConfig, HashMismatch, build
+from factuality.stages.build import SAMPLE_DIR, BuildConfig, HashMismatch, build
 
 RAW, FIX = SAMPLE_DIR / "raw", SAMPLE_DIR / "fixtures"
 

@@ -1,6 +1,6 @@
 """DPO on the tiny random model: only the adapter moves, the reference is the SFT policy (live and
 cached), long pairs lose evidence and never an answer, the reward model filters or reweights,
-test pairs are refused, a killed run resumes. Tests drive factuality.dpo.run() directly."""
+test pairs are refused, a killed run resumes. Tests drive factuality.stages.dpo.run() directly."""
 from __future__ import annotations
 
 import json
@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from factuality.config import ConfigError, parse_config
-from factuality.dpo import (DPO_SPEC, WeightedPairSampler, build_trainer, end_of_turn, fit_pairs, load_pairs,
+from factuality.stages.dpo import (DPO_SPEC, WeightedPairSampler, build_trainer, end_of_turn, fit_pairs, load_pairs,
                             reference_logps, rm_filter, run, to_dataset, use_cached_reference)
 from factuality.prompts import DEFAULT_TEMPLATES, dump_output, gold_output, render_prompt, tokenize_prompt
 from factuality.records import EXAMPLE, PREFERENCE, RecordError, SCHEMA_VERSION, write_jsonl
-from factuality.sft import find_last_checkpoint
+from factuality.stages.sft import find_last_checkpoint
 from factuality.testing import make_example
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def sft_adapter(tiny_model_dir, tmp_path_factory, one_torch_thread):
     """A real SFT run on the tiny model (4 steps at a large lr, so the adapter differs from the base)."""
-    from factuality import sft
+    from factuality.stages import sft
 
     d = tmp_path_factory.mktemp("sft")
     train = [make_example(i, source=s, answerable=(i % 3 != 2), gold_position=i % 3, split="train")
@@ -171,7 +171,7 @@ def test_fitting_cuts_evidence_never_the_question_or_an_answer(tok, caplog):
     pairs[3] = dict(pairs[3], id="too-long#0")
     max_length = 460
     assert len(tokenize_prompt(tok, pairs[0]["prompt"])) > max_length, "the long pair must need a cut"
-    with caplog.at_level("INFO", logger="factuality.dpo"):
+    with caplog.at_level("INFO", logger="factuality.stages.dpo"):
         rows, stats = fit_pairs(pairs, tok, max_length, DEFAULT_TEMPLATES)
     assert (stats.pairs, stats.kept, stats.too_long, stats.truncated) == (4, 3, 1, 2), stats
     assert stats.too_long_ids == ["too-long#0"] and "too-long#0" in caplog.text and "1 too long" in caplog.text
@@ -201,7 +201,7 @@ def test_a_prompt_from_other_templates_is_not_cut_blindly(tok):
 
 # ------------------------------------------------------------------ reward model
 class LengthScorer:
-    """Deterministic stand-in for factuality.reward: prefers answers naming Linda Davis or refusing."""
+    """Deterministic stand-in for factuality.stages.reward: prefers answers naming Linda Davis or refusing."""
 
     def __init__(self):
         self.calls = 0
@@ -295,14 +295,14 @@ def test_dpo_changes_only_the_adapter_and_the_reference_stays_sft(tiny_model_dir
 
 
 def test_run_writes_adapter_card_and_rm_counts(tiny_model_dir, sft_adapter, tmp_path, pairs_file, monkeypatch):
-    reward = types.ModuleType("factuality.reward")
+    reward = types.ModuleType("factuality.stages.reward")
     seen = {}
 
     def load_reward_model(path):
         seen["path"] = path
         return LengthScorer()
     reward.load_reward_model = load_reward_model
-    monkeypatch.setitem(sys.modules, "factuality.reward", reward)
+    monkeypatch.setitem(sys.modules, "factuality.stages.reward", reward)
     pairs = [json.loads(line) for line in pairs_file.read_text().splitlines()]
     flipped = dict(pairs[1], id="flipped#0", chosen=pairs[1]["rejected"], rejected=pairs[1]["chosen"])
     write_jsonl(pairs_file, pairs + [flipped], PREFERENCE)
@@ -332,7 +332,7 @@ def test_run_writes_adapter_card_and_rm_counts(tiny_model_dir, sft_adapter, tmp_
     from factuality.modeling import load_model
 
     assert type(load_model(str(tiny_model_dir), adapter_path=rd)).__name__ == "PeftModelForCausalLM"
-    from factuality.dpo import summarize
+    from factuality.stages.dpo import summarize
 
     line = summarize(card)
     assert line.startswith("train_dpo: 4 steps") and "reward model kept 8/9" in line and "accuracy" in line
@@ -341,9 +341,9 @@ def test_run_writes_adapter_card_and_rm_counts(tiny_model_dir, sft_adapter, tmp_
 
 
 def test_rm_weight_mode_samples_by_weight(tiny_model_dir, sft_adapter, tmp_path, pairs_file, monkeypatch):
-    reward = types.ModuleType("factuality.reward")
+    reward = types.ModuleType("factuality.stages.reward")
     reward.load_reward_model = lambda path: LengthScorer()
-    monkeypatch.setitem(sys.modules, "factuality.reward", reward)
+    monkeypatch.setitem(sys.modules, "factuality.stages.reward", reward)
     cfg = dpo_cfg(tiny_model_dir, sft_adapter, tmp_path, "--rm-checkpoint", "rm", "--rm-mode", "weight",
                   "--max-val-pairs", "0", run_name="w", max_steps=1)
     card = run(cfg)

@@ -98,7 +98,7 @@ def rows_of(path: Path) -> list[tuple]:
 
 
 def test_evaluator_two_processes_write_what_one_writes(world, tmp_path):
-    from factuality.evaluation import EvalConfig, run
+    from factuality.stages.evaluate import EvalConfig, run
 
     one = run(parse_config(EvalConfig, eval_args(world, tmp_path / "one")))
     launch("evaluate_sft.py", eval_args(world, tmp_path / "two"), tmp_path, port=29611)
@@ -119,7 +119,7 @@ def test_a_part_left_by_a_dead_rank_is_reused(world, tmp_path, monkeypatch):
     """A two-process run killed after rank 1 wrote some rows: the next run (one process here) folds
     those rows into the predictions file and generates only the rest."""
     from factuality import generation
-    from factuality.evaluation import EvalConfig, run
+    from factuality.stages.evaluate import EvalConfig, run
 
     run(parse_config(EvalConfig, eval_args(world, tmp_path / "ref")))
     ref = rows_of(tmp_path / "ref" / "eval_results.predictions.jsonl")
@@ -183,7 +183,7 @@ def prefs_args(world, out: Path) -> list[str]:
 
 
 def test_make_prefs_generation_two_processes_write_what_one_writes(world, tmp_path):
-    from factuality.prefs import STAGE, run
+    from factuality.stages.prefs import STAGE, run
 
     one = run(parse_config(STAGE.config, prefs_args(world, tmp_path / "one")))
     launch("make_prefs.py", prefs_args(world, tmp_path / "two"), tmp_path, port=29612)
@@ -196,7 +196,7 @@ def test_make_prefs_generation_two_processes_write_what_one_writes(world, tmp_pa
 
 
 def test_make_prefs_judge_refuses_several_processes(world, monkeypatch):
-    from factuality.prefs import STAGE, _check
+    from factuality.stages.prefs import STAGE, _check
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     cfg = parse_config(STAGE.config, prefs_args(world, world["dir"] / "x"))
@@ -263,9 +263,9 @@ def test_vllm_backend_is_a_clear_error_where_it_cannot_run(world, tmp_path):
 
     import torch
 
-    from factuality.evaluation import EvalConfig, run
-    from factuality.prefs import STAGE
-    from factuality.prefs import run as prefs_run
+    from factuality.stages.evaluate import EvalConfig, run
+    from factuality.stages.prefs import STAGE
+    from factuality.stages.prefs import run as prefs_run
 
     if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
         pytest.skip("vllm and a GPU are here: the backend runs (see the comparison test)")
@@ -282,7 +282,7 @@ def test_vllm_backend_is_a_clear_error_where_it_cannot_run(world, tmp_path):
 @pytest.mark.skipif(not (shutil.which("nvidia-smi") and __import__("importlib").util.find_spec("vllm")),
                     reason="needs a CUDA GPU and the vllm package")
 def test_vllm_greedy_outputs_match_transformers(world):
-    from factuality.evaluation import EvalConfig
+    from factuality.stages.evaluate import EvalConfig
     from factuality.modeling import load_model, load_tokenizer
     from factuality.prompts import render_prompt
     from factuality.vllm_backend import VllmEngine, compare_backends

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from factuality.config import ConfigError
-from factuality.pipeline import PipelineConfig, run, steps_for
+from factuality.stages.pipeline import PipelineConfig, run, steps_for
 
 
 @pytest.fixture()

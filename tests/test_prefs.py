@@ -17,7 +17,7 @@ import pytest
 from factuality.config import ConfigError, parse_config
 from factuality.judge import VERIFIER_WEIGHTS, Judge, verifier_score
 from factuality.perturb import KINDS
-from factuality.prefs import (CANDIDATE, STAGE, Candidate, generate_phase, good_sources, hard_candidates,
+from factuality.stages.prefs import (CANDIDATE, STAGE, Candidate, generate_phase, good_sources, hard_candidates,
                               plan_generation, run, select_pairs)
 from factuality.prompts import dump_output, gold_output
 from factuality.records import EXAMPLE, PREFERENCE, RecordError, read_jsonl, write_jsonl
@@ -257,7 +257,7 @@ def judge(tiny_model_dir):
 
 
 def test_pairwise_judge_is_order_symmetric(judge):
-    from factuality.prefs import _apply_judge, _judge_requests
+    from factuality.stages.prefs import _apply_judge, _judge_requests
 
     j = judge["pairwise"]
     ex = make_example(0, source="nq")

@@ -197,6 +197,6 @@ def test_unknown_config_key_is_an_error(tmp_path):
 
 
 def test_data_yaml_matches_build_config():
-    from factuality.build import BuildConfig
+    from factuality.stages.build import BuildConfig
     cfg = parse_config(BuildConfig, ["-c", "configs/data.yaml"])
     assert cfg == BuildConfig()

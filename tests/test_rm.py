@@ -39,7 +39,7 @@ def write_examples(d: Path, n_train: int = 24, n_val: int = 8) -> Path:
 def make_pairs(d: Path, tiny_model_dir: Path, n_train: int = 30, n_val: int = 12) -> Path:
     """Synthetic pairs of the hand-made examples, written through records.PREFERENCE."""
     from factuality.modeling import load_tokenizer
-    from factuality.reward import synthetic_pairs
+    from factuality.stages.reward import synthetic_pairs
 
     data = write_examples(d)
     tok = load_tokenizer(str(tiny_model_dir))
@@ -53,7 +53,7 @@ def make_pairs(d: Path, tiny_model_dir: Path, n_train: int = 30, n_val: int = 12
 
 
 def tiny_cfg(d: Path, tiny_model_dir: Path, *argv, **overrides):
-    from factuality.reward import RM_SPEC
+    from factuality.stages.reward import RM_SPEC
 
     base = dict(model_name_or_path=str(tiny_model_dir), pairs_path=str(d / "prefs" / "preferences_test.jsonl"),
                 probe_data=str(d / "data" / "processed" / "val.jsonl"), feature_cache_dir=str(d / "cache"),
@@ -65,7 +65,7 @@ def tiny_cfg(d: Path, tiny_model_dir: Path, *argv, **overrides):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_dir):
     """One training run on the tiny model, shared by the tests that read its outputs."""
-    from factuality.reward import run
+    from factuality.stages.reward import run
 
     d = tmp_path_factory.mktemp("rm")
     make_pairs(d, tiny_model_dir)
@@ -77,7 +77,7 @@ def trained(tmp_path_factory, tiny_model_dir):
 def test_bt_loss_by_hand():
     import torch
 
-    from factuality.reward import bt_loss
+    from factuality.stages.reward import bt_loss
 
     c, r = torch.tensor([2.0, 0.0, -1.0]), torch.tensor([0.0, 0.0, 1.0])
     want = np.mean([math.log(1 + math.exp(-2)), math.log(2), math.log(1 + math.exp(2))])
@@ -92,7 +92,7 @@ def test_bt_loss_by_hand():
 
 
 def test_pair_metrics_by_hand():
-    from factuality.reward import expected_calibration_error, pair_metrics
+    from factuality.stages.reward import expected_calibration_error, pair_metrics
 
     c = np.array([2.0, 1.0, 0.0, 0.5])
     r = np.array([0.0, 1.5, -1.0, 0.5])
@@ -112,7 +112,7 @@ def test_pair_metrics_by_hand():
 
 
 def test_probe_table_by_hand():
-    from factuality.reward import Probe, probe_table
+    from factuality.stages.reward import Probe, probe_table
 
     probes = [Probe("a", "honest", "p", "x"), Probe("a", "cite_all", "p", "y"), Probe("a", "unknown_id", "p", "z"),
               Probe("b", "honest", "q", "x"), Probe("b", "cite_all", "q", "y")]
@@ -129,7 +129,7 @@ def test_probe_table_by_hand():
 
 # ------------------------------------------------------------------ pairs and their checks
 def test_synthetic_pairs_follow_the_contract_and_keep_splits_apart(tmp_path, tiny_model_dir):
-    from factuality.reward import read_pairs
+    from factuality.stages.reward import read_pairs
 
     path = make_pairs(tmp_path, tiny_model_dir)
     train, val = read_pairs(path)
@@ -142,7 +142,7 @@ def test_synthetic_pairs_follow_the_contract_and_keep_splits_apart(tmp_path, tin
 
 
 def test_bad_pairs_are_refused_with_file_line_and_field(tmp_path, tiny_model_dir):
-    from factuality.reward import read_pairs
+    from factuality.stages.reward import read_pairs
 
     path = make_pairs(tmp_path, tiny_model_dir)
     rows = read_jsonl(path, PREFERENCE)
@@ -169,7 +169,7 @@ def test_bad_pairs_are_refused_with_file_line_and_field(tmp_path, tiny_model_dir
 
 
 def test_augment_pairs_add_training_pairs_of_unused_training_examples_only(tmp_path, tiny_model_dir):
-    from factuality.reward import read_inputs, read_pairs
+    from factuality.stages.reward import read_inputs, read_pairs
 
     path = make_pairs(tmp_path, tiny_model_dir)
     train, val = read_pairs(path)
@@ -203,7 +203,7 @@ def test_augment_pairs_add_training_pairs_of_unused_training_examples_only(tmp_p
 
 
 def test_probes_come_from_the_val_pairs_when_there_is_no_probe_file(tmp_path, tiny_model_dir):
-    from factuality.reward import PROBE_KINDS, make_probes, probe_examples, read_pairs
+    from factuality.stages.reward import PROBE_KINDS, make_probes, probe_examples, read_pairs
 
     path = make_pairs(tmp_path, tiny_model_dir)
     train, val = read_pairs(path)
@@ -220,7 +220,7 @@ def test_probes_come_from_the_val_pairs_when_there_is_no_probe_file(tmp_path, ti
 
 
 def test_configs_rm_yaml_is_the_notebooks_file(tmp_path):
-    from factuality.reward import RM_SPEC
+    from factuality.stages.reward import RM_SPEC
 
     ours = parse_config(RM_SPEC, ["-c", str(ROOT / "configs" / "rm.yaml")]).to_dict()
     notebook = parse_config(RM_SPEC, ["-c", str(NOTEBOOK_RM)]).to_dict()
@@ -229,7 +229,7 @@ def test_configs_rm_yaml_is_the_notebooks_file(tmp_path):
 
 
 def test_no_pairs_file_is_a_clear_error(tmp_path, tiny_model_dir, monkeypatch):
-    from factuality.reward import run
+    from factuality.stages.reward import run
 
     monkeypatch.chdir(tmp_path)
     cfg = tiny_cfg(tmp_path, tiny_model_dir, pairs_path=None)
@@ -238,7 +238,7 @@ def test_no_pairs_file_is_a_clear_error(tmp_path, tiny_model_dir, monkeypatch):
 
 
 def test_pairs_path_default_is_the_newest_file_and_data_path_is_its_other_name(tmp_path, tiny_model_dir):
-    from factuality.reward import newest_pairs_file
+    from factuality.stages.reward import newest_pairs_file
 
     path = make_pairs(tmp_path, tiny_model_dir)
     older = path.with_name("preferences_older.jsonl")
@@ -255,7 +255,7 @@ def test_the_feature_pass_stops_at_the_last_hidden_state(tiny_model_dir):
     import torch
 
     from factuality.modeling import ModelOptions, load_model, load_tokenizer
-    from factuality.reward import Tokens, extract_features, load_body
+    from factuality.stages.reward import Tokens, extract_features, load_body
 
     opts = ModelOptions(model_name_or_path=str(tiny_model_dir), dtype="float32")
     body = load_body(opts)
@@ -274,7 +274,7 @@ def test_the_feature_pass_stops_at_the_last_hidden_state(tiny_model_dir):
 @pytest.mark.parametrize("arch", ["llama", "gemma2"])
 def test_shared_prompt_features_equal_full_forward_passes(tmp_path, tiny_model_dir, arch):
     from factuality.modeling import ModelOptions, load_tokenizer
-    from factuality.reward import Tokens, extract_features, load_body
+    from factuality.stages.reward import Tokens, extract_features, load_body
     from factuality.testing import make_tiny_model
 
     model_dir = tiny_model_dir if arch == "llama" else make_tiny_model(tmp_path / "g2", arch="gemma2")
@@ -289,7 +289,7 @@ def test_shared_prompt_features_equal_full_forward_passes(tmp_path, tiny_model_d
 
 
 def test_a_killed_feature_pass_resumes_at_the_first_missing_shard(tmp_path, tiny_model_dir, monkeypatch):
-    import factuality.reward as reward
+    import factuality.stages.reward as reward
     from factuality.modeling import ModelOptions, load_tokenizer
 
     body = reward.load_body(ModelOptions(model_name_or_path=str(tiny_model_dir), dtype="float32"))
@@ -350,7 +350,7 @@ def test_run_writes_the_report_the_notebook_reads(trained):
     card = json.loads((run_dir / "run_card.json").read_text())
     assert card["pairs"]["train"] == 30 and card["features"]["train"]["computed_rows"] > 0
     # the resolved config loads back to the same options
-    from factuality.reward import RM_SPEC
+    from factuality.stages.reward import RM_SPEC
 
     again = parse_config(RM_SPEC, ["-c", str(run_dir / "config.yaml")])
     first = tiny_cfg(d, result["card"]["config"]["model"]["model_name_or_path"], plots=True)
@@ -360,7 +360,7 @@ def test_run_writes_the_report_the_notebook_reads(trained):
 
 
 def test_the_base_weights_do_not_change(tmp_path, tiny_model_dir, monkeypatch):
-    import factuality.reward as reward
+    import factuality.stages.reward as reward
 
     make_pairs(tmp_path, tiny_model_dir)
     bodies = []
@@ -385,7 +385,7 @@ def test_saved_model_scores_as_in_training_with_full_forward_passes(trained, tin
     import torch
     from safetensors.torch import load_file
 
-    from factuality.reward import (HEAD_WEIGHTS, eval_inputs, head_scores, load_reward_model, new_head, read_inputs,
+    from factuality.stages.reward import (HEAD_WEIGHTS, eval_inputs, head_scores, load_reward_model, new_head, read_inputs,
                                    read_pairs)
     from factuality.penalties import PenaltyOptions, penalty_matrix, weight_vector
 
@@ -417,7 +417,7 @@ def test_saved_model_scores_as_in_training_with_full_forward_passes(trained, tin
 
 
 def test_validate_only_reproduces_the_saved_metrics(trained, tiny_model_dir):
-    from factuality.reward import run
+    from factuality.stages.reward import run
 
     d, _ = trained
     res = run(tiny_cfg(d, tiny_model_dir, "--validate-only", "--checkpoint", "best"))
@@ -431,7 +431,7 @@ def test_validate_only_reproduces_the_saved_metrics(trained, tiny_model_dir):
 
 
 def test_a_killed_run_resumes_to_the_same_result(tmp_path, tiny_model_dir, caplog):
-    from factuality.reward import run
+    from factuality.stages.reward import run
 
     make_pairs(tmp_path, tiny_model_dir)
     run(tiny_cfg(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "whole")))
@@ -445,7 +445,7 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path, tiny_model_dir, caplo
     assert (tmp_path / "cut" / "checkpoint-12").exists() and not (tmp_path / "cut" / "final").exists()
     with pytest.raises(FileExistsError, match="pass --resume to continue it"):
         run(tiny_cfg(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "cut")))
-    with caplog.at_level("INFO", logger="factuality.reward"):
+    with caplog.at_level("INFO", logger="factuality.stages.reward"):
         res = run(tiny_cfg(tmp_path, tiny_model_dir, "--resume", output_dir=str(tmp_path / "cut")))
     assert "resumed from" in caplog.text and res["card"]["resumed_from"].endswith("checkpoint-12")
     a = json.loads((tmp_path / "whole" / "training_history.json").read_text())
@@ -463,7 +463,7 @@ def test_notebook_rm_yaml_verbatim_runs_on_the_tiny_model(tmp_path, tiny_model_d
     """configs from the notebook as written; only the base model is replaced. Its relative paths
     (output_dir checkpoints/rm, the newest prefs/preferences_*.jsonl, data/processed/val.jsonl) are
     the tmp dir's."""
-    from factuality.reward import RM_SPEC, run
+    from factuality.stages.reward import RM_SPEC, run
 
     make_pairs(tmp_path, tiny_model_dir)
     monkeypatch.chdir(tmp_path)
@@ -491,7 +491,7 @@ def test_notebook_rm_yaml_verbatim_runs_on_the_tiny_model(tmp_path, tiny_model_d
 
 
 def test_lora_option_trains_with_trl_and_scores(tmp_path, tiny_model_dir):
-    from factuality.reward import load_reward_model, read_pairs, run
+    from factuality.stages.reward import load_reward_model, read_pairs, run
 
     make_pairs(tmp_path, tiny_model_dir, n_train=8, n_val=4)
     cfg = tiny_cfg(tmp_path, tiny_model_dir, use_peft=True, lora_r=4, lora_alpha=8, lora_target_modules="q_proj,v_proj",

@@ -1,5 +1,5 @@
 """SFT on the tiny random model: masking in the real collated batch, LoRA-only updates, 4-bit,
-config errors, resume, evidence-side truncation. Tests drive factuality.sft.main() directly."""
+config errors, resume, evidence-side truncation. Tests drive factuality.stages.sft.main() directly."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,7 @@ from factuality.prompts import (
     tokenize_prompt,
 )
 from factuality.records import EXAMPLE, write_jsonl
-from factuality.sft import (
+from factuality.stages.sft import (
     IGNORE_INDEX,
     SFT_SPEC,
     build_dataset,
@@ -213,7 +213,7 @@ def test_truncation_never_cuts_the_answer_and_is_counted(tiny_model_dir, caplog)
     cfg_tok = __import__("factuality.modeling").modeling.load_tokenizer(str(tiny_model_dir))
     examples = [long_example(), long_example(answerable=False), make_example(3), long_example(question="why " * 600)]
     max_length = 460  # the short make_example fits whole; the long ones do not
-    with caplog.at_level("INFO", logger="factuality.sft"):
+    with caplog.at_level("INFO", logger="factuality.stages.sft"):
         ds, stats = build_dataset(examples, cfg_tok, max_length, DEFAULT_TEMPLATES)
     assert stats.examples == 4 and stats.kept == 3 and stats.too_long == 1, stats
     assert stats.too_long_ids == [examples[3]["id"]]

@@ -15,7 +15,7 @@ import torch
 
 from factuality.config import parse_config
 from factuality.records import EXAMPLE, KILL_AT_ENV, write_jsonl
-from factuality.sft import SFT_SPEC, find_last_checkpoint, run
+from factuality.stages.sft import SFT_SPEC, find_last_checkpoint, run
 from factuality.testing import make_example
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -77,7 +77,7 @@ def test_incomplete_newest_checkpoint_falls_back_to_the_previous_one(setup, capl
     run(parse_config(SFT_SPEC, args))
     (run_dir / "run_card.json").unlink()                      # as if killed before the end ...
     (run_dir / "checkpoint-12" / "trainer_state.json").write_text('{"global_ste')   # ... while saving 12
-    with caplog.at_level("WARNING", logger="factuality.sft"):
+    with caplog.at_level("WARNING", logger="factuality.stages.sft"):
         card = run(parse_config(SFT_SPEC, args + ["--resume"]))
     assert card["resumed_from"].endswith("checkpoint-8") and card["global_step"] == 12
     assert "checkpoint-12 is incomplete" in caplog.text

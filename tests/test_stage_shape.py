@@ -15,7 +15,7 @@ import yaml
 
 from factuality.config import ConfigError, coerce, fields_of, load_yaml, parse_config
 from factuality.records import EXAMPLE, write_jsonl
-from factuality.sft import SFT_SPEC
+from factuality.stages.sft import SFT_SPEC
 from factuality.testing import make_example
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ def test_notebook_sft_yaml_is_read_with_one_line_per_renamed_key(caplog):
 def test_notebook_sft_yaml_verbatim_trains_the_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
     write_data(tmp_path)
     monkeypatch.chdir(tmp_path)  # its data paths are relative: data/processed/{train,val}.jsonl
-    from factuality.sft import run
+    from factuality.stages.sft import run
 
     cfg = parse_config(SFT_SPEC, ["-c", str(NOTEBOOK_SFT)], model_name_or_path=str(tiny_model_dir),
                        output_dir=str(tmp_path / "out"))
@@ -119,7 +119,7 @@ def test_bad_values_name_file_and_key(tmp_path, text, match):
 
 
 def test_saved_run_config_loads_back_to_the_same_options(tiny_model_dir, tmp_path):
-    from factuality.sft import flat_config
+    from factuality.stages.sft import flat_config
 
     cfg = parse_config(SFT_SPEC, ["-c", str(ROOT / "configs" / "sft_cpu.yaml"), "--neftune-noise-alpha", "5"])
     path = tmp_path / "config.yaml"

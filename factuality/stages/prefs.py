@@ -56,19 +56,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from . import dist
-from .cli import Stage
-from .config import ConfigError, Part, StageSpec, to_dict
-from .generation import DECODE_MODES, PREFILL_MODES
-from .judge import (JUDGE_METHODS, JUDGE_MODES, VERIFIER_WEIGHTS, VERIFIERS, Judge, check_weights, combine,
+from .. import dist
+from ..cli import Stage
+from ..config import ConfigError, Part, StageSpec, to_dict
+from ..generation import DECODE_MODES, PREFILL_MODES
+from ..judge import (JUDGE_METHODS, JUDGE_MODES, VERIFIER_WEIGHTS, VERIFIERS, Judge, check_weights, combine,
                     pointwise_messages, render_judge_prompt, text_key, verifier_score)
-from .judge import templates_hash as judge_templates_hash
-from .modeling import EMBEDDED_MODEL, ModelOptions
-from .perturb import KINDS, check_kinds, perturbations
-from .prompts import PromptTemplates, dump_output, fit_evidence, gold_output, parse_output, render_prompt
-from .records import (SCHEMA_VERSION, Contract, JsonlAppender, PREFERENCE, RecordError, atomic_write_json,
+from ..judge import templates_hash as judge_templates_hash
+from ..modeling import EMBEDDED_MODEL, ModelOptions
+from ..perturb import KINDS, check_kinds, perturbations
+from ..prompts import PromptTemplates, dump_output, fit_evidence, gold_output, parse_output, render_prompt
+from ..records import (SCHEMA_VERSION, Contract, JsonlAppender, PREFERENCE, RecordError, atomic_write_json,
                       read_examples, read_json, read_jsonl, sha256_file, sha256_text, write_jsonl)
-from .vllm_backend import BackendOptions
+from ..vllm_backend import BackendOptions
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +330,7 @@ def sample_seed(seed: int, example_id: str, origin: str) -> int:
 
 def plan_generators(cfg) -> tuple[dict, dict, list[dict]]:
     """(sft system, base system, adapters) in evaluation.ModelPool's terms."""
-    from .evaluation import resolve_models
+    from .evaluate import resolve_models
 
     name = str(cfg.sft_model)
     if not Path(name).expanduser().exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
@@ -353,7 +353,7 @@ def _templates_for(cfg, sft: Mapping) -> tuple[PromptTemplates, str]:
 
 
 def _load_settings(cfg) -> dict:
-    from .modeling import resolve_dtype
+    from ..modeling import resolve_dtype
 
     out = {"dtype": str(resolve_dtype(cfg.dtype)).replace("torch.", ""), "load_in_8bit": cfg.load_in_8bit,
            "load_in_4bit": cfg.load_in_4bit, "attn_implementation": cfg.attn_implementation}
@@ -366,7 +366,7 @@ def _load_settings(cfg) -> dict:
 
 def generation_payload(cfg, data_info: Sequence[Mapping], sft: Mapping, templates: PromptTemplates) -> dict:
     """Everything that determines the candidates (module docstring); its hash is the cache's signature."""
-    from .evaluation import _fingerprint_model, fingerprint_hash, model_fingerprint, templates_hash
+    from .evaluate import _fingerprint_model, fingerprint_hash, model_fingerprint, templates_hash
 
     sampling = cfg.temperature > 0
     return {
@@ -386,7 +386,7 @@ def generation_payload(cfg, data_info: Sequence[Mapping], sft: Mapping, template
 
 
 def signature_of(payload: Mapping) -> str:
-    from .evaluation import signature
+    from .evaluate import signature
 
     return signature(payload)
 
@@ -403,7 +403,7 @@ def _fit_prompts(examples: Sequence[dict], tok, cfg, templates: PromptTemplates)
     """PROMPT_ROWs of the examples whose prompt fits max_input_tokens, and the ids of those that do not."""
     from tqdm.auto import tqdm
 
-    from .prompts import tokenize_prompt
+    from ..prompts import tokenize_prompt
 
     rows, too_long = [], []
     for e in tqdm(examples, desc="fitting evidence", disable=not cfg.progress or len(examples) < 200, leave=False):
@@ -450,12 +450,12 @@ def plan_generation(cfg) -> GenerationPlan:
 
 def generate_phase(cfg) -> dict:
     """Phase 1: fill (or reuse) the generation cache; returns its manifest."""
-    from .evaluation import ModelPool, append_generations
-    from .modeling import load_tokenizer
-    from .prompts import tokenize_prompt
-    from .provenance import set_seed
+    from .evaluate import ModelPool, append_generations
+    from ..modeling import load_tokenizer
+    from ..prompts import tokenize_prompt
+    from ..provenance import set_seed
 
-    from .vllm_backend import check_available
+    from ..vllm_backend import check_available
 
     check_available(cfg.backend, dist.world_size())
     set_seed(cfg.seed)
@@ -785,8 +785,8 @@ def select_pairs(cands: Sequence[Candidate], min_margin: float, pairs_per_prompt
 # Phase 2: judge
 # --------------------------------------------------------------------------------------------
 def _load_judge(cfg):
-    from .evaluation import _model_options
-    from .modeling import load_model, pick_device
+    from .evaluate import _model_options
+    from ..modeling import load_model, pick_device
 
     opts = dataclasses.replace(_model_options(cfg, cfg.judge_model), load_in_8bit=cfg.judge_use_8bit,
                                load_in_4bit=cfg.judge_use_4bit)
@@ -799,8 +799,8 @@ def _load_judge(cfg):
 def judge_signature(cfg, gen_sig: str, tokenizer) -> tuple[str, dict]:
     """Hash of what determines the judge's verdicts: its weights, loading, method, prompt templates
     and how its tokenizer spells the labels (the judge cache is keyed by it)."""
-    from .evaluation import _fingerprint_model, fingerprint_hash
-    from .judge import SCORES, SIDES, space_before_labels, verdict_token_ids
+    from .evaluate import _fingerprint_model, fingerprint_hash
+    from ..judge import SCORES, SIDES, space_before_labels, verdict_token_ids
 
     labels = SCORES if cfg.judge_method == "pointwise" else SIDES
     payload = {"stage": "make_prefs.judge", "generation": gen_sig, "method": cfg.judge_method,
@@ -852,7 +852,7 @@ def judge_phase(cfg, explicit: set[str]) -> dict:
     """Phase 2: score the cached candidates, make and write the pairs and their statistics."""
     from tqdm.auto import tqdm
 
-    from .provenance import run_card, set_seed
+    from ..provenance import run_card, set_seed
 
     set_seed(cfg.seed)
     t0 = time.time()
@@ -893,7 +893,7 @@ def judge_phase(cfg, explicit: set[str]) -> dict:
     judge_info: dict[str, Any] = {"mode": cfg.judge_mode}
     judge = None
     if cfg.judge_mode != "verifiers":
-        from .modeling import load_tokenizer
+        from ..modeling import load_tokenizer
 
         tok = load_tokenizer(cfg.judge_model, padding_side="left", trust_remote_code=cfg.trust_remote_code)
         jsig, jpayload = judge_signature(cfg, gen_sig, tok)
@@ -970,7 +970,7 @@ def judge_phase(cfg, explicit: set[str]) -> dict:
 
 def _add_rationales(cfg, judge: Judge, kept_pairs) -> None:
     """The judge's explanation of each kept candidate (generated text; scores never come from it)."""
-    from .generation import generate
+    from ..generation import generate
 
     cands, prompts = [], []
     for row, ex, pair, _ in kept_pairs:

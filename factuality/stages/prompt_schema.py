@@ -11,8 +11,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ConfigError
-from .prompts import (
+from ..config import ConfigError
+from ..prompts import (
     OUTPUT_SCHEMA,
     REFUSAL_ANSWER,
     PromptTemplates,
@@ -21,7 +21,7 @@ from .prompts import (
     parse_output,
     render_prompt,
 )
-from .records import RecordError, atomic_write_text, read_examples
+from ..records import RecordError, atomic_write_text, read_examples
 
 COMMANDS = ("save", "test", "render", "parse", "schema")
 
@@ -151,7 +151,7 @@ def run_tests(cases=CASES, out=None) -> int:
 
 
 def example_for_docs() -> dict:
-    from .testing import make_example
+    from ..testing import make_example
 
     return make_example(7, source="hotpotqa", gold_position=1)
 
@@ -183,7 +183,7 @@ def save(prompts_dir: str | Path, model: str | None = None) -> list[Path]:
 
 
 def _tokenizer(model: str):
-    from .modeling import load_tokenizer
+    from ..modeling import load_tokenizer
 
     return load_tokenizer(model)
 
@@ -208,7 +208,7 @@ def render(data: str | None, index: int, model: str | None, prompts_dir: str | N
     lines = [f"# example {ex['id']} (answerable={ex['answerable']}, support={[s['chunk_id'] for s in ex['support']]})",
              prompt if prompt.endswith("\n") else prompt + "\n"]
     if tok is not None:
-        from .prompts import tokenize_prompt
+        from ..prompts import tokenize_prompt
 
         lines.append(f"# {len(tokenize_prompt(tok, prompt))} prompt tokens ({model})")
     lines.append(f"# gold target: {gold_target(ex)}")
@@ -239,7 +239,7 @@ def run(cfg: PromptSchemaConfig) -> dict:
 
 
 def _stage():
-    from .cli import Stage
+    from ..cli import Stage
 
     return Stage("prompt_schema", PromptSchemaConfig, run, lambda r: r.get("output", ""))
 

@@ -27,10 +27,10 @@ from typing import Any
 
 import yaml
 
-from . import dist, heads
-from .cli import Stage
-from .config import ConfigError, LazySpec, Part, StageSpec, to_dict
-from .modeling import (
+from .. import dist, heads
+from ..cli import Stage
+from ..config import ConfigError, LazySpec, Part, StageSpec, to_dict
+from ..modeling import (
     ModelOptions,
     base_model_id,
     is_embedded,
@@ -39,15 +39,15 @@ from .modeling import (
     model_summary,
     resolve_dtype,
 )
-from .prompts import (
+from ..prompts import (
     PromptTemplates,
     completion_text,
     fit_evidence,
     render_prompt,
     tokenize_prompt,
 )
-from .provenance import run_card, set_seed, write_run_card
-from .records import (
+from ..provenance import run_card, set_seed, write_run_card
+from ..records import (
     apply_umask,
     atomic_write_json,
     atomic_write_text,
@@ -57,7 +57,7 @@ from .records import (
     sha256_text,
 )
 
-log = logging.getLogger("factuality.sft")
+log = logging.getLogger("factuality.stages.sft")
 
 IGNORE_INDEX = -100
 BATCHING = ("group_by_length", "padded", "padding_free", "packed")

@@ -11,7 +11,7 @@ standardised features (the notebook's choice); `use_peft: true` trains LoRA on t
 TRL's RewardTrainer instead. The penalties (factuality/penalties.py) read only the prompt and the
 response, so the reward model scores new data without gold:
 
-    from factuality.reward import load_reward_model
+    from factuality.stages.reward import load_reward_model
     rm = load_reward_model("checkpoints/rm/best")
     rm.score(prompts, responses)          # list[float], penalised rewards
 
@@ -76,25 +76,25 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import yaml
 
-from . import dist
-from .cli import Stage
-from .config import ConfigError, LazySpec, Part, StageSpec, fields_of, to_dict
-from .generation import common_prefix_len
-from .metrics import ECE_BINS, _ece, answer_supported, score_example
-from .modeling import (ModelOptions, ModelLoadError, base_model_id, bnb_config, load_model,
+from .. import dist
+from ..cli import Stage
+from ..config import ConfigError, LazySpec, Part, StageSpec, fields_of, to_dict
+from ..generation import common_prefix_len
+from ..metrics import ECE_BINS, _ece, answer_supported, score_example
+from ..modeling import (ModelOptions, ModelLoadError, base_model_id, bnb_config, load_model,
                        load_tokenizer, model_summary, pick_device, resolve_attn_implementation, resolve_dtype,
                        resolve_model_path)
-from .penalties import (PENALTIES, PenaltyOptions, PromptFormatError, parse_prompt, penalty_matrix, weight_vector,
+from ..penalties import (PENALTIES, PenaltyOptions, PromptFormatError, parse_prompt, penalty_matrix, weight_vector,
                         weights_from)
-from .perturb import KINDS, check_kinds, perturb, perturbations
-from .prompts import PromptTemplates, dump_output, fit_evidence, gold_output, render_prompt, tokenize_prompt
-from .provenance import run_card, set_seed, write_run_card
-from .records import (PREFERENCE, SCHEMA_VERSION, Contract, RecordError, atomic_dir, atomic_write_bytes,
+from ..perturb import KINDS, check_kinds, perturb, perturbations
+from ..prompts import PromptTemplates, dump_output, fit_evidence, gold_output, render_prompt, tokenize_prompt
+from ..provenance import run_card, set_seed, write_run_card
+from ..records import (PREFERENCE, SCHEMA_VERSION, Contract, RecordError, atomic_dir, atomic_write_bytes,
                       atomic_write_json, atomic_write_text, fault_point, read_examples, read_jsonl, sha256_file,
                       sha256_json, write_jsonl)
 from .sft import check_run_dir, clear_run_dir, lora_config, prepare_training_values
 
-log = logging.getLogger("factuality.reward")
+log = logging.getLogger("factuality.stages.reward")
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_CONFIG = "reward_model.json"
@@ -362,7 +362,7 @@ def fitted_prompt(example: Mapping, tokenizer, templates: PromptTemplates, max_p
 
 
 def _prose(example: Mapping, rng: random.Random) -> str:
-    from .perturb import distractor_entity
+    from ..perturb import distractor_entity
 
     if example["answerable"]:
         a = example["answers"][0]
@@ -708,7 +708,7 @@ def extract_features(body, tokens: Tokens, prompts: Sequence[str], responses: Se
 
 def model_key(opts: ModelOptions) -> dict:
     """What determines a frozen base's features: the model files (or hub name) and how it is loaded."""
-    from .evaluation import fingerprint_hash, model_fingerprint
+    from .evaluate import fingerprint_hash, model_fingerprint
 
     try:
         path = resolve_model_path(opts.model_name_or_path)
@@ -729,7 +729,7 @@ def model_key(opts: ModelOptions) -> dict:
 
 
 def feature_cache_root(cfg) -> Path:
-    from .modeling import cache_dir
+    from ..modeling import cache_dir
 
     return Path(cfg.run.feature_cache_dir) if cfg.run.feature_cache_dir else cache_dir() / "rm_features"
 

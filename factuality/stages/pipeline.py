@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .config import ConfigError
-from .records import atomic_write_json, atomic_write_text, sha256_file, sha256_json
+from ..config import ConfigError
+from ..records import atomic_write_json, atomic_write_text, sha256_file, sha256_json
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -225,7 +225,7 @@ def _read_json(pattern: str) -> dict | None:
 
 def final_summary(report: list[dict]) -> str:
     """The table of base / SFT / DPO, the reward model's AUC and probes, and the step times."""
-    from .report import format_comparison_table
+    from ..report import format_comparison_table
 
     parts: list[str] = []
     results = _read_json("runs/eval-pipeline/eval_results.json")
@@ -260,7 +260,7 @@ def summarize(result: dict) -> str:
 
 
 def _stage():
-    from .cli import Stage
+    from ..cli import Stage
 
     return Stage("pipeline", PipelineConfig, run, summarize)
 

@@ -22,13 +22,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from . import dist
-from .config import ConfigError, to_dict
-from .generation import PREFILL_MODES
-from .metrics import BootstrapSpec, bucket_labels, check_boundaries
-from .modeling import EMBEDDED_MODEL, ModelOptions
-from .prompts import PROMPT_FORMAT_VERSION, PromptTemplates, parse_output, render_prompt
-from .records import (
+from .. import dist
+from ..config import ConfigError, to_dict
+from ..generation import PREFILL_MODES
+from ..metrics import BootstrapSpec, bucket_labels, check_boundaries
+from ..modeling import EMBEDDED_MODEL, ModelOptions
+from ..prompts import PROMPT_FORMAT_VERSION, PromptTemplates, parse_output, render_prompt
+from ..records import (
     SCHEMA_VERSION,
     Contract,
     JsonlAppender,
@@ -40,7 +40,7 @@ from .records import (
     sha256_file,
     sha256_json,
 )
-from .report import (  # noqa: F401
+from ..report import (  # noqa: F401
     comparison_rows,
     compute_metrics,
     format_comparison_table,
@@ -48,8 +48,8 @@ from .report import (  # noqa: F401
     rescore,
     write_plots,
 )
-from .text import approx_tokens
-from .vllm_backend import BackendOptions
+from ..text import approx_tokens
+from ..vllm_backend import BackendOptions
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ def signature(payload: Mapping) -> str:
 # --------------------------------------------------------------------------------------------
 def prediction_row(example: Mapping, tag: str, raw_output: str, prompt_tokens: int, output_tokens: int | None,
                    sig: str, stopped: bool | None = None) -> dict:
-    from .metrics import score_example
+    from ..metrics import score_example
 
     parsed = parse_output(raw_output, [c["id"] for c in example["evidence"]])
     row = {"schema_version": SCHEMA_VERSION, "id": example["id"], "model_tag": tag, "raw_output": raw_output,
@@ -368,14 +368,14 @@ def plan_systems(cfg) -> tuple[list[dict], list[tuple[str, str]]]:
 def _model_options(cfg, name: str):
     from dataclasses import fields, replace
 
-    from .modeling import ModelOptions
+    from ..modeling import ModelOptions
 
     opts = ModelOptions(**{f.name: getattr(cfg, f.name) for f in fields(ModelOptions) if hasattr(cfg, f.name)})
     return replace(opts, model_name_or_path=name)
 
 
 def _load(cfg, name: str, adapter: str | None = None):
-    from .modeling import load_model, pick_device
+    from ..modeling import load_model, pick_device
 
     model = load_model(_model_options(cfg, name), adapter_path=adapter)
     if not (cfg.load_in_4bit or cfg.load_in_8bit):
@@ -384,7 +384,7 @@ def _load(cfg, name: str, adapter: str | None = None):
 
 
 def _fingerprint_model(name: str) -> dict:
-    from .modeling import resolve_model_path
+    from ..modeling import resolve_model_path
 
     try:
         return model_fingerprint(resolve_model_path(name))
@@ -409,7 +409,7 @@ class ModelPool:
         """(model, context manager) to generate as `system`."""
         from contextlib import nullcontext
 
-        from .modeling import load_adapter
+        from ..modeling import load_adapter
 
         if system["adapter"] is None and not system.get("is_base"):
             return self._fresh(("full", system["evaluated"]), lambda: _load(self.cfg, system["evaluated"])), nullcontext()
@@ -432,7 +432,7 @@ class ModelPool:
         """Yield the generations of `todo` (prompt indices) as `system`, batch by batch, from the
         configured backend: generation.iter_generate (transformers) or vllm_backend.VllmEngine."""
         if getattr(self.cfg, "backend", "transformers") == "vllm":
-            from .vllm_backend import VllmEngine
+            from ..vllm_backend import VllmEngine
 
             if system["adapter"] is None and not system.get("is_base"):
                 engine = self._fresh(("vllm", system["evaluated"]),
@@ -445,7 +445,7 @@ class ModelPool:
                 adapter = None if system.get("is_base") else system["tag"]
             yield from engine.iter_generate(tokenizer, prompt_ids, todo, adapter=adapter, **generate_kwargs)
             return
-        from .generation import iter_generate
+        from ..generation import iter_generate
 
         model, ctx = self.context(system, adapters)
         with ctx:
@@ -469,7 +469,7 @@ def append_generations(out: JsonlAppender, make_row, batches, max_batches: int =
 
 def run_evaluation(cfg) -> dict:
     """Generate (or read) predictions of every system, score them, and write results, summary and plots."""
-    from .provenance import run_card, set_seed
+    from ..provenance import run_card, set_seed
 
     set_seed(cfg.seed)
     boundaries = check_boundaries(cfg.buckets)
@@ -509,8 +509,8 @@ def run_evaluation(cfg) -> dict:
         comparisons = _comparisons_for(cfg, list(rows_by_tag))
         tok = None
         if cfg.tokenizer:
-            from .generation import encode_prompts
-            from .modeling import load_tokenizer
+            from ..generation import encode_prompts
+            from ..modeling import load_tokenizer
 
             tok = load_tokenizer(cfg.tokenizer)
             lens = [len(x) for x in encode_prompts(tok, [render_prompt(e, tok, templates) for e in examples])]
@@ -540,9 +540,9 @@ def run_evaluation(cfg) -> dict:
         pred_file = cfg.predictions
     else:
         # ---- generate, appending per batch; a rerun continues where the last one stopped ----
-        from .generation import encode_prompts
-        from .modeling import load_tokenizer
-        from .vllm_backend import check_available
+        from ..generation import encode_prompts
+        from ..modeling import load_tokenizer
+        from ..vllm_backend import check_available
 
         check_available(cfg.backend, dist.world_size())
         systems, comparisons = plan_systems(cfg)
@@ -702,7 +702,7 @@ def summarize(results: Mapping) -> str:
 
 
 def _stage():
-    from .cli import Stage
+    from ..cli import Stage
 
     return Stage("evaluate_sft", EvalConfig, run_evaluation, summarize)
 

@@ -30,7 +30,7 @@ skipped and reported (counted, ids logged and in the run card). Only split == "t
 and split == "val" pairs evaluate; a test pair is refused.
 
 The reward model feeds DPO: with `rm_checkpoint`, `rm_filter` scores both completions of every
-training pair with `factuality.reward.load_reward_model(path).score(prompts, responses)` and keeps
+training pair with `factuality.stages.reward.load_reward_model(path).score(prompts, responses)` and keeps
 the pairs whose score gap (chosen - rejected) is at least `rm_min_gap` (`rm_mode: filter`), or
 keeps them all and samples each with probability proportional to sigmoid(gap), the reward model's
 probability that the label is right (`rm_mode: weight`). Validation pairs are never filtered.
@@ -53,10 +53,10 @@ from typing import Any
 
 import yaml
 
-from . import dist, heads
-from .cli import Stage
-from .config import ConfigError, LazySpec, Part, StageSpec, to_dict
-from .modeling import (
+from .. import dist, heads
+from ..cli import Stage
+from ..config import ConfigError, LazySpec, Part, StageSpec, to_dict
+from ..modeling import (
     ModelOptions,
     base_model_id,
     cache_dir,
@@ -67,7 +67,7 @@ from .modeling import (
     resolve_dtype,
     resolve_model_path,
 )
-from .prompts import (
+from ..prompts import (
     PromptTemplates,
     completion_text,
     fit_evidence,
@@ -76,8 +76,8 @@ from .prompts import (
     render_prompt,
     tokenize_prompt,
 )
-from .provenance import run_card, set_seed, write_run_card
-from .records import (
+from ..provenance import run_card, set_seed, write_run_card
+from ..records import (
     PREFERENCE,
     SCHEMA_VERSION,
     Contract,
@@ -105,7 +105,7 @@ from .sft import (
     save_merged,
 )
 
-log = logging.getLogger("factuality.dpo")
+log = logging.getLogger("factuality.stages.dpo")
 
 RM_MODES = ("filter", "weight")
 # TRL 1.16 DPOTrainer's loss types (`loss_type` takes one or several, weighted by `loss_weights`).
@@ -289,7 +289,7 @@ def rm_filter(pairs: Sequence[dict], scorer, mode: str = "filter", min_gap: floa
               batch_size: int = 16, progress: bool = False) -> tuple[list[dict], dict]:
     """Keep or reweight `pairs` by a reward model's score gap (chosen - rejected).
 
-    `scorer.score(prompts, responses) -> list[float]` (factuality.reward's API; any object with it).
+    `scorer.score(prompts, responses) -> list[float]` (factuality.stages.reward's API; any object with it).
     filter: keep the pairs whose gap >= min_gap (default 0: the reward model does not prefer the
     rejected answer), each with weight 1. weight: keep every pair (those under min_gap dropped when
     it is set), weighted sigmoid(gap). Returns (kept pairs, each a copy with rm_chosen_score,

@@ -30,10 +30,10 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Callable
 
-from . import sources as S
-from .config import to_dict
-from .provenance import run_card, set_seed, write_run_card
-from .records import (
+from .. import sources as S
+from ..config import to_dict
+from ..provenance import run_card, set_seed, write_run_card
+from ..records import (
     EXAMPLE,
     RUN_CARD_NAME,
     SCHEMA_VERSION,
@@ -51,11 +51,11 @@ from .records import (
     stage_outside,
     with_hash,
 )
-from .retrieval import RETRIEVERS, approx_tokens, truncate_to_tokens, window_around_span
-from .sources import Draft
-from .text import normalize_answer
+from ..retrieval import RETRIEVERS, approx_tokens, truncate_to_tokens, window_around_span
+from ..sources import Draft
+from ..text import normalize_answer
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
 MANIFEST_NAME = "raw_manifest.json"
 
@@ -463,7 +463,7 @@ def build(cfg: BuildConfig) -> dict:
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.data_dir) / "processed"
     recover_dir(out_dir)   # finish (or undo) what a killed earlier build left, before anything is read
     if cfg.download:
-        from .download import download_sources
+        from ..download import download_sources
         download_sources(Path(cfg.data_dir) / "raw", [s for s in cfg.sources if s in S.REGISTRY], quiet=cfg.quiet)
     layout = resolve_layout(cfg)
     inputs = discover_inputs(layout.roots, cfg.sources)
@@ -641,7 +641,7 @@ run = main
 
 
 def _stage():
-    from .cli import Stage
+    from ..cli import Stage
 
     return Stage("build_data", BuildConfig, main)
 

@@ -1,0 +1,1 @@
+"""The seven stages and the main job: one module each, side by side."""
