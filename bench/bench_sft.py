@@ -193,7 +193,8 @@ def worker(args) -> dict:
     from factuality.config import parse_config
     from factuality.modeling import load_model, load_tokenizer
     from factuality.prompts import DEFAULT_TEMPLATES, completion_text, render_prompt
-    from factuality.stages.sft import SFT_SPEC, build_dataset, build_trainer, lora_config
+    from factuality.stages.sft import SFT_SPEC, build_dataset, build_trainer
+    from factuality.training import lora_config
 
     torch.manual_seed(0)
     examples = examples_for(args)

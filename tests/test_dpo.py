@@ -19,7 +19,7 @@ from factuality.stages.dpo import (DPO_SPEC, WeightedPairSampler, build_trainer,
                             reference_logps, rm_filter, run, to_dataset, use_cached_reference)
 from factuality.prompts import DEFAULT_TEMPLATES, dump_output, gold_output, render_prompt, tokenize_prompt
 from factuality.records import EXAMPLE, PREFERENCE, RecordError, SCHEMA_VERSION, write_jsonl
-from factuality.stages.sft import find_last_checkpoint
+from factuality.training import find_last_checkpoint
 from factuality.testing import make_example
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import pytest
 
 import evaluate_sft
 from factuality.config import ConfigError, parse_config
-from factuality.stages.evaluate import resolve_models
+from factuality.pool import resolve_models
 from factuality.records import RecordError, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -210,7 +210,8 @@ def test_model_pool_gives_each_system_its_own_weights(adapter_dir, tiny_model_di
     """One base in memory, adapters by name: each system's logits equal a separately loaded model's."""
     import torch
 
-    from factuality.stages.evaluate import ModelPool, plan_systems
+    from factuality.pool import ModelPool
+    from factuality.stages.evaluate import plan_systems
     from factuality.modeling import load_model
 
     dpo_dir = random_adapter(tiny_model_dir, tmp_path / "dpo", seed=1)

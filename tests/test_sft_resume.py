@@ -15,7 +15,8 @@ import torch
 
 from factuality.config import parse_config
 from factuality.records import EXAMPLE, KILL_AT_ENV, write_jsonl
-from factuality.stages.sft import SFT_SPEC, find_last_checkpoint, run
+from factuality.stages.sft import SFT_SPEC, run
+from factuality.training import find_last_checkpoint
 from factuality.testing import make_example
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -119,11 +119,12 @@ def test_bad_values_name_file_and_key(tmp_path, text, match):
 
 
 def test_saved_run_config_loads_back_to_the_same_options(tiny_model_dir, tmp_path):
-    from factuality.stages.sft import flat_config
+    from factuality.stages.sft import SFT_TRAIN_DEFAULTS
+    from factuality.training import flat_config
 
     cfg = parse_config(SFT_SPEC, ["-c", str(ROOT / "configs" / "sft_cpu.yaml"), "--neftune-noise-alpha", "5"])
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(flat_config(cfg)))
+    path.write_text(yaml.safe_dump(flat_config(cfg, SFT_TRAIN_DEFAULTS)))
     again = parse_config(SFT_SPEC, ["-c", str(path)])
     a, b = again.to_dict(), cfg.to_dict()
     assert a["run"].pop("config_path") == str(path) and b["run"].pop("config_path").endswith("sft_cpu.yaml")

@@ -51,7 +51,12 @@ from ..records import (
     stage_outside,
     with_hash,
 )
-from ..retrieval import RETRIEVERS, approx_tokens, truncate_to_tokens, window_around_span
+from ..retrieval import (
+    RETRIEVERS,
+    approx_tokens,
+    truncate_to_tokens,
+    window_around_span,
+)
 from ..sources import Draft
 from ..text import normalize_answer
 
@@ -629,7 +634,7 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def main(cfg: BuildConfig) -> dict:
+def run(cfg: BuildConfig) -> dict:
     """The stage's run: build, print the table unless quiet, return the summary (counts, files, hashes)."""
     summary = build(cfg)
     if not cfg.quiet:
@@ -637,13 +642,10 @@ def main(cfg: BuildConfig) -> dict:
     return summary
 
 
-run = main
-
-
 def _stage():
     from ..cli import Stage
 
-    return Stage("build_data", BuildConfig, main)
+    return Stage("build_data", BuildConfig, run)
 
 
 STAGE = _stage()

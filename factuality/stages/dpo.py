@@ -89,23 +89,23 @@ from ..records import (
     sha256_file,
     sha256_json,
 )
-from .sft import (
+from ..training import (
     TRAINING_DEFAULTS,
     RunFolderOptions,
-    _fmt,
-    _losses,
-    _sha,
     check_run_dir,
     clear_run_dir,
     effective_batch,
     flat_config,
+    fmt_loss,
+    losses_of,
     name_base_by_hub_id,
     prepare_training_values,
     run_dir_of,
     save_merged,
+    sha_or_none,
 )
 
-log = logging.getLogger("factuality.stages.dpo")
+log = logging.getLogger(__name__)
 
 RM_MODES = ("filter", "weight")
 # TRL 1.16 DPOTrainer's loss types (`loss_type` takes one or several, weighted by `loss_weights`).
@@ -567,8 +567,8 @@ def reward_logger():
                                                                "rewards/rejected", "rewards/margins", "rewards/accuracies")}
                     log.info("%sstep %d: loss %s, rewards chosen %s rejected %s margin %s, accuracy %s",
                              "eval " if prefix else "", state.global_step,
-                             _fmt(m["loss"] if m["loss"] is not None else m["train_loss"]), _fmt(m["rewards/chosen"]),
-                             _fmt(m["rewards/rejected"]), _fmt(m["rewards/margins"]), _fmt(m["rewards/accuracies"]))
+                             fmt_loss(m["loss"] if m["loss"] is not None else m["train_loss"]), fmt_loss(m["rewards/chosen"]),
+                             fmt_loss(m["rewards/rejected"]), fmt_loss(m["rewards/margins"]), fmt_loss(m["rewards/accuracies"]))
 
     return RewardLog()
 
@@ -806,7 +806,7 @@ def run(cfg) -> dict:
     train_s = time.time() - t0
     eval_metrics = trainer.evaluate() if val_rows else {}
     trainer.save_model(str(run_dir))  # adapter + tokenizer; main process only
-    losses = _losses(trainer.state.log_history)
+    losses = losses_of(trainer.state.log_history)
     if eval_metrics.get("eval_loss") is not None:
         losses["final_eval_loss"] = eval_metrics["eval_loss"]
     rewards = _reward_history(trainer.state.log_history)
@@ -841,7 +841,7 @@ def run(cfg) -> dict:
             eval_metrics=eval_metrics, merged_dir=merged, renamed_config_keys=cfg.renamed,
             tokenizer={"eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token,
                        "end_of_turn": end_of_turn(tokenizer, templates),
-                       "chat_template_sha256": _sha(tokenizer.chat_template)},
+                       "chat_template_sha256": sha_or_none(tokenizer.chat_template)},
         )
         write_run_card(run_dir / "run_card.json", card)
         log.info(summarize(card))
@@ -858,11 +858,11 @@ def summarize(card: dict) -> str:
     ev = rewards.get("final_eval") or {}
     rm = pairs.get("reward_model")
     rm_text = f", reward model kept {rm['kept']}/{rm['scored']}" if rm else ""
-    evaluated = (f"; val margin {_fmt(ev.get('rewards/margins'))}, accuracy {_fmt(ev.get('rewards/accuracies'))}"
+    evaluated = (f"; val margin {fmt_loss(ev.get('rewards/margins'))}, accuracy {fmt_loss(ev.get('rewards/accuracies'))}"
                  if ev else "")
     return (f"train_dpo: {card.get('global_step')} steps in {card.get('train_seconds')} s, loss "
-            f"{_fmt(losses.get('first_train_loss'))} -> {_fmt(losses.get('final_train_loss'))}, reward margin "
-            f"{_fmt(last.get('rewards/margins'))}, accuracy {_fmt(last.get('rewards/accuracies'))}{evaluated}; "
+            f"{fmt_loss(losses.get('first_train_loss'))} -> {fmt_loss(losses.get('final_train_loss'))}, reward margin "
+            f"{fmt_loss(last.get('rewards/margins'))}, accuracy {fmt_loss(last.get('rewards/accuracies'))}{evaluated}; "
             f"{train.get('kept')}/{train.get('pairs')} train pairs ({train.get('truncated')} with evidence cut, "
             f"{train.get('too_long')} too long{rm_text}); adapter in {card.get('run_dir')}")
 

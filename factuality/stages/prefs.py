@@ -60,14 +60,44 @@ from .. import dist
 from ..cli import Stage
 from ..config import ConfigError, Part, StageSpec, to_dict
 from ..generation import DECODE_MODES, PREFILL_MODES
-from ..judge import (JUDGE_METHODS, JUDGE_MODES, VERIFIER_WEIGHTS, VERIFIERS, Judge, check_weights, combine,
-                    pointwise_messages, render_judge_prompt, text_key, verifier_score)
+from ..judge import (
+    JUDGE_METHODS,
+    JUDGE_MODES,
+    VERIFIER_WEIGHTS,
+    VERIFIERS,
+    Judge,
+    check_weights,
+    combine,
+    pointwise_messages,
+    render_judge_prompt,
+    text_key,
+    verifier_score,
+)
 from ..judge import templates_hash as judge_templates_hash
 from ..modeling import EMBEDDED_MODEL, ModelOptions
 from ..perturb import KINDS, check_kinds, perturbations
-from ..prompts import PromptTemplates, dump_output, fit_evidence, gold_output, parse_output, render_prompt
-from ..records import (SCHEMA_VERSION, Contract, JsonlAppender, PREFERENCE, RecordError, atomic_write_json,
-                      read_examples, read_json, read_jsonl, sha256_file, sha256_text, write_jsonl)
+from ..prompts import (
+    PromptTemplates,
+    dump_output,
+    fit_evidence,
+    gold_output,
+    parse_output,
+    render_prompt,
+)
+from ..records import (
+    PREFERENCE,
+    SCHEMA_VERSION,
+    Contract,
+    JsonlAppender,
+    RecordError,
+    atomic_write_json,
+    read_examples,
+    read_json,
+    read_jsonl,
+    sha256_file,
+    sha256_text,
+    write_jsonl,
+)
 from ..vllm_backend import BackendOptions
 
 log = logging.getLogger(__name__)
@@ -330,7 +360,7 @@ def sample_seed(seed: int, example_id: str, origin: str) -> int:
 
 def plan_generators(cfg) -> tuple[dict, dict, list[dict]]:
     """(sft system, base system, adapters) in evaluation.ModelPool's terms."""
-    from .evaluate import resolve_models
+    from ..pool import resolve_models
 
     name = str(cfg.sft_model)
     if not Path(name).expanduser().exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
@@ -366,14 +396,19 @@ def _load_settings(cfg) -> dict:
 
 def generation_payload(cfg, data_info: Sequence[Mapping], sft: Mapping, templates: PromptTemplates) -> dict:
     """Everything that determines the candidates (module docstring); its hash is the cache's signature."""
-    from .evaluate import _fingerprint_model, fingerprint_hash, model_fingerprint, templates_hash
+    from ..pool import (
+        fingerprint_hash,
+        fingerprint_model,
+        model_fingerprint,
+        templates_hash,
+    )
 
     sampling = cfg.temperature > 0
     return {
         "stage": "make_prefs.generate", "format": CACHE_FORMAT,
-        "base": {"fingerprint": fingerprint_hash(_fingerprint_model(sft["base"]))},
+        "base": {"fingerprint": fingerprint_hash(fingerprint_model(sft["base"]))},
         "sft": {"fingerprint": fingerprint_hash(model_fingerprint(sft["adapter"]) if sft["adapter"]
-                                                else _fingerprint_model(sft["evaluated"])),
+                                                else fingerprint_model(sft["evaluated"])),
                 "is_adapter": bool(sft["adapter"])},
         "data": [d["sha256"] for d in data_info],
         "max_samples": cfg.max_samples, "max_val_samples": cfg.max_val_samples,
@@ -386,7 +421,7 @@ def generation_payload(cfg, data_info: Sequence[Mapping], sft: Mapping, template
 
 
 def signature_of(payload: Mapping) -> str:
-    from .evaluate import signature
+    from ..pool import signature
 
     return signature(payload)
 
@@ -450,11 +485,10 @@ def plan_generation(cfg) -> GenerationPlan:
 
 def generate_phase(cfg) -> dict:
     """Phase 1: fill (or reuse) the generation cache; returns its manifest."""
-    from .evaluate import ModelPool, append_generations
     from ..modeling import load_tokenizer
+    from ..pool import ModelPool, append_generations
     from ..prompts import tokenize_prompt
     from ..provenance import set_seed
-
     from ..vllm_backend import check_available
 
     check_available(cfg.backend, dist.world_size())
@@ -785,10 +819,10 @@ def select_pairs(cands: Sequence[Candidate], min_margin: float, pairs_per_prompt
 # Phase 2: judge
 # --------------------------------------------------------------------------------------------
 def _load_judge(cfg):
-    from .evaluate import _model_options
     from ..modeling import load_model, pick_device
+    from ..pool import model_options
 
-    opts = dataclasses.replace(_model_options(cfg, cfg.judge_model), load_in_8bit=cfg.judge_use_8bit,
+    opts = dataclasses.replace(model_options(cfg, cfg.judge_model), load_in_8bit=cfg.judge_use_8bit,
                                load_in_4bit=cfg.judge_use_4bit)
     model = load_model(opts)
     if not (opts.load_in_4bit or opts.load_in_8bit):
@@ -799,12 +833,12 @@ def _load_judge(cfg):
 def judge_signature(cfg, gen_sig: str, tokenizer) -> tuple[str, dict]:
     """Hash of what determines the judge's verdicts: its weights, loading, method, prompt templates
     and how its tokenizer spells the labels (the judge cache is keyed by it)."""
-    from .evaluate import _fingerprint_model, fingerprint_hash
     from ..judge import SCORES, SIDES, space_before_labels, verdict_token_ids
+    from ..pool import fingerprint_hash, fingerprint_model
 
     labels = SCORES if cfg.judge_method == "pointwise" else SIDES
     payload = {"stage": "make_prefs.judge", "generation": gen_sig, "method": cfg.judge_method,
-               "judge": {"fingerprint": fingerprint_hash(_fingerprint_model(cfg.judge_model)),
+               "judge": {"fingerprint": fingerprint_hash(fingerprint_model(cfg.judge_model)),
                          "load_in_8bit": cfg.judge_use_8bit, "load_in_4bit": cfg.judge_use_4bit},
                "load": {k: v for k, v in _load_settings(cfg).items() if not k.startswith(("load_in", "bnb", "use_bnb"))},
                "templates": judge_templates_hash(), "label_tokens": verdict_token_ids(tokenizer, labels),

@@ -81,20 +81,62 @@ from ..cli import Stage
 from ..config import ConfigError, LazySpec, Part, StageSpec, fields_of, to_dict
 from ..generation import common_prefix_len
 from ..metrics import ECE_BINS, _ece, answer_supported, score_example
-from ..modeling import (ModelOptions, ModelLoadError, base_model_id, bnb_config, load_model,
-                       load_tokenizer, model_summary, pick_device, resolve_attn_implementation, resolve_dtype,
-                       resolve_model_path)
-from ..penalties import (PENALTIES, PenaltyOptions, PromptFormatError, parse_prompt, penalty_matrix, weight_vector,
-                        weights_from)
+from ..modeling import (
+    ModelLoadError,
+    ModelOptions,
+    base_model_id,
+    bnb_config,
+    load_model,
+    load_tokenizer,
+    model_summary,
+    pick_device,
+    resolve_attn_implementation,
+    resolve_dtype,
+    resolve_model_path,
+)
+from ..penalties import (
+    PENALTIES,
+    PenaltyOptions,
+    PromptFormatError,
+    parse_prompt,
+    penalty_matrix,
+    weight_vector,
+    weights_from,
+)
 from ..perturb import KINDS, check_kinds, perturb, perturbations
-from ..prompts import PromptTemplates, dump_output, fit_evidence, gold_output, render_prompt, tokenize_prompt
+from ..prompts import (
+    PromptTemplates,
+    dump_output,
+    fit_evidence,
+    gold_output,
+    render_prompt,
+    tokenize_prompt,
+)
 from ..provenance import run_card, set_seed, write_run_card
-from ..records import (PREFERENCE, SCHEMA_VERSION, Contract, RecordError, atomic_dir, atomic_write_bytes,
-                      atomic_write_json, atomic_write_text, fault_point, read_examples, read_jsonl, sha256_file,
-                      sha256_json, write_jsonl)
-from .sft import check_run_dir, clear_run_dir, lora_config, prepare_training_values
+from ..records import (
+    PREFERENCE,
+    SCHEMA_VERSION,
+    Contract,
+    RecordError,
+    atomic_dir,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    fault_point,
+    read_examples,
+    read_jsonl,
+    sha256_file,
+    sha256_json,
+    write_jsonl,
+)
+from ..training import (
+    check_run_dir,
+    clear_run_dir,
+    lora_config,
+    prepare_training_values,
+)
 
-log = logging.getLogger("factuality.stages.reward")
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_CONFIG = "reward_model.json"
@@ -708,7 +750,7 @@ def extract_features(body, tokens: Tokens, prompts: Sequence[str], responses: Se
 
 def model_key(opts: ModelOptions) -> dict:
     """What determines a frozen base's features: the model files (or hub name) and how it is loaded."""
-    from .evaluate import fingerprint_hash, model_fingerprint
+    from ..pool import fingerprint_hash, model_fingerprint
 
     try:
         path = resolve_model_path(opts.model_name_or_path)
@@ -1594,7 +1636,7 @@ def resolve_pairs_path(cfg, tokenizer, templates: PromptTemplates) -> Path:
 def flat_config(cfg) -> dict:
     """The resolved config as one flat mapping, loadable again with -c (our options, penalties, the
     model options, and the training options that were set)."""
-    from .sft import DERIVED_TRAIN_KEYS
+    from ..training import DERIVED_TRAIN_KEYS
 
     out: dict[str, Any] = {k: v for k, v in to_dict(cfg.run).items() if k not in ("config_path", "data_path")}
     out.update(to_dict(cfg.penalties))

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +30,10 @@ from ..cli import Stage
 from ..config import ConfigError, LazySpec, Part, StageSpec, to_dict
 from ..modeling import (
     ModelOptions,
-    base_model_id,
     is_embedded,
     load_model,
     load_tokenizer,
     model_summary,
-    resolve_dtype,
 )
 from ..prompts import (
     PromptTemplates,
@@ -49,37 +45,34 @@ from ..prompts import (
 from ..provenance import run_card, set_seed, write_run_card
 from ..records import (
     apply_umask,
-    atomic_write_json,
     atomic_write_text,
-    fault_point,
     read_examples,
     sha256_file,
-    sha256_text,
+)
+from ..training import (
+    DEFAULT_BATCHING,
+    TRAINING_DEFAULTS,
+    RunFolderOptions,
+    check_run_dir,
+    clear_run_dir,
+    effective_batch,
+    finished_run,
+    flat_config,
+    fmt_loss,
+    lora_config,
+    losses_of,
+    name_base_by_hub_id,
+    prepare_training_values,
+    run_dir_of,
+    save_fault_callback,
+    save_merged,
+    sha_or_none,
 )
 
-log = logging.getLogger("factuality.stages.sft")
+log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 BATCHING = ("group_by_length", "padded", "padding_free", "packed")
-
-
-@dataclass
-class RunFolderOptions:
-    """What every training stage does with its run folder (output_dir): resume it, replace it, merge."""
-
-    resume: bool = field(default=False, metadata={
-        "help": "continue from the newest complete checkpoint-* in output_dir (error if there is none)"})
-    overwrite: bool = field(default=False, metadata={
-        "help": "replace an existing run in output_dir (only once the new run's inputs have been checked)"})
-    merge_adapter: bool = field(default=False, metadata={
-        "help": "also save the base model with the adapter merged in (<output_dir>/merged/), for serving without PEFT"})
-    config_path: str | None = field(default=None, metadata={"help": "set from -c", "cli": False})
-
-    def validate(self) -> None:
-        if getattr(self, "prompts_dir", None) in ("", "default"):
-            self.prompts_dir = None
-        if self.resume and self.overwrite:
-            raise ConfigError("--resume and --overwrite contradict each other; choose one")
 
 
 @dataclass
@@ -98,7 +91,7 @@ class SFTOptions(RunFolderOptions):
         "help": "read the prompt templates from this dir (prompt_schema.py save); null or 'default': the built-in ones"})
     min_chunk_chars: int = field(default=160, metadata={
         "min": 0, "help": "when cutting evidence, shorten distractor chunks to no less than this before dropping them"})
-    batching: str = field(default="group_by_length", metadata={
+    batching: str = field(default=DEFAULT_BATCHING, metadata={
         "help": "group_by_length (batches of similar length: little padding, any attention kernel), padded "
                 "(random batches padded to the longest: TRL's default), padding_free (one flat sequence per batch, "
                 "best with flash_attention_2), packed (best-fit packing into max_length rows)",
@@ -106,68 +99,11 @@ class SFTOptions(RunFolderOptions):
     answer_only_head: bool = heads.answer_only_head_field()
 
 
-# Our recipe defaults for TRL's SFTConfig (TRL's own defaults assume a GPU: bf16, fused AdamW,
-# gradient checkpointing). Each can be set from YAML or the CLI under its TRL name.
-TRAINING_DEFAULTS: dict[str, Any] = dict(
-    max_length=2048, per_device_train_batch_size=1, per_device_eval_batch_size=4, num_train_epochs=1.0,
-    lr_scheduler_type="cosine", optim="adamw_torch", gradient_checkpointing=None, activation_checkpointing=False,
-    logging_steps=10, logging_first_step=True, save_steps=200, save_total_limit=2, report_to="none", seed=42,
-    truncation_mode="keep_start",  # examples and pairs are fitted here (evidence side); TRL must not cut them again
-)
 SFT_TRAIN_DEFAULTS: dict[str, Any] = dict(
     TRAINING_DEFAULTS, output_dir="checkpoints/sft/default", learning_rate=2e-4, warmup_steps=0.03,
     packing_strategy="bfd",
 )
 SFT_MODEL_DEFAULTS: dict[str, Any] = dict(use_peft=True)
-
-
-def _cuda():
-    import torch
-
-    return torch.cuda.is_available(), torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
-def prepare_training_values(values: dict[str, dict], explicit: set[str], batching_key: str | None = "batching",
-                            has_val: bool | None = None) -> None:
-    """Derive TRL training options from ours, unless the user set them by their TRL name:
-    mixed precision from the model dtype and the hardware, batching mode, evaluation schedule.
-    `batching_key=None`: the stage has no batching option (its trainer batches as TRL does);
-    `has_val`: whether the stage evaluates (default: a `val_file` is set)."""
-    import sys
-
-    import torch
-
-    t, m, r = values["train"], values["model"], values.get("run", {})
-    cuda, cuda_bf16 = _cuda()
-    if "gradient_checkpointing" in explicit and "activation_checkpointing" not in explicit:
-        # transformers 5 renamed it; the old name (the notebook's) still means the same thing
-        t["activation_checkpointing"], t["gradient_checkpointing"] = bool(t.get("gradient_checkpointing")), None
-    dtype = resolve_dtype(m.get("dtype", "auto"))
-    for flag, want, ok in (("bf16", dtype == torch.bfloat16, cuda_bf16), ("fp16", dtype == torch.float16, cuda)):
-        if flag not in explicit:
-            t[flag] = bool(want and ok)
-        elif t.get(flag) and not ok:
-            log.warning("%s: true needs a GPU with %s support; none here, so training runs in float32", flag, flag)
-            t[flag] = False
-    if "use_cpu" not in explicit and not cuda and dist.world_size() > 1:
-        t["use_cpu"] = True  # several processes on CPUs: DDP over gloo (accelerate's MULTI_CPU)
-    if "dataloader_pin_memory" not in explicit:
-        t["dataloader_pin_memory"] = cuda
-    if "disable_tqdm" not in explicit:
-        t["disable_tqdm"] = not sys.stderr.isatty()
-    if "data_seed" not in explicit and t.get("seed") is not None:
-        t["data_seed"] = t["seed"]
-    if batching_key is not None and not explicit & {"packing", "padding_free", "train_sampling_strategy"}:
-        batching = r.get(batching_key, SFTOptions.batching)
-        t["packing"] = batching == "packed"
-        t["padding_free"] = batching == "padding_free"
-        t["train_sampling_strategy"] = "group_by_length" if batching == "group_by_length" else "random"
-    if has_val is None:
-        has_val = bool(r.get("val_file", SFTOptions.val_file))
-    if "eval_strategy" not in explicit:
-        t["eval_strategy"] = "steps" if has_val and t.get("eval_steps") else "no"
-    elif not has_val:
-        t["eval_strategy"] = "no"
 
 
 def check_sft(cfg) -> None:
@@ -194,10 +130,6 @@ def _sft_spec():
 
 
 SFT_SPEC = LazySpec(_sft_spec)
-
-
-def run_dir_of(cfg) -> Path:
-    return Path(cfg.train.output_dir)
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,22 +214,6 @@ def load_split(path: str, limit: int | None, what: str) -> list[dict]:
 # --------------------------------------------------------------------------------------------
 # Trainer
 # --------------------------------------------------------------------------------------------
-def lora_config(model_opts: ModelOptions, num_layers: int | None = None):
-    """PEFT LoraConfig from the model options (TRL's get_peft_config, plus lora_top_layers); None
-    when use_peft is off (full fine-tuning)."""
-    from trl import get_peft_config
-
-    peft = get_peft_config(model_opts)
-    if peft is None or not model_opts.lora_top_layers:
-        return peft
-    if not num_layers:
-        raise ConfigError("lora_top_layers needs a model whose config states num_hidden_layers")
-    if not 0 < model_opts.lora_top_layers <= num_layers:
-        raise ConfigError(f"lora_top_layers ({model_opts.lora_top_layers}) must be in 1..{num_layers} (the model's layers)")
-    peft.layers_to_transform = list(range(num_layers - model_opts.lora_top_layers, num_layers))
-    return peft
-
-
 def trainer_args(cfg, **overrides):
     """The run's SFTConfig, as the trainer gets it (a copy; `overrides` set fields on it)."""
     args = copy.copy(cfg.train)
@@ -322,65 +238,6 @@ def build_trainer(cfg, train_ds, eval_ds, tokenizer, model=None, callbacks=None,
                            processing_class=tokenizer, peft_config=lora_config(cfg.model, num_layers),
                            callbacks=[save_fault_callback()] + list(callbacks or []),
                            answer_only_head=cfg.run.answer_only_head)
-
-
-def checkpoint_complete(ckpt: Path) -> bool:
-    """transformers writes trainer_state.json last into a checkpoint: a checkpoint whose state
-    file is missing or unreadable was cut by a kill during saving. Our own training loops (the
-    reward head) write one `*_state.pt` atomically, so its presence means complete."""
-    if any(ckpt.glob("*_state.pt")):
-        return True
-    try:
-        json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return any((ckpt / f).is_file() and (ckpt / f).stat().st_size > 0
-               for f in ("adapter_model.safetensors", "model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"))
-
-
-def find_last_checkpoint(run_dir: Path, complete_only: bool = True) -> Path | None:
-    """The newest checkpoint-N under run_dir (only complete ones by default), or None."""
-    ckpts = sorted((p for p in Path(run_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
-                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
-    for p in ckpts:
-        if not complete_only or checkpoint_complete(p):
-            return p
-    return None
-
-
-def resume_point(run_dir: Path) -> Path:
-    """The checkpoint --resume continues from: the newest complete one; an incomplete newer one
-    (a kill while saving) is reported and skipped."""
-    newest = find_last_checkpoint(run_dir, complete_only=False)
-    last = find_last_checkpoint(run_dir)
-    if last is None:
-        raise FileNotFoundError(f"{run_dir}: --resume given but there is no complete checkpoint-* to resume from")
-    if newest != last:
-        log.warning("%s is incomplete (killed while saving?); resuming from %s instead", newest, last.name)
-    return last
-
-
-def finished_run(run_dir: Path) -> dict | None:
-    """The run card of a run that finished (it is written last), else None."""
-    card = run_dir / "run_card.json"
-    if not card.is_file():
-        return None
-    try:
-        return json.loads(card.read_text(encoding="utf-8"))
-    except ValueError:
-        return None
-
-
-def save_fault_callback():
-    """A trainer callback marking each checkpoint save as a named fault point (`sft:saved:<step>`),
-    so tests can SIGKILL a real run right after a given checkpoint (records.fault_point)."""
-    from transformers import TrainerCallback
-
-    class SaveFaultPoint(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            fault_point(f"sft:saved:{state.global_step}")
-
-    return SaveFaultPoint()
 
 
 def epoch_seeded_sampler(sampler, seed: int):
@@ -432,69 +289,6 @@ def trainer_class():
     return GroundedSFTTrainer
 
 
-RUN_FILES = ("adapter_config.json", "adapter_model.safetensors", "model.safetensors", "run_card.json")
-
-
-def _holds_a_run(run_dir: Path) -> bool:
-    """A folder holds a run when it has a checkpoint or saved weights (a run that failed before
-    its first checkpoint left nothing worth keeping and does not block the corrected command)."""
-    return run_dir.is_dir() and (find_last_checkpoint(run_dir) is not None or
-                                 any((run_dir / f).exists() for f in RUN_FILES))
-
-
-def check_run_dir(cfg) -> Path | None:
-    """Checks the run dir against --resume/--overwrite (no changes); the checkpoint to resume from."""
-    run_dir = run_dir_of(cfg)
-    if cfg.run.resume:
-        return resume_point(run_dir)
-    if _holds_a_run(run_dir) and not cfg.run.overwrite:
-        raise FileExistsError(f"{run_dir}: a run exists here; pass --resume to continue it, --overwrite to "
-                              f"replace it, or another --output-dir")
-    return None
-
-
-def clear_run_dir(cfg) -> None:
-    """--overwrite: the main process removes the old run (called once the new inputs passed their checks)."""
-    run_dir = run_dir_of(cfg)
-    if cfg.run.overwrite and run_dir.exists() and dist.is_main_process():
-        log.info("--overwrite: removing the previous run in %s", run_dir)
-        shutil.rmtree(run_dir)
-    dist.wait_for_everyone()
-
-
-def _losses(log_history: list[dict]) -> dict:
-    train = [h["loss"] for h in log_history if "loss" in h]
-    evals = [h["eval_loss"] for h in log_history if "eval_loss" in h]
-    return {"first_train_loss": train[0] if train else None, "final_train_loss": train[-1] if train else None,
-            "final_eval_loss": evals[-1] if evals else None, "train_loss_log": train}
-
-
-def save_merged(cfg, adapter_dir: Path, tokenizer) -> Path:
-    """Base model (unquantised) + adapter merged into plain weights under <run>/merged/."""
-    opts = dataclasses.replace(cfg.model, load_in_4bit=False, load_in_8bit=False)
-    model = load_model(opts, adapter_path=adapter_dir).merge_and_unload()
-    out = adapter_dir / "merged"
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def name_base_by_hub_id(run_dir: Path, model_name: str) -> str | None:
-    """Make the saved adapter name its base by hub id (the embedded model's cache path means
-    nothing on another machine). Returns the recorded base name."""
-    path = run_dir / "adapter_config.json"
-    if not path.exists():
-        return None
-    acfg = json.loads(path.read_text(encoding="utf-8"))
-    acfg["base_model_name_or_path"] = base_model_id(model_name)
-    atomic_write_json(path, acfg)
-    return acfg["base_model_name_or_path"]
-
-
-def effective_batch(cfg) -> int:
-    return cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps * dist.world_size()
-
-
 def run(cfg) -> dict:
     """Train, save adapter + tokenizer + resolved config + run card; returns the run card."""
     import torch
@@ -541,7 +335,7 @@ def run(cfg) -> dict:
     train_s = time.time() - t0
     eval_metrics = trainer.evaluate() if eval_ds is not None else {}
     trainer.save_model(str(run_dir))  # adapter + tokenizer (processing_class); main process only
-    losses = _losses(trainer.state.log_history)
+    losses = losses_of(trainer.state.log_history)
     if eval_metrics.get("eval_loss") is not None:
         losses["final_eval_loss"] = eval_metrics["eval_loss"]
     card: dict = {}
@@ -550,7 +344,7 @@ def run(cfg) -> dict:
         base_name = name_base_by_hub_id(run_dir, cfg.model.model_name_or_path)
         templates.save(run_dir / "prompts")  # the exact prompt format this adapter was trained on
         merged = str(save_merged(cfg, run_dir, tokenizer)) if cfg.run.merge_adapter else None
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(flat_config(cfg), sort_keys=False))
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(flat_config(cfg, SFT_TRAIN_DEFAULTS), sort_keys=False))
         inputs = [cfg.run.train_file] + ([cfg.run.val_file] if cfg.run.val_file else []) + (
             [cfg.config_path] if cfg.config_path else [])
         card = run_card(
@@ -567,35 +361,15 @@ def run(cfg) -> dict:
             output_sha256={f.name: sha256_file(f) for f in sorted(run_dir.iterdir())
                            if f.is_file() and (f.name.startswith(("adapter_", "model")) or f.name == "config.yaml")},
             tokenizer={"eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token,
-                       "chat_template_sha256": _sha(tokenizer.chat_template)},
+                       "chat_template_sha256": sha_or_none(tokenizer.chat_template)},
         )
         apply_umask(run_dir)  # the libraries save some files private (0600); the team may read them
         write_run_card(run_dir / "run_card.json", card)  # written last: its presence means the run finished
         log.info("done in %.0f s: %d steps, train loss %s -> %s, eval loss %s; adapter in %s", train_s,
-                 trainer.state.global_step, _fmt(losses["first_train_loss"]), _fmt(losses["final_train_loss"]),
-                 _fmt(losses["final_eval_loss"]), run_dir)
+                 trainer.state.global_step, fmt_loss(losses["first_train_loss"]), fmt_loss(losses["final_train_loss"]),
+                 fmt_loss(losses["final_eval_loss"]), run_dir)
     dist.wait_for_everyone()
     return card
-
-
-def flat_config(cfg, train_defaults: dict[str, Any] | None = None) -> dict:
-    """The resolved config as one flat mapping, loadable again with -c: our options, the model
-    options, and the training options that were set (by the user or by the recipe defaults,
-    `train_defaults`: the stage's, SFT's when None). Values derived from others (mixed precision,
-    batching flags) are left out and derived again; the run card holds every resolved
-    TrainingArguments value."""
-    out: dict[str, Any] = {k: v for k, v in to_dict(cfg.run).items() if k != "config_path"}
-    out.update(to_dict(cfg.model))
-    train = to_dict(cfg.train)
-    for k in list(SFT_TRAIN_DEFAULTS if train_defaults is None else train_defaults) + sorted(cfg.explicit):
-        if k in train and k not in out and (k in cfg.explicit or k not in DERIVED_TRAIN_KEYS):
-            out[k] = train[k]
-    return out
-
-
-# Keys prepare_training_values derives from others; a saved config leaves them out unless set by the user.
-DERIVED_TRAIN_KEYS = ("bf16", "fp16", "dataloader_pin_memory", "disable_tqdm", "data_seed", "packing",
-                      "padding_free", "train_sampling_strategy", "eval_strategy", "gradient_checkpointing")
 
 
 def summarize(card: dict) -> str:
@@ -603,17 +377,8 @@ def summarize(card: dict) -> str:
         return ""
     losses = card.get("losses", {})
     return (f"train_sft: {card.get('global_step')} steps in {card.get('train_seconds')} s, train loss "
-            f"{_fmt(losses.get('first_train_loss'))} -> {_fmt(losses.get('final_train_loss'))}, eval loss "
-            f"{_fmt(losses.get('final_eval_loss'))}; adapter in {card.get('run_dir')}")
-
-
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
-
-
-def _sha(text: str | None) -> str | None:
-    return sha256_text(text) if text else None
+            f"{fmt_loss(losses.get('first_train_loss'))} -> {fmt_loss(losses.get('final_train_loss'))}, eval loss "
+            f"{fmt_loss(losses.get('final_eval_loss'))}; adapter in {card.get('run_dir')}")
 
 
 STAGE = Stage("train_sft", SFT_SPEC, run, summarize)
-main = run  # the stage's run(cfg), under the name older code calls
