@@ -1,5 +1,5 @@
 """SFT on the tiny random model: masking in the real collated batch, LoRA-only updates, 4-bit,
-config errors, resume, evidence-side truncation. Tests drive factuality.stages.sft.run() directly."""
+config errors, resume, evidence-side truncation. Tests drive factuality.stages.sft.main() directly."""
 from __future__ import annotations
 
 import json
@@ -21,8 +21,8 @@ from factuality.stages.sft import (
     SFT_SPEC,
     build_dataset,
     build_trainer,
-    run,
 )
+from factuality.stages.sft import run as train_sft
 from factuality.testing import make_example
 from factuality.training import find_last_checkpoint
 
@@ -90,7 +90,7 @@ def test_bad_config_key_is_a_clear_error(tmp_path):
 def test_missing_data_file_is_a_clear_error(tiny_model_dir, tmp_path):
     cfg = tiny_cfg(tiny_model_dir, tmp_path)
     with pytest.raises(FileNotFoundError, match=r"train.jsonl: train file not found; run `python build_data.py`"):
-        run(cfg)
+        train_sft(cfg)
 
 
 # ------------------------------------------------------------------ the batch the trainer really uses
@@ -141,7 +141,7 @@ def test_every_lora_weight_moves_and_base_weights_do_not(tiny_model_dir, data):
 def test_main_saves_adapter_tokenizer_config_and_run_card(tiny_model_dir, data):
     tmp_path, _ = data
     cfg = tiny_cfg(tiny_model_dir, tmp_path, run="r1")
-    card = run(cfg)
+    card = train_sft(cfg)
     run = tmp_path / "runs" / "r1"
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "config.yaml",
                  "run_card.json", "prompts/system.txt"):
@@ -160,12 +160,12 @@ def test_main_saves_adapter_tokenizer_config_and_run_card(tiny_model_dir, data):
     model = load_model(cfg.model, adapter_path=run)  # what the evaluator does
     assert type(model).__name__ == "PeftModelForCausalLM"
     with pytest.raises(FileExistsError, match="--resume"):
-        run(cfg)  # same run name again without --resume/--overwrite
+        train_sft(cfg)  # same run name again without --resume/--overwrite
 
 
 def test_4bit_qlora_trains_on_cpu(tiny_model_dir, data):
     tmp_path, _ = data
-    card = run(tiny_cfg(tiny_model_dir, tmp_path, "--load-in-4bit", "--max-steps", "3", run="q4"))
+    card = train_sft(tiny_cfg(tiny_model_dir, tmp_path, "--load-in-4bit", "--max-steps", "3", run="q4"))
     assert card["global_step"] == 3
     assert all(torch.isfinite(torch.tensor(card["losses"]["train_loss_log"])))
     assert card["config"]["model"]["load_in_4bit"]
@@ -180,7 +180,7 @@ def test_resume_continues_without_loss_or_duplication(tiny_model_dir, data):
     tmp_path, _ = data
     from safetensors.torch import load_file
 
-    full = run(tiny_cfg(tiny_model_dir, tmp_path, run="full"))
+    full = train_sft(tiny_cfg(tiny_model_dir, tmp_path, run="full"))
     run = tmp_path / "runs" / "full"
     want = load_file(run / "adapter_model.safetensors")
     # "kill" the run after its step-2 checkpoint: remove everything written later
@@ -188,7 +188,7 @@ def test_resume_continues_without_loss_or_duplication(tiny_model_dir, data):
         if p.name != "checkpoint-2":
             __import__("shutil").rmtree(p) if p.is_dir() else p.unlink()
     assert find_last_checkpoint(run).name == "checkpoint-2"
-    resumed = run(tiny_cfg(tiny_model_dir, tmp_path, "--resume", run="full"))
+    resumed = train_sft(tiny_cfg(tiny_model_dir, tmp_path, "--resume", run="full"))
     assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["global_step"] == 4
     state = json.loads((run / "checkpoint-4" / "trainer_state.json").read_text())
     steps = [h["step"] for h in state["log_history"] if "loss" in h]
@@ -202,7 +202,7 @@ def test_resume_continues_without_loss_or_duplication(tiny_model_dir, data):
 def test_resume_without_checkpoint_is_an_error(tiny_model_dir, data):
     tmp_path, _ = data
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
-        run(tiny_cfg(tiny_model_dir, tmp_path, "--resume", run="never"))
+        train_sft(tiny_cfg(tiny_model_dir, tmp_path, "--resume", run="never"))
 
 
 # ------------------------------------------------------------------ truncation
@@ -227,7 +227,7 @@ def test_truncation_never_cuts_the_answer_and_is_counted(tiny_model_dir, caplog)
 
 def test_merge_adapter_writes_a_plain_model(tiny_model_dir, data):
     tmp_path, _ = data
-    card = run(tiny_cfg(tiny_model_dir, tmp_path, "--max-steps", "1", "--merge-adapter", run="m"))
+    card = train_sft(tiny_cfg(tiny_model_dir, tmp_path, "--max-steps", "1", "--merge-adapter", run="m"))
     merged = Path(card["merged_dir"])
     assert (merged / "config.json").exists() and not (merged / "adapter_config.json").exists()
     from factuality.modeling import load_model
