@@ -1,4 +1,4 @@
-"""Grounded-QA metrics: one definition of every measure, used by every script (DESIGN.md, "Metrics").
+"""Grounded-QA metrics: one definition of every measure, used by every script (README, "The measures").
 
 Shape. `score_example` turns one output into per-example *columns*: for each, a number (the
 example counts towards it) or None (it does not). Every reported *measure* (MEASURES) is computed

@@ -369,10 +369,6 @@ def parse_output(text: Any, evidence_ids: Sequence[str] | None = None) -> Parsed
     return out
 
 
-def validate_output(obj: Any) -> list[str]:
-    """Schema problems of an already-decoded output object (empty list when valid)."""
-    return [f"{'.'.join(map(str, e.absolute_path)) or '(object)'}: {e.message}" for e in _validator.iter_errors(obj)]
-
 
 # --------------------------------------------------------------------------------------------
 # Tokenising prompts and targets (shared by SFT and evaluation, so both see the same tokens)

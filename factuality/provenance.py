@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .records import atomic_write_json, sha256_file
+from .records import atomic_write_json
 
 TRACKED_PACKAGES = (
     "factuality", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes",
@@ -56,10 +56,6 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def file_hashes(paths) -> dict[str, str]:
-    return {str(p): sha256_file(p) for p in paths}
 
 
 def run_card(script: str, config: dict, inputs: dict[str, str] | None = None, **extra: Any) -> dict:

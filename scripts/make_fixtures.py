@@ -2,7 +2,7 @@
 
     python scripts/make_fixtures.py            # rewrites data/sample/fixtures/* and the sample manifest
 
-SOURCES.md ships real slices of FEVER claims, HotpotQA, DPR-NQ, NQ-Open and one PopQA row, but no
+The bundled sample (data/sample/README.md) holds real slices of FEVER claims, HotpotQA, DPR-NQ, NQ-Open and one PopQA row, but no
 FEVER wiki-pages, no full PopQA TSV and no passage corpus. This script writes those in the
 datasets' exact raw formats. Every sentence and passage it writes is a FIXTURE: written for the
 demo, plausible but not copied from Wikipedia, and marked as such (fixture ids, a `_fixture`
