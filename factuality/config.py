@@ -18,7 +18,8 @@ theirs), and `--help` lists them grouped by part.
 
 The notebook's layouts are read as written: nested `lora:` / `training:` / `data:` sections and
 its key names (`model_name`, `max_seq_length`, `train_path`, `num_epochs`, ...) are renamed to
-ours, one logged line per renamed key, and never rejected.
+ours, one logged line per renamed key, and never rejected. Every such name is in `compat.py`,
+applied here before the dataclasses are built.
 
 Why our own loader rather than transformers' `HfArgumentParser` / TRL's `TrlParser`: those
 import torch and transformers (seconds of start-up for `build_data.py`, which needs neither),
@@ -41,14 +42,11 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import yaml
 
-from .errors import UserError
+from .compat import apply_aliases, flatten, stage_aliases
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class ConfigError(UserError, ValueError):
-    pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,66 +298,12 @@ class LazySpec:
         return self._spec
 
 
-def _as_spec(cls_or_spec) -> StageSpec:
+def as_spec(cls_or_spec) -> StageSpec:
     if isinstance(cls_or_spec, LazySpec):
         return cls_or_spec.get()
     if isinstance(cls_or_spec, StageSpec):
         return cls_or_spec
     return StageSpec(cls_or_spec.__name__, (Part("config", cls_or_spec),))
-
-
-# --------------------------------------------------------------------------------------------
-# The notebook's layout and key names
-# --------------------------------------------------------------------------------------------
-# Nested sections of the notebook's YAML: section -> {key in section: our key} (unlisted keys keep their name).
-SECTIONS: dict[str, dict[str, str]] = {
-    "lora": {"r": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout", "target_modules": "lora_target_modules",
-             "bias": "lora_bias"},
-    "training": {},
-    "data": {"train_path": "train_file", "val_path": "val_file", "test_path": "test_file"},
-    "model": {"name": "model_name_or_path"},
-}
-# The notebook's (and older recipes') key names -> ours, used only when no part knows the key itself.
-RENAMES: dict[str, str] = {
-    "model_name": "model_name_or_path", "base_model": "model_name_or_path", "model": "model_name_or_path",
-    "max_seq_length": "max_length", "num_epochs": "num_train_epochs", "epochs": "num_train_epochs",
-    "batch_size": "per_device_train_batch_size", "train_batch_size": "per_device_train_batch_size",
-    "eval_batch_size": "per_device_eval_batch_size", "warmup_ratio": "warmup_steps",
-    "train_path": "train_file", "val_path": "val_file", "template": "prompts_dir",
-    "lora_target": "lora_target_modules", "bnb_4bit_use_double_quant": "use_bnb_nested_quant",
-}
-# Values that change meaning with the rename.
-_RENAMED_VALUES: dict[str, Callable[[Any], Any]] = {
-    "template": lambda v: None if v in (None, "default") else v,  # "default" = the built-in templates
-}
-
-
-def _flatten(data: Mapping, known: set[str], where: str, renamed: list[str]) -> dict:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        k = str(key).replace("-", "_")
-        if k in SECTIONS and k not in known and isinstance(value, Mapping):
-            for sub, v in value.items():
-                s = str(sub).replace("-", "_")
-                target = SECTIONS[k].get(s, s)
-                if target not in known and s in RENAMES:
-                    target = RENAMES[s]
-                    v = _RENAMED_VALUES.get(s, lambda x: x)(v)
-                if s != target:
-                    renamed.append(f"{where}: {k}.{sub} -> {target}")
-                if target in out:
-                    raise ConfigError(f"{where}: {target!r} is set twice ({k}.{sub} and another key); keep one")
-                out[target] = v
-            continue
-        if k not in known and k in RENAMES:
-            target = RENAMES[k]
-            renamed.append(f"{where}: {key} -> {target}")
-            value = _RENAMED_VALUES.get(k, lambda x: x)(value)
-            k = target
-        if k in out:
-            raise ConfigError(f"{where}: {k!r} is set twice; keep one")
-        out[k] = value
-    return out
 
 
 def closest(key: str, known: Sequence[str], n: int = 3) -> list[str]:
@@ -379,8 +323,10 @@ def _unknown(key: str, known: Sequence[str], where: str) -> ConfigError:
     return ConfigError(f"{where}: unknown key {key!r}; `--help` lists every option")
 
 
-def load_yaml(path: str | Path, known: set[str] | type, renamed: list[str] | None = None) -> dict:
-    """The flat {key: raw value} of a YAML config (notebook layout translated; keys checked)."""
+def load_yaml(path: str | Path, known: set[str] | type, renamed: list[str] | None = None,
+              refused: Mapping[str, str] | None = None) -> dict:
+    """The flat {key: raw value} of a YAML config (notebook layout translated; keys checked).
+    `refused`: {key: why} of fields the stage's classes have but the stage does not use."""
     if dataclasses.is_dataclass(known):
         known = set(fields_of(known))
     path = Path(path)
@@ -398,8 +344,10 @@ def load_yaml(path: str | Path, known: set[str] | type, renamed: list[str] | Non
         raise ConfigError(f"{path}: the config file is empty; expected `option: value` lines (see configs/)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of option: value")
-    flat = _flatten(data, known, str(path), renamed if renamed is not None else [])
+    flat = flatten(data, known, str(path), renamed if renamed is not None else [])
     for key in flat:
+        if refused and key in refused:
+            raise ConfigError(f"{path}: {key!r} {refused[key]}; remove it")
         if key not in known:
             raise _unknown(key, sorted(known), str(path))
     return flat
@@ -443,7 +391,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(cls_or_spec, description: str | None = None, prog: str | None = None) -> argparse.ArgumentParser:
-    spec = _as_spec(cls_or_spec)
+    spec = as_spec(cls_or_spec)
     p = _Parser(description=description, prog=prog, allow_abbrev=False,
                 usage="%(prog)s [-h] [-c CONFIG.yaml] [--option VALUE ...]",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -467,7 +415,26 @@ def build_parser(cls_or_spec, description: str | None = None, prog: str | None =
             if [m for m in _members(f.type)] == [bool]:
                 kw.update(nargs="?", const="true", metavar="BOOL")
             group.add_argument(*flags, **kw)
+    fields = _all_fields(spec)
+    for alias, target in _aliases(spec).items():  # compat.STAGE_ALIASES: accepted as flags too
+        if alias in seen or target not in fields:
+            continue
+        kw = {"dest": alias, "default": argparse.SUPPRESS, "help": f"the same as --{target.replace('_', '-')}"}
+        if [m for m in _members(fields[target][0][1].type)] == [bool]:
+            kw.update(nargs="?", const="true", metavar="BOOL")
+        p.add_argument(f"--{alias.replace('_', '-')}", *([f"--{alias}"] if "_" in alias else []), **kw)
     return p
+
+
+def _aliases(spec: StageSpec) -> dict[str, str]:
+    return stage_aliases(part.cls for part in spec.parts)
+
+
+def _refused(spec: StageSpec, aliases: Mapping[str, str]) -> dict[str, str]:
+    """Fields a stage's class inherits but hides (`CLI_HIDDEN`: evaluate_sft's LoRA shape): refused in
+    YAML and overrides as on the command line, so no key is accepted and then ignored."""
+    return {name: f"does not apply to {spec.name} (it changes nothing there)"
+            for part in spec.parts for name in getattr(part.cls, "CLI_HIDDEN", ()) if name not in aliases}
 
 
 # --------------------------------------------------------------------------------------------
@@ -478,7 +445,7 @@ def parse_config(cls_or_spec, argv: Sequence[str] | None = None, description: st
     """defaults < recipe defaults < YAML (-c) < CLI flags < `overrides`.
 
     A plain dataclass gives an instance of it; a StageSpec gives a StageConfig."""
-    spec = _as_spec(cls_or_spec)
+    spec = as_spec(cls_or_spec)
     parser = build_parser(spec, description, prog)
     ns, extra = parser.parse_known_args(argv)
     known_fields = _all_fields(spec)
@@ -490,18 +457,25 @@ def parse_config(cls_or_spec, argv: Sequence[str] | None = None, description: st
         raise ConfigError(f"unknown option {bad}" + (f"; did you mean {close[0]}?" if close else "; --help lists every option"))
     raw: dict[str, tuple[Any, str]] = {}  # key -> (value, where it came from)
     renamed: list[str] = []
+    aliases = _aliases(spec)
     config_path = ns.config
+    sources: list[dict[str, tuple[Any, str]]] = []  # YAML < flags < overrides, each with its aliases resolved
+    refused = _refused(spec, aliases)
     if config_path:
-        for k, v in load_yaml(config_path, set(known_fields), renamed).items():
-            raw[k] = (v, f"{config_path}: {k}")
-    for name, value in vars(ns).items():
-        if name in ("config", "traceback"):
-            continue
-        raw[name] = (value, f"--{name.replace('_', '-')}")
-    for name, value in overrides.items():
-        if name not in known_fields:
+        yaml_keys = (set(known_fields) - set(refused)) | set(aliases)
+        sources.append({k: (v, f"{config_path}: {k}")
+                        for k, v in load_yaml(config_path, yaml_keys, renamed, refused).items()})
+    sources.append({name: (value, f"--{name.replace('_', '-')}") for name, value in vars(ns).items()
+                    if name not in ("config", "traceback")})
+    for name in overrides:
+        if name in refused:
+            raise ConfigError(f"override {name}: {name!r} {refused[name]}")
+        if name not in known_fields and name not in aliases:
             raise _unknown(name, sorted(known_fields), "override")
-        raw[name] = (value, f"override {name}")
+    sources.append({name: (value, f"override {name}") for name, value in overrides.items()})
+    for source in sources:
+        apply_aliases(source, aliases, renamed)
+        raw.update(source)
     for line in renamed:
         log.info("config: renamed %s", line)
     explicit = set(raw)

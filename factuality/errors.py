@@ -2,8 +2,9 @@
 
 Every script's entry point (`factuality.cli`) turns these into one `error: ...` line and exit
 code 2; anything else is a bug and keeps its traceback. The project's own error classes
-(`ConfigError`, `RecordError`, `HashMismatch`, `ModelLoadError`) are registered here by name, so
-this module imports nothing heavy and each class stays in the module that raises it.
+(`RecordError`, `HashMismatch`, `ModelLoadError`) are registered here by name, so this module
+imports nothing heavy and each class stays in the module that raises it; `UserError` and
+`ConfigError` (raised by config and compat alike) live here.
 """
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ class UserError(Exception):
     """Base for expected errors raised by the package; the message says what to do."""
 
 
+class ConfigError(UserError, ValueError):
+    """A bad option: unknown key, wrong type, out of range, contradicting another (config, compat)."""
+
+
 # (module, class name) of the package's expected errors, looked up only in modules already imported:
 # an error of a module never imported cannot have been raised.
 _EXPECTED = (
-    ("factuality.config", "ConfigError"),
     ("factuality.records", "RecordError"),
-    ("factuality.stages.build", "HashMismatch"),
+    ("factuality.raw_inputs", "HashMismatch"),
     ("factuality.modeling", "ModelLoadError"),
 )
 # OS errors about a path the user named: missing inputs, a run folder in the way, no permission.

@@ -427,7 +427,7 @@ class FitResult:
 ELLIPSIS = " ... "
 
 
-def _shorten_around(text: str, spans: list[tuple[int, int]], context_chars: int) -> str:
+def shorten_around(text: str, spans: list[tuple[int, int]], context_chars: int) -> str:
     """Keep each span with `context_chars` either side; windows that overlap merge, gaps become ' ... '."""
     windows: list[list[int]] = []
     for s, e in sorted(spans):
@@ -516,7 +516,7 @@ def fit_evidence(example: dict, tokenizer, max_prompt_tokens: int, templates: Pr
     longest = max(len(original[c["id"]]) for c in chunks)
 
     def windows(size):
-        return [dict(c, text=_shorten_around(original[c["id"]], spans[c["id"]], size) if c["id"] in spans
+        return [dict(c, text=shorten_around(original[c["id"]], spans[c["id"]], size) if c["id"] in spans
                      else _shorten_head(original[c["id"]], max(size, 1))) for c in chunks]
     got = largest_fitting(windows, 0, longest)
     if got is not None:

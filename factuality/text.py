@@ -19,12 +19,12 @@ from collections import Counter
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = set(string.punctuation)
-_DROP_PUNCT = str.maketrans("", "", string.punctuation)
+DROP_PUNCT = str.maketrans("", "", string.punctuation)
 
 
 def normalize_answer(s: str) -> str:
     s = s.lower()
-    s = s.translate(_DROP_PUNCT)   # the same as dropping each character in string.punctuation, in C
+    s = s.translate(DROP_PUNCT)   # the same as dropping each character in string.punctuation, in C
     s = _ARTICLES.sub(" ", s)
     return " ".join(s.split())
 

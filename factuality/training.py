@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import dist
+from .compat import rename_training_values
 from .config import ConfigError, to_dict
 from .modeling import ModelOptions, base_model_id, load_model, resolve_dtype
 from .records import atomic_write_json, fault_point, sha256_text
@@ -71,9 +72,7 @@ def prepare_training_values(values: dict[str, dict], explicit: set[str], batchin
 
     t, m, r = values["train"], values["model"], values.get("run", {})
     cuda, cuda_bf16 = cuda_support()
-    if "gradient_checkpointing" in explicit and "activation_checkpointing" not in explicit:
-        # transformers 5 renamed it; the old name (the notebook's) still means the same thing
-        t["activation_checkpointing"], t["gradient_checkpointing"] = bool(t.get("gradient_checkpointing")), None
+    rename_training_values(t, explicit)  # compat.TRAINING_RENAMES (gradient_checkpointing)
     dtype = resolve_dtype(m.get("dtype", "auto"))
     for flag, want, ok in (("bf16", dtype == torch.bfloat16, cuda_bf16), ("fp16", dtype == torch.float16, cuda)):
         if flag not in explicit:

@@ -449,7 +449,8 @@ def main() -> None:
     for p in (write_wiki(), write_popqa(), write_corpus()):
         print(f"wrote {p.relative_to(ROOT)} ({p.stat().st_size} bytes)")
     sys.path.insert(0, str(ROOT))
-    from factuality.stages.build import BuildConfig, SAMPLE_DIR, discover_inputs, verify_hashes, MANIFEST_NAME
+    from factuality.raw_inputs import MANIFEST_NAME, SAMPLE_DIR, discover_inputs, verify_hashes
+    from factuality.stages.build import BuildConfig
     from factuality.records import atomic_write_json
     cfg = BuildConfig()
     files = sorted({p for fs in discover_inputs([SAMPLE_DIR / "raw", SAMPLE_DIR / "fixtures"], cfg.sources).values() for p in fs})

@@ -10,7 +10,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:   # build_data.py lives at the repo root
     sys.path.insert(0, str(REPO))
 
-from factuality.stages.build import SAMPLE_DIR, BuildConfig, build
+from factuality.raw_inputs import SAMPLE_DIR
+from factuality.stages.build import BuildConfig, build
 
 SOURCES_ALL = ["fever", "hotpotqa", "nq", "popqa"]
 

@@ -9,7 +9,8 @@ from _data_helpers import build_sample, copy_sample_raw, load_all
 
 import build_data  # noqa: E402  (repo root put on sys.path by _data_helpers)
 from factuality import sources as S
-from factuality.stages.build import SAMPLE_DIR, BuildConfig, HashMismatch, build, question_key
+from factuality.raw_inputs import SAMPLE_DIR, HashMismatch
+from factuality.stages.build import BuildConfig, build, question_key
 from factuality.records import RecordError, read_examples
 from factuality.text import has_answer
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from _data_helpers import REPO, copy_sample_raw, load_all
 
-from factuality.stages.build import BuildConfig, HashMismatch, build, question_key
+from factuality.raw_inputs import HashMismatch
+from factuality.stages.build import BuildConfig, build, question_key
 from factuality.records import (
     KILL_AT_ENV,
     TRACE_ENV,
@@ -84,7 +85,7 @@ def test_deleted_raw_file_is_refused_and_outputs_stay_untouched(tmp_path):
 def test_deleted_file_of_the_bundled_sample_is_refused(tmp_path, monkeypatch):
     import shutil
 
-    import factuality.stages.build as B
+    import factuality.raw_inputs as B
     sample = tmp_path / "sample"
     shutil.copytree(B.SAMPLE_DIR, sample)
     monkeypatch.setattr(B, "SAMPLE_DIR", sample)

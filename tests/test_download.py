@@ -13,7 +13,8 @@ from functools import partial
 import pytest
 
 from factuality import download as D
-from factuality.stages.build import SAMPLE_DIR, BuildConfig, HashMismatch, build
+from factuality.raw_inputs import SAMPLE_DIR, HashMismatch
+from factuality.stages.build import BuildConfig, build
 
 RAW, FIX = SAMPLE_DIR / "raw", SAMPLE_DIR / "fixtures"
 

@@ -235,14 +235,14 @@ def test_render_command(tmp_path, capsys, tiny_model_dir, examples):
 
 
 def test_shorten_around_keeps_every_span_and_cuts_between():
-    from factuality.prompts import _shorten_around
+    from factuality.prompts import shorten_around
 
     text = "a" * 100 + "SPAN1" + "b" * 300 + "SPAN2" + "c" * 100
     s1, s2 = text.index("SPAN1"), text.index("SPAN2")
-    out = _shorten_around(text, [(s2, s2 + 5), (s1, s1 + 5)], 10)
+    out = shorten_around(text, [(s2, s2 + 5), (s1, s1 + 5)], 10)
     assert out == "... " + "a" * 10 + "SPAN1" + "b" * 10 + " ... " + "b" * 10 + "SPAN2" + "c" * 10 + " ..."
     assert out.startswith("...") and out.endswith("...") and " ... " in out
-    assert _shorten_around(text, [(s1, s1 + 5)], 10_000) == text  # a wide window keeps everything
+    assert shorten_around(text, [(s1, s1 + 5)], 10_000) == text  # a wide window keeps everything
 
 
 def test_the_target_answer_is_the_alias_its_support_span_holds():

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from factuality import sources as S
-from factuality.stages.build import SAMPLE_DIR
+from factuality.raw_inputs import SAMPLE_DIR
 from factuality.records import RecordError
 from factuality.text import has_answer
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from ..retrieval import BM25Index
-from ..text import _DROP_PUNCT, has_answer, normalize_answer
+from ..text import DROP_PUNCT, has_answer, normalize_answer
 from .base import (
     BadRecords,
     Chunk,
@@ -143,7 +143,7 @@ def answer_test(answers: list[str]) -> Callable[[str], bool]:
     norm = [a.split() for a in (normalize_answer(x) for x in answers) if a]
 
     def holds(text: str) -> bool:
-        low = text.lower().translate(_DROP_PUNCT)
+        low = text.lower().translate(DROP_PUNCT)
         if not any(all(t in low for t in toks) for toks in norm):
             return False
         return has_answer(text, answers)

@@ -20,19 +20,24 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import os
 import random
 import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .. import sources as S
 from ..config import to_dict
 from ..provenance import run_card, set_seed, write_run_card
+from ..raw_inputs import (
+    discover_inputs,
+    input_scope,
+    relative_posix,
+    resolve_layout,
+    verify_hashes,
+)
 from ..records import (
     EXAMPLE,
     RUN_CARD_NAME,
@@ -40,14 +45,11 @@ from ..records import (
     SOURCE_NAME,
     SOURCES,
     SPLITS,
-    RecordError,
     atomic_dir,
     dumps_line,
     fault_point,
     json_text,
-    read_json,
     recover_dir,
-    sha256_file,
     stage_outside,
     with_hash,
 )
@@ -59,11 +61,6 @@ from ..retrieval import (
 )
 from ..sources import Draft
 from ..text import normalize_answer
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SAMPLE_DIR = REPO_ROOT / "data" / "sample"
-MANIFEST_NAME = "raw_manifest.json"
-
 
 @dataclass
 class BuildConfig:
@@ -154,126 +151,6 @@ class BuildConfig:
             raise ValueError("fever_wiki_scope must be 'all' or 'referenced'")
 
 
-class HashMismatch(RuntimeError):
-    """A raw input differs from the manifest (or is new) and --accept-new-hash was not given."""
-
-
-# --------------------------------------------------------------------------------------------
-# Inputs and hashes
-# --------------------------------------------------------------------------------------------
-@dataclass
-class RawLayout:
-    roots: list[Path]
-    manifest: Path
-    bundled_sample: bool
-
-
-def resolve_layout(cfg: BuildConfig) -> RawLayout:
-    data_dir = Path(cfg.data_dir)
-    if cfg.raw_dir:
-        return RawLayout([Path(cfg.raw_dir)], data_dir / MANIFEST_NAME, False)
-    raw = data_dir / "raw"
-    # A manifest of the user's own means their raw files are the inputs, even if all of them vanished:
-    # falling back to the bundled sample then would hide the loss.
-    if (raw.is_dir() and any(p.is_file() for p in raw.rglob("*"))) or (data_dir / MANIFEST_NAME).exists():
-        return RawLayout([raw], data_dir / MANIFEST_NAME, False)
-    return RawLayout([SAMPLE_DIR / "raw", SAMPLE_DIR / "fixtures"], SAMPLE_DIR / MANIFEST_NAME, True)
-
-
-def discover_inputs(roots: list[Path], sources: list[str]) -> dict[str, list[Path]]:
-    """{role: files} for every raw file the sources' dataset modules read, found under the roots."""
-    out: dict[str, list[Path]] = {}
-    for role, pattern in S.input_globs(sources).items():
-        files = []
-        for root in roots:
-            files += sorted(p for p in root.glob(pattern) if p.is_file() and not p.name.startswith("."))
-        out[role] = files
-    return out
-
-
-def _glob_match(rel_parts: tuple[str, ...], pattern: str) -> bool:
-    """Path.glob semantics for a relative path: one pattern part per path part."""
-    pat = pattern.split("/")
-    return len(pat) == len(rel_parts) and all(fnmatchcase(p, q) for p, q in zip(rel_parts, pat))
-
-
-def input_scope(roots: list[Path], sources: list[str]) -> Callable[[Path], bool]:
-    """Whether a path is one this build would read (under a root, matching an input glob): a file the
-    manifest lists that is in scope and missing has vanished."""
-    patterns = list(S.input_globs(sources).values())
-
-    def in_scope(path: Path) -> bool:
-        for root in roots:
-            try:
-                rel = path.resolve().relative_to(root.resolve()).parts
-            except ValueError:
-                continue
-            if not (rel and rel[-1].startswith(".")) and any(_glob_match(rel, p) for p in patterns):
-                return True
-        return False
-
-    return in_scope
-
-
-def _rel(path: Path, base: Path) -> str:
-    return Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()
-
-
-def verify_hashes(files: list[Path], manifest_path: Path, accept_new: bool,
-                  in_scope: Callable[[Path], bool] | None = None) -> tuple[dict[str, str], dict | None]:
-    """sha256 of each input checked against the manifest; a file the manifest lists (and that
-    `in_scope` says this run reads; default: every listed file) must still exist.
-
-    Returns ({relative path: sha256}, manifest to write or None). Raises HashMismatch naming the
-    file, both hashes and the fix; nothing has been written at that point.
-    """
-    base = manifest_path.parent
-    manifest = {"files": {}}
-    if manifest_path.exists():
-        try:
-            manifest = read_json(manifest_path, expected="a hash manifest {'files': {path: sha256}}")
-            if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-                raise RecordError("not a mapping with 'files'")
-        except RecordError:
-            raise HashMismatch(f"{manifest_path}: not a valid hash manifest ({{'files': {{path: sha256}}}}); "
-                               "delete it and rerun with --accept-new-hash") from None
-    recorded = manifest["files"]
-    current = {_rel(p, base): sha256_file(p) for p in files}
-    changed = False
-    for rel in sorted(recorded):
-        if rel in current or (base / rel).exists() or (in_scope is not None and not in_scope(base / rel)):
-            continue
-        if not accept_new:
-            raise HashMismatch(
-                f"{base / rel}: listed in {manifest_path} (sha256 {recorded[rel]}) but missing; a raw input "
-                "vanished since it was accepted. Restore or re-download it (python build_data.py download), or, if "
-                "you removed it on purpose, rerun with --accept-new-hash to drop it from the manifest; nothing was "
-                "written")
-        del recorded[rel]
-        changed = True
-    for rel, digest in current.items():
-        old = recorded.get(rel)
-        if old == digest:
-            continue
-        if not accept_new:
-            if old is None:
-                raise HashMismatch(
-                    f"{base / rel}: new raw input, sha256 {digest} is not in {manifest_path}. If you added it on "
-                    "purpose, rerun with --accept-new-hash to record it; nothing was written")
-            raise HashMismatch(
-                f"{base / rel}: sha256 {digest} differs from {old} recorded in {manifest_path}; the raw file "
-                "changed since it was accepted. Restore or re-download it (python build_data.py download), or, if "
-                "the change is intended, rerun with --accept-new-hash; nothing was written")
-        recorded[rel] = digest
-        changed = True
-    if not manifest_path.exists():
-        changed = True
-    manifest["files"] = dict(sorted(recorded.items()))
-    manifest.setdefault("note", "sha256 of every raw input; build_data.py refuses inputs that differ "
-                                "(rerun with --accept-new-hash to record a deliberate change)")
-    return current, (manifest if changed else None)
-
-
 # --------------------------------------------------------------------------------------------
 # Seeded hashing helpers
 # --------------------------------------------------------------------------------------------
@@ -307,7 +184,7 @@ def read_sources(cfg: BuildConfig, inputs: dict[str, list[Path]], bad: S.BadReco
     for source in S.build_order(cfg.sources):
         for role, reader in S.source_module(source).READERS.items():
             for path in inputs.get(role, []):
-                rel = _rel(path, base) if base else str(path)
+                rel = relative_posix(path, base) if base else str(path)
                 for ex in reader(path, bad):
                     ex.where = rel + ex.where[len(str(path)):] if ex.where.startswith(str(path)) else ex.where
                     out[source].append(ex)
@@ -461,7 +338,7 @@ def finalize(d: Draft, cfg: BuildConfig, split: str) -> dict:
 # Main
 # --------------------------------------------------------------------------------------------
 def build(cfg: BuildConfig) -> dict:
-    """Everything but the printing; returns the summary (see `main`)."""
+    """Everything but the printing; returns the summary (see `run`)."""
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     set_seed(cfg.seed)
@@ -477,21 +354,7 @@ def build(cfg: BuildConfig) -> dict:
     hashes, manifest_to_write = verify_hashes(all_files, layout.manifest, cfg.accept_new_hash,
                                               input_scope(layout.roots, cfg.sources))
     timings["hash_s"] = time.perf_counter() - t
-    if not all_files and all(s in S.REGISTRY for s in cfg.sources):   # (one's own data: the message below)
-        raise FileNotFoundError(f"no raw input files under {', '.join(map(str, layout.roots))} for sources "
-                                f"{cfg.sources}; run `python build_data.py download --data-dir {cfg.data_dir}`")
-    for s in cfg.sources:
-        globs = S.source_module(s).INPUTS
-        roles = list(S.source_module(s).READERS)
-        if not any(inputs.get(r) for r in roles):
-            if s not in S.REGISTRY:
-                raise FileNotFoundError(
-                    f"source {s!r} (your own data): no {', '.join(globs.values())} files under "
-                    f"{', '.join(map(str, layout.roots))}; put retrieval results in the ctxs format, or a knowledge "
-                    "base plus question/answer pairs, there")
-            raise FileNotFoundError(f"source {s!r}: no raw files under {', '.join(map(str, layout.roots))} "
-                                    f"(expected {', '.join(globs[r] for r in roles)}); drop it from --sources "
-                                    "or download it")
+    check_inputs_found(cfg, layout.roots, inputs, all_files)
 
     bad = S.BadRecords(collect=cfg.rejects is not None)
     t = time.perf_counter()
@@ -508,24 +371,10 @@ def build(cfg: BuildConfig) -> dict:
     timings["evidence_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    for d in drafts:
-        split = assign_split(d.raw.question, cfg.seed, cfg.split_fractions)
-        splits[split].append(finalize(d, cfg, split))
-    for name, recs in splits.items():
-        recs.sort(key=lambda r: r["id"])
-        random.Random(f"{cfg.seed}:shuffle:{name}").shuffle(recs)
-        for r in recs:
-            EXAMPLE.validate(r, where=f"{name} id={r['id']!r} (from {r['meta']['raw_record']})")
+    splits = assemble_splits(cfg, drafts)
     timings["assemble_s"] = time.perf_counter() - t
 
-    counts: dict[str, dict[str, dict[str, int]]] = {}
-    labels: dict[str, Counter] = defaultdict(Counter)
-    for name, recs in splits.items():
-        for r in recs:
-            c = counts.setdefault(r["source"], {}).setdefault(name, {"answerable": 0, "unanswerable": 0})
-            c["answerable" if r["answerable"] else "unanswerable"] += 1
-            labels[r["source"]][r["meta"].get("original_label") or r["meta"].get("unanswerable_reason") or "answerable"] += 1
+    counts, labels = split_counts(splits)
     summary = {
         "outputs": {name: str(out_dir / f"{name}.jsonl") for name in splits},
         "out_dir": str(out_dir),
@@ -551,6 +400,52 @@ def build(cfg: BuildConfig) -> dict:
     summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
     summary["run_card"] = str(out_dir / RUN_CARD_NAME)
     return summary
+
+
+def check_inputs_found(cfg: BuildConfig, roots: list[Path], inputs: dict[str, list[Path]], all_files: list[Path]) -> None:
+    """Every source asked for has raw files under the roots; else what to do about it."""
+    if not all_files and all(s in S.REGISTRY for s in cfg.sources):   # (one's own data: the message below)
+        raise FileNotFoundError(f"no raw input files under {', '.join(map(str, roots))} for sources "
+                                f"{cfg.sources}; run `python build_data.py download --data-dir {cfg.data_dir}`")
+    for s in cfg.sources:
+        globs = S.source_module(s).INPUTS
+        roles = list(S.source_module(s).READERS)
+        if not any(inputs.get(r) for r in roles):
+            if s not in S.REGISTRY:
+                raise FileNotFoundError(
+                    f"source {s!r} (your own data): no {', '.join(globs.values())} files under "
+                    f"{', '.join(map(str, roots))}; put retrieval results in the ctxs format, or a knowledge "
+                    "base plus question/answer pairs, there")
+            raise FileNotFoundError(f"source {s!r}: no raw files under {', '.join(map(str, roots))} "
+                                    f"(expected {', '.join(globs[r] for r in roles)}); drop it from --sources "
+                                    "or download it")
+
+
+def assemble_splits(cfg: BuildConfig, drafts: list[Draft]) -> dict[str, list[dict]]:
+    """{split: examples}: each draft finalised into its split (seeded by question), each split in a seeded
+    order, every example validated against records.EXAMPLE."""
+    splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for d in drafts:
+        split = assign_split(d.raw.question, cfg.seed, cfg.split_fractions)
+        splits[split].append(finalize(d, cfg, split))
+    for name, recs in splits.items():
+        recs.sort(key=lambda r: r["id"])
+        random.Random(f"{cfg.seed}:shuffle:{name}").shuffle(recs)
+        for r in recs:
+            EXAMPLE.validate(r, where=f"{name} id={r['id']!r} (from {r['meta']['raw_record']})")
+    return splits
+
+
+def split_counts(splits: dict[str, list[dict]]) -> tuple[dict, dict[str, Counter]]:
+    """(answerable / unanswerable per source and split, original labels per source)."""
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    labels: dict[str, Counter] = defaultdict(Counter)
+    for name, recs in splits.items():
+        for r in recs:
+            c = counts.setdefault(r["source"], {}).setdefault(name, {"answerable": 0, "unanswerable": 0})
+            c["answerable" if r["answerable"] else "unanswerable"] += 1
+            labels[r["source"]][r["meta"].get("original_label") or r["meta"].get("unanswerable_reason") or "answerable"] += 1
+    return counts, labels
 
 
 def retrieval_misses(cfg: BuildConfig, drafts: list[Draft], bad: S.BadRecords) -> dict:

@@ -214,9 +214,7 @@ class PrefsOptions(ModelOptions, BackendOptions):
     config_path: str | None = field(default=None, metadata={"help": "set from -c", "cli": False})
 
     def validate(self) -> None:
-        if self.use_8bit:
-            self.load_in_8bit = True
-        self.use_8bit = bool(self.load_in_8bit)
+        self.load_in_8bit = self.use_8bit  # load_in_8bit is read as use_8bit (compat.STAGE_ALIASES)
         if self.base_model:
             self.model_name_or_path = self.base_model
         if self.prompts_dir in ("", "default"):

@@ -164,7 +164,6 @@ class RMOptions:
     pairs_path: str | None = field(default=None, metadata={
         "help": "preference pairs (make_prefs.py --phase judge output); default: the newest "
                 "<prefs_dir>/preferences_*.jsonl"})
-    data_path: str | None = field(default=None, metadata={"help": "the same as pairs_path (either name)"})
     prefs_dir: str = field(default="prefs", metadata={"help": "where to look for the newest pairs file"})
     probe_data: str | None = field(default="data/processed/val.jsonl", metadata={
         "help": "held-out processed examples for the gaming probes; when the file is missing, the val pairs' own "
@@ -230,10 +229,6 @@ class RMOptions:
             self.prompts_dir = None
         if self.probe_data == "":
             self.probe_data = None
-        if self.data_path and self.pairs_path and self.data_path != self.pairs_path:
-            raise ConfigError(f"pairs_path ({self.pairs_path}) and data_path ({self.data_path}) name different files; "
-                              "set one of them")
-        self.pairs_path = self.pairs_path or self.data_path
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; choose one")
         if self.validate_only and (self.resume or self.overwrite):
