@@ -449,9 +449,14 @@ def main() -> None:
     for p in (write_wiki(), write_popqa(), write_corpus()):
         print(f"wrote {p.relative_to(ROOT)} ({p.stat().st_size} bytes)")
     sys.path.insert(0, str(ROOT))
-    from factuality.raw_inputs import MANIFEST_NAME, SAMPLE_DIR, discover_inputs, verify_hashes
-    from factuality.stages.build import BuildConfig
+    from factuality.raw_inputs import (
+        MANIFEST_NAME,
+        SAMPLE_DIR,
+        discover_inputs,
+        verify_hashes,
+    )
     from factuality.records import atomic_write_json
+    from factuality.stages.build import BuildConfig
     cfg = BuildConfig()
     files = sorted({p for fs in discover_inputs([SAMPLE_DIR / "raw", SAMPLE_DIR / "fixtures"], cfg.sources).values() for p in fs})
     _, manifest = verify_hashes(files, SAMPLE_DIR / MANIFEST_NAME, accept_new=True)

@@ -103,7 +103,16 @@ def test_modules_and_functions_are_short_enough_to_read():
 def _stage_specs():
     from factuality.config import as_spec
     from factuality.download import STAGE as DOWNLOAD
-    from factuality.stages import build, dpo, evaluate, pipeline, prefs, prompt_schema, reward, sft
+    from factuality.stages import (
+        build,
+        dpo,
+        evaluate,
+        pipeline,
+        prefs,
+        prompt_schema,
+        reward,
+        sft,
+    )
 
     out = {}
     for stage in (build.STAGE, DOWNLOAD, prompt_schema.STAGE, sft.STAGE, evaluate.STAGE, prefs.STAGE, reward.STAGE,

@@ -62,6 +62,7 @@ from ..retrieval import (
 from ..sources import Draft
 from ..text import normalize_answer
 
+
 @dataclass
 class BuildConfig:
     data_dir: str = field(default="data", metadata={
