@@ -25,13 +25,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
+
+import yaml
 
 from ..config import ConfigError
 from ..records import atomic_write_json, atomic_write_text, sha256_file, sha256_json
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
+PRESETS_FILE = ROOT / "configs" / "presets.yaml"
 
 
 @dataclass
@@ -51,10 +54,11 @@ class PipelineConfig:
     """Options of pipeline.py."""
 
     preset: str = field(default="cpu", metadata={
-        "help": "cpu: the embedded model on the bundled sample (minutes on a laptop); gpu: the notebook's "
-                "Gemma-2 recipes (configs/*.yaml); tiny: the test configs (configs/*_tiny.yaml) on a tiny random "
-                "model (a smoke test of the chain in about two minutes; its numbers mean nothing)",
-        "choices": ["cpu", "gpu", "tiny"]})
+        "help": "a section of --presets: cpu (the embedded model on the bundled sample, minutes on a laptop), gpu "
+                "(the notebook's Gemma-2 recipes), tiny (the test configs on a tiny random model: a smoke test of "
+                "the chain in about two minutes; its numbers mean nothing)"})
+    presets: str = field(default=str(PRESETS_FILE), metadata={
+        "help": "the presets file: each preset's config per step and its run folders (configs/presets.yaml)"})
     force: list[str] = field(default_factory=list, metadata={
         "help": "steps to redo even when up to date (and every step after the first of them); 'all' for everything"})
     only: list[str] = field(default_factory=list, metadata={"help": "run only these steps (their inputs must exist)"})
@@ -63,48 +67,80 @@ class PipelineConfig:
     python: str = field(default=sys.executable, metadata={"help": "interpreter for the steps", "cli": False})
 
 
-TINY_MODEL = "runs/tiny-model"  # preset tiny: factuality.testing.make_tiny_model writes it here
+PRESET_STEPS = ("train_sft", "make_prefs", "train_rm", "train_dpo", "evaluate")   # the steps a preset configures
+RUN_FOLDERS = ("sft", "rm", "dpo", "eval")
 
 
-def steps_for(preset: str) -> list[Step]:
-    cpu, tiny = preset == "cpu", preset == "tiny"
-    c = (lambda name: f"configs/{name}_{preset}.yaml") if cpu or tiny else (lambda name: f"configs/{name}.yaml")
-    run = {"cpu": "smollm2-cpu", "tiny": "tiny"}.get(preset)
-    sft_dir = f"checkpoints/sft/{run or 'gemma2-9b-qlora'}"
-    dpo_dir = f"checkpoints/dpo/{run or 'gemma2-9b-qlora'}"
-    rm_dir = f"checkpoints/rm/{run or 'gemma2-9b'}"
-    evaluation = "configs/eval_pipeline.yaml" if preset == "gpu" else "configs/eval_pipeline_cpu.yaml"
-    # tiny: the test configs name no model or data of their own (tests set them): these flags do
-    model = ["--model-name-or-path", TINY_MODEL] if tiny else []
-    prefs = ["--sft-model", sft_dir, "--judge-model", TINY_MODEL, "--data-path", "data/processed/train.jsonl",
-             "--val-path", "data/processed/val.jsonl", "--max-samples", "8", "--max-val-samples", "4"] if tiny else []
+def load_presets(path: str | os.PathLike = PRESETS_FILE) -> dict[str, dict]:
+    """{name: preset} of the presets file (configs/presets.yaml), each checked: a config for every
+    configurable step and every run folder named."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read the presets: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f"{path}: expected a mapping of preset name -> {{configs, runs}}")
+    for name, preset in data.items():
+        where = f"{path}: {name}"
+        if not isinstance(preset, dict):
+            raise ConfigError(f"{where}: expected a mapping with configs: and runs:")
+        for key, needed in (("configs", PRESET_STEPS), ("runs", RUN_FOLDERS)):
+            given = preset.get(key)
+            missing = [k for k in needed if not isinstance(given, dict) or not given.get(k)]
+            if missing:
+                raise ConfigError(f"{where}: {key}.{missing[0]} is missing; name it (see the cpu preset)")
+        unknown = sorted(set(preset) - {"about", "configs", "runs", "model", "flags"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: about, configs, runs, model, flags)")
+        flags = preset.get("flags") or {}
+        if not isinstance(flags, dict) or any(k not in PRESET_STEPS or not isinstance(v, list) for k, v in flags.items()):
+            raise ConfigError(f"{where}: flags: expected step: [flag, value, ...] for steps of {', '.join(PRESET_STEPS)}")
+    return data
+
+
+def steps_for(preset: str, presets: Mapping[str, dict] | None = None) -> list[Step]:
+    """The main job's steps under one preset: its configs, its run folders passed to every step that
+    writes or reads them, its model and extra flags."""
+    presets = load_presets() if presets is None else presets
+    if preset not in presets:
+        raise ConfigError(f"no preset {preset!r}; presets ({PRESETS_FILE.name}): {', '.join(presets)}")
+    p = presets[preset]
+    c, runs, model = p["configs"], p["runs"], p.get("model")
+    sft_dir, rm_dir, dpo_dir, eval_out = (runs[k] for k in RUN_FOLDERS)
+
+    def flags(step: str) -> list[str]:
+        return [str(a) for a in (p.get("flags") or {}).get(step, [])]
+
+    model_flags = ["--model-name-or-path", model] if model else []
     steps = [
         Step("build_data", ["build_data.py"], ["data/processed/*.jsonl", "data/processed/run_card.json"], redo_flag=None),
         Step("prompt_schema", ["prompt_schema.py", "save", "--prompts-dir", "prompts"], ["prompts/*"], redo_flag=None),
-        Step("train_sft", ["train_sft.py", "-c", "configs/sft_gemma2.yaml" if preset == "gpu" else c("sft"), *model,
-                           *(["--output-dir", sft_dir, "--max-val-samples", "4"] if tiny else [])],
+        Step("train_sft", ["train_sft.py", "-c", c["train_sft"], *model_flags, "--output-dir", sft_dir,
+                           *flags("train_sft")],
              [f"{sft_dir}/adapter_*", f"{sft_dir}/run_card.json"], reads=["build_data", "prompt_schema"]),
-        Step("make_prefs generate", ["make_prefs.py", "--phase", "generate", "-c", c("prefs"), *prefs],
+        Step("make_prefs generate", ["make_prefs.py", "--phase", "generate", "-c", c["make_prefs"], "--sft-model", sft_dir,
+                                     *(["--judge-model", model] if model else []), *flags("make_prefs")],
              # not prefs/cache/*/*: the judge phase adds its own cache there, which is no output of this step
              [f"prefs/cache/*/{f}" for f in ("manifest.json", "examples.jsonl", "generations.jsonl")],
              reads=["build_data", "train_sft"], redo_flag=None),
-        Step("make_prefs judge", ["make_prefs.py", "--phase", "judge", "-c", c("prefs"), *prefs],
+        Step("make_prefs judge", ["make_prefs.py", "--phase", "judge", "-c", c["make_prefs"], "--sft-model", sft_dir,
+                                  *(["--judge-model", model] if model else []), *flags("make_prefs")],
              ["prefs/preferences_*.jsonl"], reads=["make_prefs generate"], redo_flag=None),
-        Step("train_rm", ["train_rm.py", "-c", c("rm"), *model, "--synthetic-pairs", "false", "--pairs-path", "{prefs}",
-                          "--output-dir", rm_dir, *(["--probe-data", "data/processed/val.jsonl", "--plots", "true"]
-                                                    if tiny else [])],
+        Step("train_rm", ["train_rm.py", "-c", c["train_rm"], *model_flags, "--synthetic-pairs", "false",
+                          "--pairs-path", "{prefs}", "--output-dir", rm_dir, *flags("train_rm")],
              [f"{rm_dir}/best/*", f"{rm_dir}/*.json"], reads=["make_prefs judge"]),
-        Step("train_dpo", ["train_dpo.py", "-c", c("dpo"), *model, "--pairs-file", "{prefs}", "--sft-adapter", sft_dir,
-                           "--rm-checkpoint", f"{rm_dir}/best", *(["--output-dir", dpo_dir] if tiny else [])],
+        Step("train_dpo", ["train_dpo.py", "-c", c["train_dpo"], *model_flags, "--pairs-file", "{prefs}",
+                           "--sft-adapter", sft_dir, "--rm-checkpoint", f"{rm_dir}/best", "--output-dir", dpo_dir,
+                           *flags("train_dpo")],
              [f"{dpo_dir}/adapter_*", f"{dpo_dir}/run_card.json"], reads=["make_prefs judge", "train_sft", "train_rm"]),
-        Step("evaluate", ["evaluate_sft.py", "-c", evaluation, "--overwrite",
-                          *(["--systems", f"base,sft={sft_dir},dpo={dpo_dir}", "--max-new-tokens", "16",
-                             "--limit", "12"] if tiny else [])],
-             ["runs/eval-pipeline/*.json"], reads=["train_sft", "train_dpo"], redo_flag=None),
+        Step("evaluate", ["evaluate_sft.py", "-c", c["evaluate"], "--overwrite",
+                          "--systems", f"base,sft={sft_dir},dpo={dpo_dir}", "--output", eval_out, *flags("evaluate")],
+             [f"{Path(eval_out).parent}/*.json"], reads=["train_sft", "train_dpo"], redo_flag=None),
     ]
-    if tiny:
-        make = f"from factuality.testing import make_tiny_model; make_tiny_model({TINY_MODEL!r})"
-        steps.insert(0, Step("tiny_model", ["-c", make], [f"{TINY_MODEL}/*"], redo_flag=None))
+    if model:
+        make = f"from factuality.testing import make_tiny_model; make_tiny_model({model!r})"
+        steps.insert(0, Step("tiny_model", ["-c", make], [f"{model}/*"], redo_flag=None))
         for s in steps[1:]:
             if s.name in ("train_sft", "make_prefs generate", "make_prefs judge", "train_rm", "train_dpo"):
                 s.reads.append("tiny_model")
@@ -167,7 +203,8 @@ def _fmt_s(s: float) -> str:
 
 def run(cfg: PipelineConfig, runner: Callable[[list[str]], int] | None = None) -> dict:
     """Run (or reuse) every step; returns {"steps": [{name, status, seconds}], "summary": text}."""
-    steps = steps_for(cfg.preset)
+    presets = load_presets(cfg.presets)
+    steps = steps_for(cfg.preset, presets)
     names = [s.name for s in steps]
     for n in list(cfg.force) + list(cfg.only):
         if n != "all" and n not in names:
@@ -212,7 +249,7 @@ def run(cfg: PipelineConfig, runner: Callable[[list[str]], int] | None = None) -
                             "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         atomic_write_json(state_path, state)
         report.append({"name": step.name, "status": "ran", "seconds": round(seconds, 1)})
-    summary = final_summary(report) if not cfg.dry_run else ""
+    summary = final_summary(report, presets[cfg.preset]["runs"]) if not cfg.dry_run else ""
     if summary:
         atomic_write_text(state_dir / "summary.md", summary + "\n")
     return {"steps": report, "summary": summary}
@@ -223,16 +260,16 @@ def _read_json(pattern: str) -> dict | None:
     return json.loads(Path(files[-1]).read_text(encoding="utf-8")) if files else None
 
 
-def final_summary(report: list[dict]) -> str:
+def final_summary(report: list[dict], runs: Mapping[str, str]) -> str:
     """The table of base / SFT / DPO, the reward model's AUC and probes, and the step times."""
     from ..report import format_comparison_table
 
     parts: list[str] = []
-    results = _read_json("runs/eval-pipeline/eval_results.json")
+    results = _read_json(runs["eval"])
     if results:
         parts += ["## Base, SFT and DPO on the test split (headline measures; 95% intervals of the deltas)", "",
                   format_comparison_table(results, markdown=True), ""]
-    rm = _read_json("checkpoints/rm/*/rm_report.json")
+    rm = _read_json(f"{runs['rm']}/rm_report.json")
     if rm:
         parts += ["## Reward model (held-out pairs)", "", rm_lines(rm), ""]
     rows = ["| step | status | seconds |", "|---|---|---:|"]
