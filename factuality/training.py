@@ -17,12 +17,13 @@ from . import dist
 from .compat import rename_training_values
 from .config import ConfigError, to_dict
 from .modeling import ModelOptions, base_model_id, load_model, resolve_dtype
+from .paths import VAL_FILE
 from .records import atomic_write_json, fault_point, sha256_text
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCHING = "group_by_length"           # train_sft's batching default (SFTOptions.batching)
-DEFAULT_VAL_FILE = "data/processed/val.jsonl"   # a stage's val_file default when its options name none
+DEFAULT_VAL_FILE = VAL_FILE   # a stage's val_file default when its options name none
 
 
 @dataclass

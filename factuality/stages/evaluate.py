@@ -27,6 +27,7 @@ from ..config import ConfigError, to_dict
 from ..generation import PREFILL_MODES
 from ..metrics import BootstrapSpec, bucket_labels, check_boundaries
 from ..modeling import EMBEDDED_MODEL, ModelOptions
+from ..paths import TEST_FILE
 from ..pool import (
     ModelPool,
     append_generations,
@@ -91,7 +92,7 @@ class EvalConfig(ModelOptions, BackendOptions):
                 "evaluated over its base, or a full model dir / hub id"})
     base_model: str | None = field(default=None, metadata={
         "help": f"base model id/path; default: the adapter's base_model_name_or_path, else {EMBEDDED_MODEL}"})
-    test_data: str = field(default="data/processed/test.jsonl", metadata={"help": "processed test split (build_data.py)"})
+    test_data: str = field(default=TEST_FILE, metadata={"help": "processed test split (build_data.py)"})
     compare_baseline: bool = field(default=False, metadata={
         "help": "also run the base model (adapter disabled) on the same examples and report deltas"})
     batch_size: int = field(default=4, metadata={"min": 1, "help": "prompts generated together (length-sorted, left-padded)"})

@@ -75,6 +75,7 @@ from ..judge import (
 )
 from ..judge import templates_hash as judge_templates_hash
 from ..modeling import EMBEDDED_MODEL, ModelOptions
+from ..paths import PREFS_DIR, TRAIN_FILE
 from ..perturb import KINDS, check_kinds, perturbations
 from ..prompts import (
     PromptTemplates,
@@ -133,7 +134,7 @@ class PrefsOptions(ModelOptions, BackendOptions):
                 "base with the adapter disabled for the base candidates; or a full model dir / hub id"})
     base_model: str | None = field(default=None, metadata={
         "help": f"base model id/path; default: the adapter's base_model_name_or_path, else {EMBEDDED_MODEL}"})
-    data_path: list[str] = field(default_factory=lambda: ["data/processed/train.jsonl"], metadata={
+    data_path: list[str] = field(default_factory=lambda: [TRAIN_FILE], metadata={
         "help": "processed example files (build_data.py), comma-separated, e.g. train.jsonl,val.jsonl; each "
                 "example keeps its own split; a test file or test example is refused"})
     val_path: list[str] = field(default_factory=list, metadata={
@@ -169,7 +170,7 @@ class PrefsOptions(ModelOptions, BackendOptions):
     prompts_dir: str | None = field(default=None, metadata={
         "help": "prompt templates (prompt_schema.py save); default: the adapter's prompts/ (saved by train_sft.py), "
                 "else the built-in ones"})
-    output_dir: str = field(default="prefs", metadata={
+    output_dir: str = field(default=PREFS_DIR, metadata={
         "help": "cache/<signature>/ and preferences_<signature>.jsonl (+ .stats.json) go here"})
     # ---- phase 2: judge
     cache_dir: str | None = field(default=None, metadata={

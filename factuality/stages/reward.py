@@ -94,6 +94,7 @@ from ..modeling import (
     resolve_dtype,
     resolve_model_path,
 )
+from ..paths import PREFS_DIR, PROCESSED_DIR, VAL_FILE
 from ..penalties import (
     PENALTIES,
     PenaltyOptions,
@@ -164,8 +165,8 @@ class RMOptions:
     pairs_path: str | None = field(default=None, metadata={
         "help": "preference pairs (make_prefs.py --phase judge output); default: the newest "
                 "<prefs_dir>/preferences_*.jsonl"})
-    prefs_dir: str = field(default="prefs", metadata={"help": "where to look for the newest pairs file"})
-    probe_data: str | None = field(default="data/processed/val.jsonl", metadata={
+    prefs_dir: str = field(default=PREFS_DIR, metadata={"help": "where to look for the newest pairs file"})
+    probe_data: str | None = field(default=VAL_FILE, metadata={
         "help": "held-out processed examples for the gaming probes; when the file is missing, the val pairs' own "
                 "fields (evidence, support, answers) are used; empty or null: no probes"})
     max_probe_examples: int | None = field(default=None, metadata={
@@ -200,7 +201,7 @@ class RMOptions:
         "help": "make the pairs from processed examples without a model (gold answer against labelled "
                 "perturbations and prose), write them to pairs_path (default prefs/preferences_synthetic.jsonl) "
                 "and train on them: for the demo and a first reward model before make_prefs.py"})
-    synthetic_data_dir: str = field(default="data/processed", metadata={
+    synthetic_data_dir: str = field(default=PROCESSED_DIR, metadata={
         "help": "synthetic pairs: folder with train.jsonl and val.jsonl (build_data.py output)"})
     synthetic_train_pairs: int = field(default=150, metadata={"min": 1, "help": "synthetic pairs of train examples"})
     synthetic_val_pairs: int = field(default=50, metadata={"min": 1, "help": "synthetic pairs of val examples"})

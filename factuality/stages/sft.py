@@ -35,6 +35,7 @@ from ..modeling import (
     load_tokenizer,
     model_summary,
 )
+from ..paths import TRAIN_FILE, VAL_FILE
 from ..prompts import (
     PromptTemplates,
     completion_text,
@@ -80,8 +81,8 @@ class SFTOptions(RunFolderOptions):
     """This suite's own SFT options (the data, how batches are formed, the run folder's life).
     Training options are TRL's SFTConfig fields and model/LoRA options ModelOptions' fields."""
 
-    train_file: str = field(default="data/processed/train.jsonl", metadata={"help": "training examples (build_data.py output)"})
-    val_file: str | None = field(default="data/processed/val.jsonl", metadata={
+    train_file: str = field(default=TRAIN_FILE, metadata={"help": "training examples (build_data.py output)"})
+    val_file: str | None = field(default=VAL_FILE, metadata={
         "help": "held-out examples for the eval loss; empty or null to skip evaluation"})
     max_samples: int | None = field(default=None, metadata={
         "min": 1, "help": "use only the first N training examples (null: all)"})
