@@ -6,7 +6,7 @@
 
 Variants (each in a fresh subprocess, so peak memory is its own; `--rounds` alternates them, so a
 machine whose load drifts affects both alike), both training the same SFT adapter with
-factuality.stages.dpo.build_trainer on the same fitted pairs, batch size, lr and steps:
+factuality.dpo_trainer.build_trainer on the same fitted pairs, batch size, lr and steps:
 - live: the reference log-probs come from a forward pass with the frozen "ref" adapter each step
   (TRL's default for a PEFT policy);
 - cached: they are computed once before training (`precompute_ref_log_probs`, one forward pass
@@ -103,12 +103,13 @@ def worker_cmd(script: str, variant: str, args, model_path: str, adapter: str, p
 
 
 def timed_dpo_trainer(cfg, model_path: str):
-    """(trainer, fitted rows, fit stats, step_seconds): factuality.stages.dpo.build_trainer on the train pairs of
+    """(trainer, fitted rows, fit stats, step_seconds): factuality.dpo_trainer.build_trainer on the train pairs of
     cfg.pairs_file fitted to cfg.max_length, with a callback appending each optimiser step's seconds
     to step_seconds (the first is a warm-up)."""
     from transformers import TrainerCallback
 
-    from factuality.stages.dpo import build_trainer, fit_pairs, load_pairs, to_dataset
+    from factuality.dpo_pairs import fit_pairs, load_pairs, to_dataset
+    from factuality.dpo_trainer import build_trainer
     from factuality.modeling import load_tokenizer
     from factuality.prompts import DEFAULT_TEMPLATES
 
@@ -134,7 +135,8 @@ def worker(args) -> dict:
     from bench_sft import timed_train
 
     from factuality.config import parse_config
-    from factuality.stages.dpo import DPO_SPEC, use_cached_reference
+    from factuality.dpo_trainer import use_cached_reference
+    from factuality.stages.dpo import DPO_SPEC
 
     torch.manual_seed(0)
     out_dir = tempfile.mkdtemp(prefix="bench_dpo_")

@@ -4,7 +4,7 @@
     python bench/bench_dpo_head.py --vocabs smollm2 --steps 6 --batch-size 4      # ~2 min
 
 Variants (each in a fresh subprocess, so peak memory is its own), all training the same random
-stand-in SFT adapter with factuality.stages.dpo.build_trainer on the same fitted pairs, batch size, lr and
+stand-in SFT adapter with factuality.dpo_trainer.build_trainer on the same fitted pairs, batch size, lr and
 steps, with a live reference pass each step (TRL's default for a PEFT policy):
 - trl-default: TRL's batching (chosen and rejected rows padded to the longest) and TRL's fused LM
   head (`answer_only_head: false`), i.e. TRL's DPOTrainer as it comes and train_dpo.py before the

@@ -264,6 +264,16 @@ DERIVED_TRAIN_KEYS = ("bf16", "fp16", "dataloader_pin_memory", "disable_tqdm", "
                       "padding_free", "train_sampling_strategy", "eval_strategy", "gradient_checkpointing")
 
 
+def fit_stats_line(stats, name: str, total: int, unit: str, skipped_too: str = "", tokens_note: str = "") -> str:
+    """The log line of a stage's fitting stats (sft.TokenizeStats, dpo_pairs.PairStats): what was
+    kept of `total` `unit`, how many lost evidence and how many were skipped as too long (plus
+    `skipped_too`), and the mean / max tokens (followed by `tokens_note`)."""
+    mean = stats.tokens / stats.kept if stats.kept else 0
+    return (f"{name}: kept {stats.kept}/{total} {unit}, {stats.truncated} with evidence cut "
+            f"({stats.chunks_dropped} chunks dropped, {stats.chunks_shortened} shortened), {stats.too_long} too long "
+            f"even then{skipped_too} (skipped); mean {mean:.0f} / max {stats.max_tokens} tokens{tokens_note}")
+
+
 def fmt_loss(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 

@@ -15,12 +15,36 @@ import pytest
 import torch
 
 from factuality.config import ConfigError, parse_config
-from factuality.stages.dpo import (DPO_SPEC, WeightedPairSampler, build_trainer, end_of_turn, fit_pairs, load_pairs,
-                            reference_logps, rm_filter, run, to_dataset, use_cached_reference)
-from factuality.prompts import DEFAULT_TEMPLATES, dump_output, gold_output, render_prompt, tokenize_prompt
-from factuality.records import EXAMPLE, PREFERENCE, RecordError, SCHEMA_VERSION, write_jsonl
-from factuality.training import find_last_checkpoint
+from factuality.dpo_pairs import (
+    end_of_turn,
+    fit_pairs,
+    load_pairs,
+    rm_filter,
+    to_dataset,
+)
+from factuality.dpo_trainer import (
+    WeightedPairSampler,
+    build_trainer,
+    reference_logps,
+    use_cached_reference,
+)
+from factuality.prompts import (
+    DEFAULT_TEMPLATES,
+    dump_output,
+    gold_output,
+    render_prompt,
+    tokenize_prompt,
+)
+from factuality.records import (
+    EXAMPLE,
+    PREFERENCE,
+    SCHEMA_VERSION,
+    RecordError,
+    write_jsonl,
+)
+from factuality.stages.dpo import DPO_SPEC, run
 from factuality.testing import make_example
+from factuality.training import find_last_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_YAML = ROOT / "configs" / "dpo_tiny.yaml"
@@ -83,9 +107,9 @@ def pairs_file(tmp_path, tok):
 
 
 def dpo_cfg(tiny_model_dir, sft_adapter, tmp_path, *argv, run_name="default", **overrides):
-    kw = dict(model_name_or_path=str(tiny_model_dir), sft_adapter=str(sft_adapter),
-              pairs_file=str(tmp_path / "pairs.jsonl"), ref_cache_dir=str(tmp_path / "refcache"),
-              output_dir=str(tmp_path / "runs" / run_name))
+    kw = {"model_name_or_path": str(tiny_model_dir), "sft_adapter": str(sft_adapter),
+          "pairs_file": str(tmp_path / "pairs.jsonl"), "ref_cache_dir": str(tmp_path / "refcache"),
+          "output_dir": str(tmp_path / "runs" / run_name)}
     kw.update(overrides)
     return parse_config(DPO_SPEC, ["-c", str(TINY_YAML), *argv], **kw)
 
@@ -201,7 +225,7 @@ def test_a_prompt_from_other_templates_is_not_cut_blindly(tok):
 
 # ------------------------------------------------------------------ reward model
 class LengthScorer:
-    """Deterministic stand-in for factuality.stages.reward: prefers answers naming Linda Davis or refusing."""
+    """Deterministic stand-in for factuality.rm's reward model: prefers answers naming Linda Davis or refusing."""
 
     def __init__(self):
         self.calls = 0
@@ -295,14 +319,14 @@ def test_dpo_changes_only_the_adapter_and_the_reference_stays_sft(tiny_model_dir
 
 
 def test_run_writes_adapter_card_and_rm_counts(tiny_model_dir, sft_adapter, tmp_path, pairs_file, monkeypatch):
-    reward = types.ModuleType("factuality.stages.reward")
+    reward = types.ModuleType("factuality.rm")
     seen = {}
 
     def load_reward_model(path):
         seen["path"] = path
         return LengthScorer()
     reward.load_reward_model = load_reward_model
-    monkeypatch.setitem(sys.modules, "factuality.stages.reward", reward)
+    monkeypatch.setitem(sys.modules, "factuality.rm", reward)
     pairs = [json.loads(line) for line in pairs_file.read_text().splitlines()]
     flipped = dict(pairs[1], id="flipped#0", chosen=pairs[1]["rejected"], rejected=pairs[1]["chosen"])
     write_jsonl(pairs_file, pairs + [flipped], PREFERENCE)
@@ -341,9 +365,9 @@ def test_run_writes_adapter_card_and_rm_counts(tiny_model_dir, sft_adapter, tmp_
 
 
 def test_rm_weight_mode_samples_by_weight(tiny_model_dir, sft_adapter, tmp_path, pairs_file, monkeypatch):
-    reward = types.ModuleType("factuality.stages.reward")
+    reward = types.ModuleType("factuality.rm")
     reward.load_reward_model = lambda path: LengthScorer()
-    monkeypatch.setitem(sys.modules, "factuality.stages.reward", reward)
+    monkeypatch.setitem(sys.modules, "factuality.rm", reward)
     cfg = dpo_cfg(tiny_model_dir, sft_adapter, tmp_path, "--rm-checkpoint", "rm", "--rm-mode", "weight",
                   "--max-val-pairs", "0", run_name="w", max_steps=1)
     card = run(cfg)

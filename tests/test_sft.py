@@ -1,5 +1,5 @@
 """SFT on the tiny random model: masking in the real collated batch, LoRA-only updates, 4-bit,
-config errors, resume, evidence-side truncation. Tests drive factuality.stages.sft.main() directly."""
+config errors, resume, evidence-side truncation. Tests drive factuality.stages.sft.run() directly."""
 from __future__ import annotations
 
 import json

