@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from .modeling import EMBEDDED_MODEL
 from .prompts import PROMPT_FORMAT_VERSION, PromptTemplates
