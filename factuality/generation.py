@@ -30,8 +30,8 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -129,7 +129,7 @@ def _device_of(model):
 def _generation_config(model, max_new_tokens, do_sample, temperature, top_p, stop_ids, pad_id):
     from transformers import GenerationConfig
 
-    kw = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stop_ids, pad_token_id=pad_id)
+    kw = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "eos_token_id": stop_ids, "pad_token_id": pad_id}
     if do_sample:
         kw.update(temperature=temperature, top_p=top_p, top_k=0)
     else:  # explicit, so a sampling default in the model's generation_config cannot leak in
@@ -203,7 +203,7 @@ def _last_logits(model, input_ids, attn, cache, past_len: int):
 
     pos = _positions(attn)[:, past_len:] if attn is not None else (
         torch.arange(past_len, input_ids.shape[1], device=input_ids.device).unsqueeze(0).expand(input_ids.shape[0], -1))
-    kwargs = dict(input_ids=input_ids[:, past_len:], attention_mask=attn, position_ids=pos, use_cache=True)
+    kwargs = {"input_ids": input_ids[:, past_len:], "attention_mask": attn, "position_ids": pos, "use_cache": True}
     if cache is not None:
         kwargs["past_key_values"] = cache
     try:
@@ -292,8 +292,8 @@ def decode_batch(model, input_ids, attn, cache, max_new_tokens: int, stop_ids: I
         pos = pos + 1
         if mask is not None:
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
-        kwargs = dict(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=pos.unsqueeze(1),
-                      past_key_values=cache, use_cache=True)
+        kwargs = {"input_ids": nxt.unsqueeze(1), "attention_mask": mask, "position_ids": pos.unsqueeze(1),
+                  "past_key_values": cache, "use_cache": True}
         try:
             logits = model(**kwargs, logits_to_keep=1).logits[:, -1, :].float()
         except TypeError:
@@ -306,6 +306,36 @@ def _plain_cache(model) -> bool:
     config = getattr(model, "config", None)
     text_cfg = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
     return not getattr(text_cfg, "sliding_window", None)
+
+
+@dataclass
+class Decoding:
+    """How iter_generate picks each new token and when a row ends."""
+
+    max_new_tokens: int = 256
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop_ids: list[int] = field(default_factory=list)
+    pad_id: int = 0
+
+
+@dataclass
+class _Run:
+    """One iter_generate call's model, prompts and settings once they are resolved."""
+
+    model: object
+    tokenizer: object
+    ids: dict[int, list[int]]          # prompt index -> token ids
+    decoding: Decoding
+    gen_cfg: object                    # transformers.GenerationConfig (decode="generate")
+    device: object
+    config: object
+    prefill: str
+    decode: str
+    stats: GenerationStats
+    prefix_len: int = 0                # tokens of the prefix every prompt shares, prefilled once
+    prefix_cache: object = None
 
 
 def iter_generate(
@@ -321,7 +351,6 @@ def iter_generate(
     sort_by_length: bool = True,
     share_prefix: bool = True,
     prefill: str = "auto",
-    pad_to_multiple_of: int | None = None,
     progress: bool = True,
     desc: str = "generate",
     stats: GenerationStats | None = None,
@@ -343,14 +372,7 @@ def iter_generate(
     sampling generator, so a sampled output does not depend on the batch it fell in
     (drop_finished only; generate samples from torch's global generator).
     """
-    import torch
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if prefill not in PREFILL_MODES:
-        raise ValueError(f"prefill {prefill!r} is not one of {PREFILL_MODES}")
-    if decode not in DECODE_MODES:
-        raise ValueError(f"decode {decode!r} is not one of {DECODE_MODES}")
+    _check_options(batch_size, prefill, decode)
     todo = list(range(len(prompts))) if indices is None else list(indices)
     if not todo:
         return
@@ -358,11 +380,47 @@ def iter_generate(
         zip(todo, encode_prompts(tokenizer, [prompts[i] for i in todo])))
     stop_ids = stop_token_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop_ids[0] if stop_ids else 0)
-    gen_cfg = _generation_config(model, max_new_tokens, do_sample, temperature, top_p, stop_ids, pad_id)
-    device = _device_of(model)
-    config = getattr(model, "config", None)
-    stats = stats if stats is not None else GenerationStats()
+    decoding = Decoding(max_new_tokens, do_sample, temperature, top_p, stop_ids, pad_id)
+    run = _start_run(model, tokenizer, ids, todo, decoding, prefill, decode, share_prefix, stats)
+    lengths = [len(ids[i]) for i in todo]
+    if sort_by_length:
+        batches = [[todo[j] for j in b] for b in length_sorted_batches(lengths, batch_size)]
+    else:
+        batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
 
+        bar = tqdm(total=len(todo), desc=desc, unit="ex", dynamic_ncols=True)
+    try:
+        for batch in batches:
+            results = _generate_batch(run, batch, sample_seeds)
+            if bar is not None:
+                bar.update(len(batch))
+                el = bar.format_dict.get("elapsed") or 0
+                if el:
+                    bar.set_postfix_str(f"{bar.n / el:.2f} ex/s")
+            yield results
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _check_options(batch_size: int, prefill: str, decode: str) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if prefill not in PREFILL_MODES:
+        raise ValueError(f"prefill {prefill!r} is not one of {PREFILL_MODES}")
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode {decode!r} is not one of {DECODE_MODES}")
+
+
+def _start_run(model, tokenizer, ids: dict[int, list[int]], todo: Sequence[int], decoding: Decoding, prefill: str,
+               decode: str, share_prefix: bool, stats: GenerationStats | None) -> _Run:
+    """The run's settings: the prefill and decode modes the model allows, and the shared prefix prefilled."""
+    gen_cfg = _generation_config(model, decoding.max_new_tokens, decoding.do_sample, decoding.temperature,
+                                 decoding.top_p, decoding.stop_ids, decoding.pad_id)
+    device = _device_of(model)
     lengths = [len(ids[i]) for i in todo]
     if min(lengths) < 2:
         prefill, share_prefix = "batched", False  # a 1-token prompt leaves nothing to cache
@@ -373,109 +431,108 @@ def iter_generate(
         prefill, share_prefix = "batched", False
     if decode == "auto":
         decode = "drop_finished" if _plain_cache(model) else "generate"
-    if sort_by_length:
-        batches = [[todo[j] for j in b] for b in length_sorted_batches(lengths, batch_size)]
-    else:
-        batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
-
-    # The prefix shared by every prompt (system text + template header), prefilled once. Keep
-    # >= 2 own tokens per prompt: per_example prefill caches all but the last one.
-    prefix_len = 0
-    prefix_cache = None
+    run = _Run(model, tokenizer, ids, decoding, gen_cfg, device, getattr(model, "config", None), prefill, decode,
+               stats if stats is not None else GenerationStats())
     if share_prefix and len(todo) > 1:
-        prefix_len = max(0, min(common_prefix_len([ids[i] for i in todo]), min(lengths) - 2))
-        if prefix_len < 8:  # not worth a separate forward pass
-            prefix_len = 0
-    if prefix_len:
+        _prefill_shared_prefix(run, todo, lengths)
+    return run
+
+
+def _prefill_shared_prefix(run: _Run, todo: Sequence[int], lengths: Sequence[int]) -> None:
+    """The prefix shared by every prompt (system text + template header), prefilled once. Keep
+    >= 2 own tokens per prompt: per_example prefill caches all but the last one."""
+    import torch
+    from transformers import DynamicCache
+
+    prefix_len = max(0, min(common_prefix_len([run.ids[i] for i in todo]), min(lengths) - 2))
+    if prefix_len < 8:  # not worth a separate forward pass
+        return
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        run.prefix_cache = DynamicCache(config=run.config)
+        _forward_into(run.model, torch.tensor([run.ids[todo[0]][:prefix_len]], device=run.device), run.prefix_cache)
+    run.prefix_len = prefix_len
+    run.stats.prefix_s += time.perf_counter() - t0
+    run.stats.shared_prefix_tokens = prefix_len
+
+
+def _prefill(run: _Run, batch: Sequence[int]):
+    """(input_ids, attention mask, KV cache or None) of one batch, laid out for the decode."""
+    import torch
+
+    ids, prefix_len, past = run.ids, run.prefix_len, None
+    if run.prefill == "per_example":
+        # each prompt alone (minus its last token) into its own cache, then stacked
         from transformers import DynamicCache
 
-        t0 = time.perf_counter()
+        caches = []
         with torch.inference_mode():
-            prefix_cache = DynamicCache(config=config)
-            _forward_into(model, torch.tensor([ids[todo[0]][:prefix_len]], device=device), prefix_cache)
-        stats.prefix_s += time.perf_counter() - t0
-        stats.shared_prefix_tokens = prefix_len
+            for i in batch:
+                cache = copy.deepcopy(run.prefix_cache) if run.prefix_cache is not None else DynamicCache(
+                    config=run.config)
+                _forward_into(run.model, torch.tensor([ids[i][prefix_len:-1]], device=run.device), cache)
+                caches.append(cache)
+            past = _stack_left_padded(caches, run.config)
+        width = max(len(ids[i]) for i in batch)
+        rows = [([], ids[i]) for i in batch]  # plain left padding; the cache matches it
+        run.stats.padded_prompt_tokens += sum(len(ids[i]) for i in batch)
+    else:
+        # [shared prefix][padding][own tokens]: positions come from the attention mask
+        rows = [(ids[i][:prefix_len], ids[i][prefix_len:]) for i in batch]
+        width = prefix_len + max(len(own) for _, own in rows)
+        if run.prefix_cache is not None:
+            past = copy.deepcopy(run.prefix_cache)
+            if len(batch) > 1:
+                past.batch_repeat_interleave(len(batch))
+        run.stats.padded_prompt_tokens += len(batch) * width
+    input_ids, attn = _layout(rows, width, run.decoding.pad_id, run.device)
+    return input_ids, attn, past
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), desc=desc, unit="ex", dynamic_ncols=True)
-    stop_set = set(stop_ids)
-    try:
-        for batch in batches:
-            t0 = time.perf_counter()
-            kwargs = {}
-            if prefill == "per_example":
-                # each prompt alone (minus its last token) into its own cache, then stacked
-                from transformers import DynamicCache
+def _generate_batch(run: _Run, batch: Sequence[int], sample_seeds) -> list[Generation]:
+    """Prefill and decode one batch; its generations, stats updated."""
+    import torch
 
-                caches = []
-                with torch.inference_mode():
-                    for i in batch:
-                        cache = copy.deepcopy(prefix_cache) if prefix_cache is not None else DynamicCache(config=config)
-                        own = ids[i][prefix_len:-1]
-                        _forward_into(model, torch.tensor([own], device=device), cache)
-                        caches.append(cache)
-                    kwargs["past_key_values"] = _stack_left_padded(caches, config)
-                width = max(len(ids[i]) for i in batch)
-                layout = [(0, ids[i]) for i in batch]  # plain left padding; the cache matches it
-                stats.padded_prompt_tokens += sum(len(ids[i]) for i in batch)
-            else:
-                rows = [ids[i][prefix_len:] for i in batch]
-                own_width = max(len(r) for r in rows)
-                if pad_to_multiple_of:
-                    own_width = -(-own_width // pad_to_multiple_of) * pad_to_multiple_of
-                width = prefix_len + own_width
-                # [shared prefix][padding][own tokens]: positions come from the attention mask
-                layout = [(prefix_len, r) for r in rows]
-                if prefix_cache is not None:
-                    cache = copy.deepcopy(prefix_cache)
-                    if len(batch) > 1:
-                        cache.batch_repeat_interleave(len(batch))
-                    kwargs["past_key_values"] = cache
-                stats.padded_prompt_tokens += len(batch) * width
-            input_ids, attn = _layout([(ids[i][:pre], row) for i, (pre, row) in zip(batch, layout)], width, pad_id,
-                                      device)
-            if decode == "drop_finished":
-                gens = None
-                if do_sample and sample_seeds is not None:
-                    gens = [torch.Generator(device=device).manual_seed(int(sample_seeds[i])) for i in batch]
-                with torch.inference_mode():
-                    new, first = decode_batch(model, input_ids, attn, kwargs.get("past_key_values"), max_new_tokens,
-                                              stop_ids, do_sample, temperature, top_p, gens, stats)
-                t1 = time.perf_counter()
-            else:
-                timer = _FirstTokenTimer()
-                with torch.inference_mode():
-                    out = model.generate(input_ids=input_ids, attention_mask=attn, generation_config=gen_cfg,
-                                         logits_processor=LogitsProcessorList([timer]), **kwargs)
-                t1 = time.perf_counter()
-                first = timer.first_token_at or t1
-                new = out[:, input_ids.shape[1]:].tolist()
-                stats.row_steps += len(batch) * len(new[0]) if new else 0
-            stats.prefill_s += first - t0
-            stats.decode_s += t1 - first
-            stats.batches += 1
-            stats.prompt_tokens += sum(len(ids[i]) for i in batch)
-            results = []
-            for r, i in enumerate(batch):
-                toks = new[r]
-                cut = next((k for k, t in enumerate(toks) if t in stop_set), None)
-                kept = toks if cut is None else toks[:cut]
-                stats.new_tokens += len(kept)
-                results.append(Generation(index=i, text=tokenizer.decode(kept, skip_special_tokens=True),
-                                          output_tokens=len(kept), prompt_tokens=len(ids[i]),
-                                          stopped=cut is not None))
-            if bar is not None:
-                bar.update(len(batch))
-                el = bar.format_dict.get("elapsed") or 0
-                if el:
-                    bar.set_postfix_str(f"{bar.n / el:.2f} ex/s")
-            yield results
-    finally:
-        if bar is not None:
-            bar.close()
+    d, stats = run.decoding, run.stats
+    t0 = time.perf_counter()
+    input_ids, attn, past = _prefill(run, batch)
+    if run.decode == "drop_finished":
+        gens = None
+        if d.do_sample and sample_seeds is not None:
+            gens = [torch.Generator(device=run.device).manual_seed(int(sample_seeds[i])) for i in batch]
+        with torch.inference_mode():
+            new, first = decode_batch(run.model, input_ids, attn, past, d.max_new_tokens, d.stop_ids, d.do_sample,
+                                      d.temperature, d.top_p, gens, stats)
+        t1 = time.perf_counter()
+    else:
+        timer = _FirstTokenTimer()
+        kwargs = {"past_key_values": past} if past is not None else {}
+        with torch.inference_mode():
+            out = run.model.generate(input_ids=input_ids, attention_mask=attn, generation_config=run.gen_cfg,
+                                     logits_processor=LogitsProcessorList([timer]), **kwargs)
+        t1 = time.perf_counter()
+        first = timer.first_token_at or t1
+        new = out[:, input_ids.shape[1]:].tolist()
+        stats.row_steps += len(batch) * len(new[0]) if new else 0
+    stats.prefill_s += first - t0
+    stats.decode_s += t1 - first
+    stats.batches += 1
+    stats.prompt_tokens += sum(len(run.ids[i]) for i in batch)
+    return _generations(run, batch, new)
+
+
+def _generations(run: _Run, batch: Sequence[int], new: Sequence[Sequence[int]]) -> list[Generation]:
+    """Each row's new tokens cut at the first stop token and decoded."""
+    stop_set = set(run.decoding.stop_ids)
+    results = []
+    for r, i in enumerate(batch):
+        toks = new[r]
+        cut = next((k for k, t in enumerate(toks) if t in stop_set), None)
+        kept = toks if cut is None else toks[:cut]
+        run.stats.new_tokens += len(kept)
+        results.append(Generation(index=i, text=run.tokenizer.decode(kept, skip_special_tokens=True),
+                                  output_tokens=len(kept), prompt_tokens=len(run.ids[i]), stopped=cut is not None))
+    return results
 
 
 class _FirstTokenTimer(LogitsProcessor):

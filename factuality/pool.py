@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from .modeling import EMBEDDED_MODEL
 from .prompts import PROMPT_FORMAT_VERSION, PromptTemplates
@@ -80,14 +80,14 @@ def resolve_models(model_path: str, base_model: str | None) -> dict:
 def model_options(cfg, name: str):
     from dataclasses import fields, replace
 
-    from ..modeling import ModelOptions
+    from .modeling import ModelOptions
 
     opts = ModelOptions(**{f.name: getattr(cfg, f.name) for f in fields(ModelOptions) if hasattr(cfg, f.name)})
     return replace(opts, model_name_or_path=name)
 
 
 def load_on_device(cfg, name: str, adapter: str | None = None):
-    from ..modeling import load_model, pick_device
+    from .modeling import load_model, pick_device
 
     model = load_model(model_options(cfg, name), adapter_path=adapter)
     if not (cfg.load_in_4bit or cfg.load_in_8bit):
@@ -96,7 +96,7 @@ def load_on_device(cfg, name: str, adapter: str | None = None):
 
 
 def fingerprint_model(name: str) -> dict:
-    from ..modeling import resolve_model_path
+    from .modeling import resolve_model_path
 
     try:
         return model_fingerprint(resolve_model_path(name))
@@ -121,7 +121,7 @@ class ModelPool:
         """(model, context manager) to generate as `system`."""
         from contextlib import nullcontext
 
-        from ..modeling import load_adapter
+        from .modeling import load_adapter
 
         if system["adapter"] is None and not system.get("is_base"):
             return self._fresh(("full", system["evaluated"]), lambda: load_on_device(self.cfg, system["evaluated"])), nullcontext()
@@ -144,7 +144,7 @@ class ModelPool:
         """Yield the generations of `todo` (prompt indices) as `system`, batch by batch, from the
         configured backend: generation.iter_generate (transformers) or vllm_backend.VllmEngine."""
         if getattr(self.cfg, "backend", "transformers") == "vllm":
-            from ..vllm_backend import VllmEngine
+            from .vllm_backend import VllmEngine
 
             if system["adapter"] is None and not system.get("is_base"):
                 engine = self._fresh(("vllm", system["evaluated"]),
@@ -157,7 +157,7 @@ class ModelPool:
                 adapter = None if system.get("is_base") else system["tag"]
             yield from engine.iter_generate(tokenizer, prompt_ids, todo, adapter=adapter, **generate_kwargs)
             return
-        from ..generation import iter_generate
+        from .generation import iter_generate
 
         model, ctx = self.context(system, adapters)
         with ctx:

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from factuality.candidates import CANDIDATE, plan_generation
 from factuality.config import ConfigError, parse_config
 from factuality.judge import VERIFIER_WEIGHTS, Judge, verifier_score
+from factuality.pairing import Candidate, good_sources, hard_candidates, select_pairs
 from factuality.perturb import KINDS
-from factuality.stages.prefs import (CANDIDATE, STAGE, Candidate, generate_phase, good_sources, hard_candidates,
-                              plan_generation, run, select_pairs)
 from factuality.prompts import dump_output, gold_output
 from factuality.records import EXAMPLE, PREFERENCE, RecordError, read_jsonl, write_jsonl
+from factuality.stages.prefs import STAGE, generate_phase, run
 from factuality.testing import make_example
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -257,7 +258,7 @@ def judge(tiny_model_dir):
 
 
 def test_pairwise_judge_is_order_symmetric(judge):
-    from factuality.stages.prefs import _apply_judge, _judge_requests
+    from factuality.verdicts import apply_judge, judge_requests
 
     j = judge["pairwise"]
     ex = make_example(0, source="nq")
@@ -273,9 +274,9 @@ def test_pairwise_judge_is_order_symmetric(judge):
     scores = []
     for texts in ([x, y, z], [z, y, x]):
         cands = [Candidate(origin=f"c{i}", text=t) for i, t in enumerate(texts)]
-        reqs = _judge_requests("pairwise", ex["id"], ex, ex["evidence"], cands)
+        reqs = judge_requests("pairwise", ex["id"], ex, ex["evidence"], cands)
         logprobs = dict(zip(reqs, j.score(list(reqs.values()))))
-        _apply_judge(j, "pairwise", cands, logprobs)
+        apply_judge(j, "pairwise", cands, logprobs)
         scores.append({c.text: c.judge for c in cands})
     assert scores[0] == pytest.approx(scores[1], abs=1e-9)
     assert sum(scores[0].values()) == pytest.approx(1.5)       # mean preferences of 3 candidates sum to 3/2

@@ -18,9 +18,10 @@ import logging
 import os
 import re
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .. import dist
 from ..config import ConfigError, to_dict
@@ -54,12 +55,10 @@ from ..records import (
     read_jsonl,
     sha256_file,
 )
-from ..report import (  # noqa: F401
-    comparison_rows,
+from ..report import (
     compute_metrics,
     format_comparison_table,
     format_summary,
-    rescore,
     write_plots,
 )
 from ..text import approx_tokens
@@ -317,13 +316,44 @@ def plan_systems(cfg) -> tuple[list[dict], list[tuple[str, str]]]:
     return systems, pairs
 
 
+@dataclass
+class Predictions:
+    """The rows one run scores, per system tag, and how they were obtained."""
+
+    rows_by_tag: dict[str, dict[str, dict]]
+    prompt_tokens: dict[str, int]      # example id -> prompt length
+    counted_with: str                  # how the prompt lengths were counted
+    comparisons: list[tuple[str, str]]
+    models: dict[str, dict]
+    file: str                          # the predictions file
+    templates: PromptTemplates
+    templates_from: str
+    signatures: dict[str, Any] = field(default_factory=dict)
+    partial: bool = False
+
+
 def run_evaluation(cfg) -> dict:
     """Generate (or read) predictions of every system, score them, and write results, summary and plots."""
-    from ..provenance import run_card, set_seed
+    from ..provenance import set_seed
 
     set_seed(cfg.seed)
     boundaries = check_boundaries(cfg.buckets)
     paths = output_paths(cfg.output, cfg.predictions_out)
+    examples = read_test_examples(cfg)
+    data_sha = sha256_file(cfg.test_data)
+    templates = PromptTemplates.from_dir(cfg.prompts_dir)
+    templates_from = cfg.prompts_dir or "built-in (factuality/prompts.py)"
+    if cfg.predictions:
+        preds = rescore_predictions(cfg, examples, templates, templates_from)
+    else:
+        preds = generate_predictions(cfg, examples, paths, data_sha, templates, templates_from)
+        if preds is None:
+            return {}  # the main process scores and reports
+    return write_results(cfg, examples, preds, paths, data_sha, boundaries)
+
+
+def read_test_examples(cfg) -> list[dict]:
+    """The test examples (the first --limit), each id once."""
     examples = read_examples(cfg.test_data)
     if not examples:
         raise RecordError(f"{cfg.test_data}: no test examples; run `python build_data.py` or pass another --test-data")
@@ -334,188 +364,235 @@ def run_evaluation(cfg) -> dict:
         if e["id"] in ids_seen:
             raise RecordError(f"{cfg.test_data}:{n}: id {e['id']!r} also on line {ids_seen[e['id']]}; rebuild the test split")
         ids_seen[e["id"]] = n
-    data_sha = sha256_file(cfg.test_data)
-    templates = PromptTemplates.from_dir(cfg.prompts_dir)
-    templates_from = cfg.prompts_dir or "built-in (factuality/prompts.py)"
-    boot = BootstrapSpec(n_boot=0 if cfg.fast else cfg.bootstrap_samples, level=cfg.ci_level, seed=cfg.seed)
+    return examples
+
+
+# ---- re-score outputs that already exist: no model is loaded
+def rescore_predictions(cfg, examples: Sequence[dict], templates: PromptTemplates, templates_from: str) -> Predictions:
+    """The rows of --predictions, checked against the test examples, with prompt and output lengths."""
     by_id = {e["id"]: e for e in examples}
-    models_info: dict[str, dict] = {}
-    signatures: dict[str, Any] = {}
-    partial = False
-
-    if cfg.predictions:
-        # ---- re-score outputs that already exist: no model is loaded ----
-        rows_by_tag = read_external(cfg.predictions, cfg.model_tag)
-        if not rows_by_tag:
-            raise RecordError(f"{cfg.predictions}: no predictions; expected one {{id, raw_output[, model_tag]}} "
-                              f"object a line")
-        for tag, rows in rows_by_tag.items():
-            unknown = [i for i in rows if i not in by_id]
-            if unknown:
-                raise RecordError(f"{cfg.predictions}: {len(unknown)} '{tag}' prediction ids are not in "
-                                  f"{cfg.test_data} (first: {unknown[0]!r}); score against the test file "
-                                  f"the predictions were made on (and check --limit)")
-            models_info[tag] = {"name": f"predictions file {cfg.predictions}", "fingerprint_sha256": None}
-        comparisons = _comparisons_for(cfg, list(rows_by_tag))
-        tok = None
-        if cfg.tokenizer:
-            from ..generation import encode_prompts
-            from ..modeling import load_tokenizer
-
-            tok = load_tokenizer(cfg.tokenizer)
-            lens = [len(x) for x in encode_prompts(tok, [render_prompt(e, tok, templates) for e in examples])]
-            prompt_tokens = dict(zip(by_id, lens))
-            counted_with = f"tokenizer {cfg.tokenizer}"
-        else:
-            recorded = {}
-            for rows in rows_by_tag.values():
-                for i, r in rows.items():
-                    if r.get("prompt_tokens") is not None:
-                        recorded.setdefault(i, r["prompt_tokens"])
-            missing = [e for e in examples if e["id"] not in recorded]
-            prompt_tokens = dict(recorded)
-            for e in missing:
-                prompt_tokens[e["id"]] = approx_tokens(render_prompt(e, None, templates))
-            if missing:
-                counted_with = (f"approximation, words x 4/3 of the plain-rendered prompt (text.approx_tokens), for "
-                                f"{len(missing)}/{len(examples)} examples (pass --tokenizer for exact counts)")
-                log.warning("prompt lengths: %s", counted_with)
-            else:
-                counted_with = "prompt_tokens recorded in the predictions file"
-        for rows in rows_by_tag.values():
-            for r in rows.values():
-                if r.get("output_tokens") is None:
-                    r["output_tokens"] = (len(tok(r["raw_output"], add_special_tokens=False)["input_ids"])
-                                          if tok is not None else approx_tokens(r["raw_output"]))
-        pred_file = cfg.predictions
-    else:
-        # ---- generate, appending per batch; a rerun continues where the last one stopped ----
+    rows_by_tag = read_external(cfg.predictions, cfg.model_tag)
+    if not rows_by_tag:
+        raise RecordError(f"{cfg.predictions}: no predictions; expected one {{id, raw_output[, model_tag]}} "
+                          f"object a line")
+    models_info = {}
+    for tag, rows in rows_by_tag.items():
+        unknown = [i for i in rows if i not in by_id]
+        if unknown:
+            raise RecordError(f"{cfg.predictions}: {len(unknown)} '{tag}' prediction ids are not in "
+                              f"{cfg.test_data} (first: {unknown[0]!r}); score against the test file "
+                              f"the predictions were made on (and check --limit)")
+        models_info[tag] = {"name": f"predictions file {cfg.predictions}", "fingerprint_sha256": None}
+    comparisons = _comparisons_for(cfg, list(rows_by_tag))
+    tok = None
+    if cfg.tokenizer:
         from ..generation import encode_prompts
         from ..modeling import load_tokenizer
-        from ..vllm_backend import check_available
 
-        check_available(cfg.backend, dist.world_size())
-        systems, comparisons = plan_systems(cfg)
-        adapters = [s for s in systems if s["adapter"]]
-        first = adapters[0] if adapters else systems[0]
-        trained_with = Path(first["adapter"]) / "prompts" if first["adapter"] else None
-        if cfg.prompts_dir is None and trained_with is not None and (trained_with / "system.txt").exists():
-            templates = PromptTemplates.from_dir(trained_with)  # the templates the adapter was trained on
-            templates_from = str(trained_with)
-            for a in adapters[1:]:
-                other = Path(a["adapter"]) / "prompts"
-                if (other / "system.txt").exists() and templates_hash(PromptTemplates.from_dir(other)) != templates_hash(templates):
-                    log.warning("%s was trained with other prompt templates than %s; every system is prompted with "
-                                "the latter's (pass --prompts-dir to choose)", a["adapter"], first["adapter"])
-        tok_source = cfg.tokenizer or (first["adapter"] if first["adapter"] and
-                                       (Path(first["adapter"]) / "tokenizer_config.json").exists() else first["evaluated"])
-        tok = load_tokenizer(tok_source, padding_side="left", trust_remote_code=cfg.trust_remote_code)
-        prompts = [render_prompt(e, tok, templates) for e in examples]
-        prompt_ids = encode_prompts(tok, prompts)
-        prompt_tokens = {e["id"]: len(x) for e, x in zip(examples, prompt_ids)}
-        counted_with = f"tokenizer of the evaluated model ({tok_source})"
-        settings = {"max_new_tokens": cfg.max_new_tokens, "do_sample": cfg.do_sample,
-                    "temperature": cfg.temperature if cfg.do_sample else None,
-                    "top_p": cfg.top_p if cfg.do_sample else None, "seed": cfg.seed, "dtype": cfg.dtype,
-                    "load_in_4bit": cfg.load_in_4bit, "load_in_8bit": cfg.load_in_8bit,
-                    "attn_implementation": cfg.attn_implementation}
-        if cfg.backend != "transformers":  # another engine's kernels: its outputs are its own
-            settings["backend"] = cfg.backend
-        payloads = {}
-        base_fps: dict[str, str] = {}
+        tok = load_tokenizer(cfg.tokenizer)
+        lens = [len(x) for x in encode_prompts(tok, [render_prompt(e, tok, templates) for e in examples])]
+        prompt_tokens = dict(zip(by_id, lens))
+        counted_with = f"tokenizer {cfg.tokenizer}"
+    else:
+        prompt_tokens, counted_with = _recorded_prompt_tokens(examples, rows_by_tag, templates)
+    for rows in rows_by_tag.values():
+        for r in rows.values():
+            if r.get("output_tokens") is None:
+                r["output_tokens"] = (len(tok(r["raw_output"], add_special_tokens=False)["input_ids"])
+                                      if tok is not None else approx_tokens(r["raw_output"]))
+    return Predictions(rows_by_tag, prompt_tokens, counted_with, comparisons, models_info, cfg.predictions,
+                       templates, templates_from)
+
+
+def _recorded_prompt_tokens(examples, rows_by_tag, templates) -> tuple[dict[str, int], str]:
+    """Prompt lengths recorded in the predictions file, else approximated from the plain-rendered prompt."""
+    recorded = {}
+    for rows in rows_by_tag.values():
+        for i, r in rows.items():
+            if r.get("prompt_tokens") is not None:
+                recorded.setdefault(i, r["prompt_tokens"])
+    missing = [e for e in examples if e["id"] not in recorded]
+    prompt_tokens = dict(recorded)
+    for e in missing:
+        prompt_tokens[e["id"]] = approx_tokens(render_prompt(e, None, templates))
+    if missing:
+        counted_with = (f"approximation, words x 4/3 of the plain-rendered prompt (text.approx_tokens), for "
+                        f"{len(missing)}/{len(examples)} examples (pass --tokenizer for exact counts)")
+        log.warning("prompt lengths: %s", counted_with)
+    else:
+        counted_with = "prompt_tokens recorded in the predictions file"
+    return prompt_tokens, counted_with
+
+
+# ---- generate, appending per batch; a rerun continues where the last one stopped
+def generate_predictions(cfg, examples: Sequence[dict], paths: Mapping[str, Path], data_sha: str,
+                         templates: PromptTemplates, templates_from: str) -> Predictions | None:
+    """Every system's predictions, generated where the predictions file lacks them (None on a
+    process other than the main one: the main process scores and reports)."""
+    from ..generation import encode_prompts
+    from ..modeling import load_tokenizer
+    from ..vllm_backend import check_available
+
+    check_available(cfg.backend, dist.world_size())
+    systems, comparisons = plan_systems(cfg)
+    first = next((s for s in systems if s["adapter"]), systems[0])
+    templates, templates_from = _templates_for(cfg, systems, templates, templates_from)
+    tok_source = cfg.tokenizer or (first["adapter"] if first["adapter"] and
+                                   (Path(first["adapter"]) / "tokenizer_config.json").exists() else first["evaluated"])
+    tok = load_tokenizer(tok_source, padding_side="left", trust_remote_code=cfg.trust_remote_code)
+    prompts = [render_prompt(e, tok, templates) for e in examples]
+    prompt_ids = encode_prompts(tok, prompts)
+    prompt_tokens = {e["id"]: len(x) for e, x in zip(examples, prompt_ids)}
+    counted_with = f"tokenizer of the evaluated model ({tok_source})"
+    payloads, signatures, models_info = _system_signatures(cfg, systems, templates, data_sha, tok_source)
+    pred_path = paths["predictions"]
+    # Several processes (accelerate launch / torchrun): each generates its share of every system's
+    # examples into its own part file; the main process merges them in input order at the end.
+    parts = dist.RankParts(pred_path, PREDICTION, key=lambda row: (row["model_tag"], row["id"]))
+    existing = _open_predictions(cfg, pred_path, parts, signatures, payloads)
+    partial = _generate_systems(cfg, systems, examples, tok, prompts, prompt_ids, signatures, existing, parts)
+    if dist.world_size() > 1:
+        position = {(s["tag"], e["id"]): (k, n) for k, s in enumerate(systems) for n, e in enumerate(examples)}
+        parts.merge(order=lambda row: position[(row["model_tag"], row["id"])])
+        partial = any(dist.gather_object(partial))
+        if not dist.is_main_process():
+            return None
+        existing = load_existing(pred_path)
+    rows_by_tag = {s["tag"]: existing.get(s["tag"], {}) for s in systems}
+    return Predictions(rows_by_tag, prompt_tokens, counted_with, comparisons, models_info, str(pred_path),
+                       templates, templates_from, signatures, partial)
+
+
+def _templates_for(cfg, systems, templates: PromptTemplates, templates_from: str) -> tuple[PromptTemplates, str]:
+    """The templates the first adapter was trained on (its prompts/ dir) unless --prompts-dir is given."""
+    adapters = [s for s in systems if s["adapter"]]
+    first = adapters[0] if adapters else systems[0]
+    trained_with = Path(first["adapter"]) / "prompts" if first["adapter"] else None
+    if cfg.prompts_dir is None and trained_with is not None and (trained_with / "system.txt").exists():
+        templates = PromptTemplates.from_dir(trained_with)  # the templates the adapter was trained on
+        templates_from = str(trained_with)
+        for a in adapters[1:]:
+            other = Path(a["adapter"]) / "prompts"
+            if (other / "system.txt").exists() and templates_hash(PromptTemplates.from_dir(other)) != templates_hash(templates):
+                log.warning("%s was trained with other prompt templates than %s; every system is prompted with "
+                            "the latter's (pass --prompts-dir to choose)", a["adapter"], first["adapter"])
+    return templates, templates_from
+
+
+def _system_signatures(cfg, systems, templates: PromptTemplates, data_sha: str, tok_source: str):
+    """Per system tag: the payload of what determines its predictions, its signature, and its model info."""
+    settings = {"max_new_tokens": cfg.max_new_tokens, "do_sample": cfg.do_sample,
+                "temperature": cfg.temperature if cfg.do_sample else None,
+                "top_p": cfg.top_p if cfg.do_sample else None, "seed": cfg.seed, "dtype": cfg.dtype,
+                "load_in_4bit": cfg.load_in_4bit, "load_in_8bit": cfg.load_in_8bit,
+                "attn_implementation": cfg.attn_implementation}
+    if cfg.backend != "transformers":  # another engine's kernels: its outputs are its own
+        settings["backend"] = cfg.backend
+    payloads, signatures, models_info = {}, {}, {}
+    base_fps: dict[str, str] = {}
+    for sysm in systems:
+        tag = sysm["tag"]
+        if sysm["base"] not in base_fps:
+            base_fps[sysm["base"]] = fingerprint_hash(fingerprint_model(sysm["base"]))
+        if sysm.get("is_base"):
+            fp = {"model": sysm["base"], "fingerprint": base_fps[sysm["base"]]}
+        elif sysm["adapter"]:
+            fp = {"model": sysm["base"], "fingerprint": base_fps[sysm["base"]], "adapter": sysm["adapter"],
+                  "adapter_fingerprint": fingerprint_hash(model_fingerprint(sysm["adapter"]))}
+        else:
+            fp = {"model": sysm["evaluated"], "fingerprint": fingerprint_hash(fingerprint_model(sysm["evaluated"]))}
+        payloads[tag] = {**fp, **settings, "templates": templates_hash(templates), "test_data": data_sha,
+                         "tokenizer": tok_source}
+        signatures[tag] = signature(payloads[tag])
+        models_info[tag] = {"name": fp.get("adapter") or fp["model"], "base": sysm["base"] if tag != "base" else None,
+                            "base_from": sysm["base_from"],
+                            "fingerprint_sha256": fp.get("adapter_fingerprint") or fp["fingerprint"]}
+    return payloads, signatures, models_info
+
+
+def _open_predictions(cfg, pred_path: Path, parts, signatures: Mapping, payloads: Mapping) -> dict:
+    """The rows already in the predictions file ({tag: {id: row}}; none with --overwrite), checked
+    against this run's signatures, which its sidecar then records."""
+    sidecar_path = Path(f"{pred_path}.signatures.json")
+    if cfg.overwrite and dist.is_main_process():
+        for p in (pred_path, sidecar_path, *parts.leftovers()):
+            if p.exists():
+                p.unlink()
+    dist.wait_for_everyone()
+    parts.fold_leftovers()  # rows a killed rank finished join the file (and are reused below)
+    if dist.is_main_process():
+        JsonlAppender(pred_path, PREDICTION).close()  # opening cuts a line torn by a kill, before it is read
+    dist.wait_for_everyone()
+    existing = load_existing(pred_path)
+    sidecar = json.loads(sidecar_path.read_text(encoding="utf-8")) if sidecar_path.exists() else {}
+    for tag, sig in signatures.items():
+        check_signatures(pred_path, existing, tag, sig, payloads[tag], sidecar)
+        sidecar.setdefault(tag, {})[sig] = payloads[tag]
+    if dist.is_main_process():
+        atomic_write_json(sidecar_path, sidecar)
+    return existing
+
+
+def _generate_systems(cfg, systems, examples, tok, prompts, prompt_ids, signatures, existing, parts) -> bool:
+    """Generate each system's missing predictions (this process's share), appended batch by batch
+    to `existing` and the file; True when --max-batches stopped it early."""
+    adapters = [s for s in systems if s["adapter"]]
+    partial = False
+    pool = ModelPool(cfg)
+    with parts.open() as out:
         for sysm in systems:
             tag = sysm["tag"]
-            if sysm["base"] not in base_fps:
-                base_fps[sysm["base"]] = fingerprint_hash(fingerprint_model(sysm["base"]))
-            if sysm.get("is_base"):
-                fp = {"model": sysm["base"], "fingerprint": base_fps[sysm["base"]]}
-            elif sysm["adapter"]:
-                fp = {"model": sysm["base"], "fingerprint": base_fps[sysm["base"]], "adapter": sysm["adapter"],
-                      "adapter_fingerprint": fingerprint_hash(model_fingerprint(sysm["adapter"]))}
-            else:
-                fp = {"model": sysm["evaluated"], "fingerprint": fingerprint_hash(fingerprint_model(sysm["evaluated"]))}
-            payloads[tag] = {**fp, **settings, "templates": templates_hash(templates), "test_data": data_sha,
-                             "tokenizer": tok_source}
-            signatures[tag] = signature(payloads[tag])
-            models_info[tag] = {"name": fp.get("adapter") or fp["model"], "base": sysm["base"] if tag != "base" else None,
-                                "base_from": sysm["base_from"],
-                                "fingerprint_sha256": fp.get("adapter_fingerprint") or fp["fingerprint"]}
-        pred_path = paths["predictions"]
-        sidecar_path = Path(f"{pred_path}.signatures.json")
-        # Several processes (accelerate launch / torchrun): each generates its share of every system's
-        # examples into its own part file; the main process merges them in input order at the end.
-        parts = dist.RankParts(pred_path, PREDICTION, key=lambda row: (row["model_tag"], row["id"]))
-        if cfg.overwrite and dist.is_main_process():
-            for p in (pred_path, sidecar_path, *parts.leftovers()):
-                if p.exists():
-                    p.unlink()
-        dist.wait_for_everyone()
-        parts.fold_leftovers()  # rows a killed rank finished join the file (and are reused below)
-        if dist.is_main_process():
-            JsonlAppender(pred_path, PREDICTION).close()  # opening cuts a line torn by a kill, before it is read
-        dist.wait_for_everyone()
-        existing = load_existing(pred_path)
-        sidecar = json.loads(sidecar_path.read_text(encoding="utf-8")) if sidecar_path.exists() else {}
-        for tag in signatures:
-            check_signatures(pred_path, existing, tag, signatures[tag], payloads[tag], sidecar)
-            sidecar.setdefault(tag, {})[signatures[tag]] = payloads[tag]
-        if dist.is_main_process():
-            atomic_write_json(sidecar_path, sidecar)
+            done = existing.get(tag, {})
+            todo = [i for i, e in enumerate(examples) if e["id"] not in done]
+            log.info("%s: %d/%d already predicted, %d to go", tag, len(examples) - len(todo), len(examples), len(todo))
+            todo = dist.split_between_processes(todo)
+            if not todo:
+                continue
 
-        pool = ModelPool(cfg)
-        position = {(s["tag"], e["id"]): (k, n) for k, s in enumerate(systems) for n, e in enumerate(examples)}
-        with parts.open() as out:
-            for sysm in systems:
-                tag = sysm["tag"]
-                done = existing.get(tag, {})
-                todo = [i for i, e in enumerate(examples) if e["id"] not in done]
-                log.info("%s: %d/%d already predicted, %d to go", tag, len(examples) - len(todo), len(examples), len(todo))
-                todo = dist.split_between_processes(todo)
-                if not todo:
-                    continue
+            def make_row(g, tag=tag):
+                e = examples[g.index]
+                row = prediction_row(e, tag, g.text, g.prompt_tokens, g.output_tokens, signatures[tag],
+                                     stopped=g.stopped)
+                existing.setdefault(tag, {})[e["id"]] = row
+                return row
 
-                def make_row(g, tag=tag):
-                    e = examples[g.index]
-                    row = prediction_row(e, tag, g.text, g.prompt_tokens, g.output_tokens, signatures[tag],
-                                         stopped=g.stopped)
-                    existing.setdefault(tag, {})[e["id"]] = row
-                    return row
+            batches = pool.batches(sysm, adapters, tok, prompts, prompt_ids, todo, batch_size=cfg.batch_size,
+                                   max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
+                                   temperature=cfg.temperature, top_p=cfg.top_p, prefill=cfg.prefill,
+                                   desc=tag, progress=cfg.progress)
+            partial = append_generations(out, make_row, batches, max_batches=cfg.max_batches)
+            if partial:
+                log.warning("%s: stopped after %d batches (--max-batches); rerun to continue", tag, cfg.max_batches)
+                break
+    del pool
+    return partial
 
-                batches = pool.batches(sysm, adapters, tok, prompts, prompt_ids, todo, batch_size=cfg.batch_size,
-                                       max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
-                                       temperature=cfg.temperature, top_p=cfg.top_p, prefill=cfg.prefill,
-                                       desc=tag, progress=cfg.progress)
-                partial = append_generations(out, make_row, batches, max_batches=cfg.max_batches)
-                if partial:
-                    log.warning("%s: stopped after %d batches (--max-batches); rerun to continue", tag, cfg.max_batches)
-                    break
-        del pool
-        if dist.world_size() > 1:
-            parts.merge(order=lambda row: position[(row["model_tag"], row["id"])])
-            partial = any(dist.gather_object(partial))
-            if not dist.is_main_process():
-                return {}  # the main process scores and reports
-            existing = load_existing(pred_path)
-        rows_by_tag = {s["tag"]: existing.get(s["tag"], {}) for s in systems}
-        pred_file = str(pred_path)
 
-    rows_by_tag = dict(sorted(rows_by_tag.items(), key=lambda kv: kv[0] != "base"))  # base is the first column
-    scored = compute_metrics(examples, rows_by_tag, prompt_tokens, boundaries, boot, comparisons=comparisons)
+# ---- results
+def write_results(cfg, examples: Sequence[dict], preds: Predictions, paths: Mapping[str, Path], data_sha: str,
+                  boundaries: Sequence[int]) -> dict:
+    """Score the predictions, write the plots, the summary and last the results file; returns the results."""
+    from ..provenance import run_card
+
+    boot = BootstrapSpec(n_boot=0 if cfg.fast else cfg.bootstrap_samples, level=cfg.ci_level, seed=cfg.seed)
+    rows_by_tag = dict(sorted(preds.rows_by_tag.items(), key=lambda kv: kv[0] != "base"))  # base is the first column
+    scored = compute_metrics(examples, rows_by_tag, preds.prompt_tokens, boundaries, boot,
+                             comparisons=preds.comparisons)
     results = run_card("evaluate_sft.py", to_dict(cfg), {"test_data": data_sha}, results_version=RESULTS_VERSION)
     results["inputs"] = {"test_data": {"path": str(cfg.test_data), "sha256": data_sha, "examples": len(examples)},
-                         "predictions": pred_file}
-    results["models"] = models_info
-    results["signatures"] = signatures
-    results["complete"] = not partial and all(c["missing"] == 0 for c in scored["coverage"].values())
-    results["prompt_templates"] = {"from": templates_from, "sha256": templates_hash(templates)}
-    results["prompt_length"] = {"counted_with": counted_with, "boundaries": boundaries,
+                         "predictions": preds.file}
+    results["models"] = preds.models
+    results["signatures"] = preds.signatures
+    results["complete"] = not preds.partial and all(c["missing"] == 0 for c in scored["coverage"].values())
+    results["prompt_templates"] = {"from": preds.templates_from, "sha256": templates_hash(preds.templates)}
+    results["prompt_length"] = {"counted_with": preds.counted_with, "boundaries": boundaries,
                                 "buckets": bucket_labels(boundaries)}
     results["bootstrap"] = {**asdict(boot), "description": (
         f"{boot.level:.0%} percentile bootstrap over examples, {boot.n_boot} resamples, seed {boot.seed}; "
         f"deltas by paired bootstrap (same resample for both models)" if boot.n_boot else "none (--fast or 0 resamples)")}
     results.update(scored)
     results.setdefault("deltas", {})
-    results["files"] = {"results": str(paths["results"]), "predictions": pred_file, "summary": str(paths["summary"])}
+    results["files"] = {"results": str(paths["results"]), "predictions": preds.file, "summary": str(paths["summary"])}
     # One set: plots and summary first, the results file last, holding their hashes (and the number of
     # prediction rows), so a kill leaves results that describe exactly the files beside them or the old ones.
     if cfg.plots and not cfg.fast:
