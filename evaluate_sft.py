@@ -16,12 +16,12 @@ examples. Writes <output>.json, <output stem>.predictions.jsonl (resumable: a re
 import sys
 
 from factuality import cli
-from factuality.stages.evaluate import STAGE, EvalConfig, run_evaluation, summarize  # noqa: F401 - importable names
+from factuality.stages.evaluate import STAGE, EvalConfig, run, summarize
 
 
 def main(cfg: EvalConfig) -> dict:
     """Run from Python with a parsed config (tests, notebooks): evaluate, print the table, return the results."""
-    results = run_evaluation(cfg)
+    results = run(cfg)
     print(summarize(results))
     return results
 

@@ -35,6 +35,18 @@ from dataclasses import dataclass, field
 
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from .kv_cache import (
+    cut_columns,
+    device_of,
+    forward_into,
+    last_logits,
+    layout,
+    plain_cache,
+    positions,
+    sample_next,
+    stack_left_padded,
+)
+
 log = logging.getLogger(__name__)
 
 # End-of-turn markers of common chat templates; those present in the vocabulary stop generation.
@@ -117,15 +129,6 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _device_of(model):
-    try:
-        return next(model.parameters()).device
-    except StopIteration:  # pragma: no cover
-        import torch
-
-        return torch.device("cpu")
-
-
 def _generation_config(model, max_new_tokens, do_sample, temperature, top_p, stop_ids, pad_id):
     from transformers import GenerationConfig
 
@@ -142,109 +145,6 @@ PREFILL_MODES = ("auto", "batched", "per_example")
 # (every row decodes until the longest answer ends); auto: drop_finished unless the model's cache is not a
 # plain growing one (sliding-window attention), where model.generate keeps its own cache handling.
 DECODE_MODES = ("auto", "drop_finished", "generate")
-
-
-def _forward_into(model, input_ids, cache):
-    """Run `input_ids` through the model, appending to `cache`; logits only for the last position."""
-    try:
-        model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    except TypeError:  # a model whose forward has no logits_to_keep
-        model(input_ids=input_ids, past_key_values=cache, use_cache=True)
-
-
-def _stack_left_padded(caches, config):
-    """One batch cache from per-row caches of different lengths, left-padded with zeros (masked)."""
-    import torch
-    from transformers import DynamicCache
-
-    per_layer = []
-    n_layers = len(caches[0].layers)
-    width = max(c.get_seq_length() for c in caches)
-    for layer in range(n_layers):
-        ks, vs = [], []
-        for c in caches:
-            k, v = c.layers[layer].keys, c.layers[layer].values
-            pad = width - k.shape[-2]
-            if pad:
-                k = torch.nn.functional.pad(k, (0, 0, pad, 0))
-                v = torch.nn.functional.pad(v, (0, 0, pad, 0))
-            ks.append(k)
-            vs.append(v)
-        per_layer.append((torch.cat(ks, 0), torch.cat(vs, 0)))
-    return DynamicCache(ddp_cache_data=per_layer, config=config)
-
-
-def _layout(rows: Sequence[tuple[Sequence[int], Sequence[int]]], width: int, pad_id: int, device):
-    """(input_ids, attention mask) of rows `(head, own)` laid out `[head][padding][own]` in `width`
-    columns: a shared prefix (or nothing) on the left, each row's own tokens right-aligned."""
-    import torch
-
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(input_ids)
-    for r, (head, own) in enumerate(rows):
-        if head:
-            input_ids[r, :len(head)] = torch.tensor(list(head), dtype=torch.long)
-            attn[r, :len(head)] = 1
-        input_ids[r, width - len(own):] = torch.tensor(list(own), dtype=torch.long)
-        attn[r, width - len(own):] = 1
-    return input_ids.to(device), attn.to(device)
-
-
-def _positions(attn):
-    """Position ids from a 0/1 attention mask, as transformers' generate makes them (padding at 0)."""
-    pos = attn.long().cumsum(-1) - 1
-    return pos.masked_fill(attn == 0, 0)
-
-
-def _last_logits(model, input_ids, attn, cache, past_len: int):
-    """float32 logits (rows, vocab) of the last position, for the columns of `input_ids` after the
-    `past_len` already in `cache`; `attn` covers all columns (None: no padding anywhere)."""
-    import torch
-
-    pos = _positions(attn)[:, past_len:] if attn is not None else (
-        torch.arange(past_len, input_ids.shape[1], device=input_ids.device).unsqueeze(0).expand(input_ids.shape[0], -1))
-    kwargs = {"input_ids": input_ids[:, past_len:], "attention_mask": attn, "position_ids": pos, "use_cache": True}
-    if cache is not None:
-        kwargs["past_key_values"] = cache
-    try:
-        out = model(**kwargs, logits_to_keep=1)
-    except TypeError:  # a model whose forward has no logits_to_keep
-        out = model(**kwargs)
-    return out.logits[:, -1, :].float(), out.past_key_values
-
-
-def _sample_next(logits, do_sample: bool, temperature: float, top_p: float, generators):
-    """Next token per row: argmax (greedy), or a draw after temperature and nucleus filtering (the
-    order transformers' logits warpers apply them), one seeded generator per row when given."""
-    import torch
-
-    if not do_sample:
-        return logits.argmax(-1)
-    scores = logits / max(temperature, 1e-6)
-    if top_p < 1.0:
-        sorted_scores, sorted_idx = torch.sort(scores, descending=False)
-        remove = sorted_scores.softmax(-1).cumsum(-1) <= (1 - top_p)
-        remove[..., -1:] = False
-        scores = scores.masked_fill(remove.scatter(1, sorted_idx, remove), float("-inf"))
-    probs = scores.softmax(-1)
-    if generators is None:
-        return torch.multinomial(probs, 1).squeeze(1)
-    return torch.cat([torch.multinomial(probs[r:r + 1], 1, generator=g).squeeze(1) for r, g in enumerate(generators)])
-
-
-def _cut_columns(cache, attn, min_cut: int = 8):
-    """Drop cache columns no remaining row attends to (the padding of rows that left); returns the new mask."""
-    import torch
-
-    used = attn.bool().any(0)
-    if int((~used).sum()) < min_cut:
-        return attn
-    cols = torch.nonzero(used).squeeze(1)
-    for layer in cache.layers:
-        if getattr(layer, "keys", None) is not None and layer.keys.numel():
-            layer.keys = layer.keys.index_select(-2, cols.to(layer.keys.device))
-            layer.values = layer.values.index_select(-2, cols.to(layer.values.device))
-    return attn[:, cols]
 
 
 def decode_batch(model, input_ids, attn, cache, max_new_tokens: int, stop_ids: Iterable[int], do_sample: bool = False,
@@ -265,15 +165,15 @@ def decode_batch(model, input_ids, attn, cache, max_new_tokens: int, stop_ids: I
         cache = DynamicCache(config=getattr(model, "config", None))
     past = cache.get_seq_length()
     mask = None if bool((attn == 1).all()) else attn
-    logits, cache = _last_logits(model, input_ids, mask, cache, past)
+    logits, cache = last_logits(model, input_ids, mask, cache, past)
     first_at = time.perf_counter()
-    pos = (_positions(attn)[:, -1] if mask is not None else
+    pos = (positions(attn)[:, -1] if mask is not None else
            torch.full((input_ids.shape[0],), input_ids.shape[1] - 1, device=input_ids.device))
     rows = list(range(input_ids.shape[0]))           # caller's row of each row still decoding
     out: list[list[int]] = [[] for _ in rows]
     gens = list(generators) if generators is not None else None
     for step in range(max_new_tokens):
-        nxt = _sample_next(logits, do_sample, temperature, top_p, gens)
+        nxt = sample_next(logits, do_sample, temperature, top_p, gens)
         if stats is not None:
             stats.row_steps += len(rows)
         for r, t in zip(rows, nxt.tolist()):
@@ -288,7 +188,7 @@ def decode_batch(model, input_ids, attn, cache, max_new_tokens: int, stop_ids: I
             rows = [rows[k] for k in keep.tolist()]
             gens = [gens[k] for k in keep.tolist()] if gens is not None else None
             if mask is not None:
-                mask = _cut_columns(cache, mask[keep])
+                mask = cut_columns(cache, mask[keep])
         pos = pos + 1
         if mask is not None:
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
@@ -299,13 +199,6 @@ def decode_batch(model, input_ids, attn, cache, max_new_tokens: int, stop_ids: I
         except TypeError:
             logits = model(**kwargs).logits[:, -1, :].float()
     return out, first_at
-
-
-def _plain_cache(model) -> bool:
-    """True when the model's KV cache is a plain growing one (no sliding window) our loops may edit."""
-    config = getattr(model, "config", None)
-    text_cfg = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    return not getattr(text_cfg, "sliding_window", None)
 
 
 @dataclass
@@ -420,17 +313,17 @@ def _start_run(model, tokenizer, ids: dict[int, list[int]], todo: Sequence[int],
     """The run's settings: the prefill and decode modes the model allows, and the shared prefix prefilled."""
     gen_cfg = _generation_config(model, decoding.max_new_tokens, decoding.do_sample, decoding.temperature,
                                  decoding.top_p, decoding.stop_ids, decoding.pad_id)
-    device = _device_of(model)
+    device = device_of(model)
     lengths = [len(ids[i]) for i in todo]
     if min(lengths) < 2:
         prefill, share_prefix = "batched", False  # a 1-token prompt leaves nothing to cache
     if prefill == "auto":
         prefill = "per_example" if device.type == "cpu" else "batched"
-    if not _plain_cache(model) or getattr(model, "is_loaded_in_4bit", False):
+    if not plain_cache(model) or getattr(model, "is_loaded_in_4bit", False):
         # a sliding-window cache may drop entries a stacked/shared cache relies on: keep it plain
         prefill, share_prefix = "batched", False
     if decode == "auto":
-        decode = "drop_finished" if _plain_cache(model) else "generate"
+        decode = "drop_finished" if plain_cache(model) else "generate"
     run = _Run(model, tokenizer, ids, decoding, gen_cfg, device, getattr(model, "config", None), prefill, decode,
                stats if stats is not None else GenerationStats())
     if share_prefix and len(todo) > 1:
@@ -450,7 +343,7 @@ def _prefill_shared_prefix(run: _Run, todo: Sequence[int], lengths: Sequence[int
     t0 = time.perf_counter()
     with torch.inference_mode():
         run.prefix_cache = DynamicCache(config=run.config)
-        _forward_into(run.model, torch.tensor([run.ids[todo[0]][:prefix_len]], device=run.device), run.prefix_cache)
+        forward_into(run.model, torch.tensor([run.ids[todo[0]][:prefix_len]], device=run.device), run.prefix_cache)
     run.prefix_len = prefix_len
     run.stats.prefix_s += time.perf_counter() - t0
     run.stats.shared_prefix_tokens = prefix_len
@@ -470,9 +363,9 @@ def _prefill(run: _Run, batch: Sequence[int]):
             for i in batch:
                 cache = copy.deepcopy(run.prefix_cache) if run.prefix_cache is not None else DynamicCache(
                     config=run.config)
-                _forward_into(run.model, torch.tensor([ids[i][prefix_len:-1]], device=run.device), cache)
+                forward_into(run.model, torch.tensor([ids[i][prefix_len:-1]], device=run.device), cache)
                 caches.append(cache)
-            past = _stack_left_padded(caches, run.config)
+            past = stack_left_padded(caches, run.config)
         width = max(len(ids[i]) for i in batch)
         rows = [([], ids[i]) for i in batch]  # plain left padding; the cache matches it
         run.stats.padded_prompt_tokens += sum(len(ids[i]) for i in batch)
@@ -485,7 +378,7 @@ def _prefill(run: _Run, batch: Sequence[int]):
             if len(batch) > 1:
                 past.batch_repeat_interleave(len(batch))
         run.stats.padded_prompt_tokens += len(batch) * width
-    input_ids, attn = _layout(rows, width, run.decoding.pad_id, run.device)
+    input_ids, attn = layout(rows, width, run.decoding.pad_id, run.device)
     return input_ids, attn, past
 
 
@@ -581,7 +474,7 @@ def score_next_token(model, sequences: Sequence[Sequence[int]], token_ids: Seque
     groups = [list(g) for g in groups] if groups is not None else [list(range(len(seqs)))]
     if sorted(i for g in groups for i in g) != list(range(len(seqs))):
         raise ValueError("score_next_token: groups must list every sequence index exactly once")
-    device = _device_of(model)
+    device = device_of(model)
     config = getattr(model, "config", None)
     want = torch.tensor(list(token_ids), device=device)
     out: list[list[float] | None] = [None] * len(seqs)
@@ -597,24 +490,24 @@ def score_next_token(model, sequences: Sequence[Sequence[int]], token_ids: Seque
                     continue
                 members = [seqs[i] for i in group]
                 prefix_len = min(common_prefix_len(members), min(len(s) for s in members) - 1) if len(group) > 1 else 0
-                if not _plain_cache(model):
+                if not plain_cache(model):
                     prefix_len = 0  # a sliding-window cache cannot be shared this way
                 prefix_cache = None
                 if prefix_len:
                     prefix_cache = DynamicCache(config=config)
-                    _forward_into(model, torch.tensor([members[0][:prefix_len]], device=device), prefix_cache)
+                    forward_into(model, torch.tensor([members[0][:prefix_len]], device=device), prefix_cache)
                 for k in range(0, len(group), batch_size):
                     chunk = group[k:k + batch_size]
                     rows = [(seqs[i][:prefix_len], seqs[i][prefix_len:]) for i in chunk]
                     width = prefix_len + max(len(own) for _, own in rows)
-                    input_ids, attn = _layout(rows, width, pad_id, device)
+                    input_ids, attn = layout(rows, width, pad_id, device)
                     cache = None
                     if prefix_cache is not None:
                         cache = copy.deepcopy(prefix_cache)
                         if len(chunk) > 1:
                             cache.batch_repeat_interleave(len(chunk))
                     mask = None if bool((attn == 1).all()) else attn
-                    logits, _ = _last_logits(model, input_ids, mask, cache, prefix_len)
+                    logits, _ = last_logits(model, input_ids, mask, cache, prefix_len)
                     logp = torch.log_softmax(logits, dim=-1)[:, want].cpu().tolist()
                     for r, i in enumerate(chunk):
                         out[i] = logp[r]

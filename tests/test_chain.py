@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_seven_stages_chain_on_the_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
     from factuality.stages import build, dpo, evaluate as evaluation, prefs, prompt_schema as prompt_tool, reward, sft
-    from factuality.stages.evaluate import PREDICTION
+    from factuality.predictions import PREDICTION
 
     monkeypatch.chdir(tmp_path)
     shutil.copytree(tiny_model_dir, tmp_path / "tiny")
@@ -79,7 +79,7 @@ def test_seven_stages_chain_on_the_tiny_model(tiny_model_dir, tmp_path, monkeypa
     assert dpo_card and (tmp_path / "runs/dpo/adapter_model.safetensors").exists()
 
     # 7. one evaluation of base, SFT and DPO -> predictions (contract) and results with two comparisons
-    res = evaluation.run_evaluation(parse_config(evaluation.EvalConfig, [
+    res = evaluation.run(parse_config(evaluation.EvalConfig, [
         "--systems", "base,sft=runs/sft,dpo=runs/dpo", "--compare", "sft:base,dpo:sft", "--test-data",
         str(small / "test.jsonl"), "--batch-size", "4", "--max-new-tokens", "8", "--bootstrap-samples", "50",
         "--buckets", "512", "--output", "runs/eval/eval_results.json", "--progress", "false", "--plots", "false"]))

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,20 +37,24 @@ from ..pool import (
     signature,
     templates_hash,
 )
+from ..predictions import (
+    PREDICTION,
+    check_signatures,
+    load_existing,
+    output_paths,
+    prediction_row,
+    read_external,
+)
 from ..prompts import (
     PromptTemplates,
-    parse_output,
     render_prompt,
 )
 from ..records import (
-    SCHEMA_VERSION,
-    Contract,
     JsonlAppender,
     RecordError,
     atomic_write_json,
     atomic_write_text,
     read_examples,
-    read_jsonl,
     sha256_file,
 )
 from ..report import (
@@ -169,115 +171,6 @@ class EvalConfig(ModelOptions, BackendOptions):
 RESULTS_VERSION = 1
 
 # --------------------------------------------------------------------------------------------
-# Contracts
-# --------------------------------------------------------------------------------------------
-PREDICTION_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "one model output on one test example, scored (predictions.jsonl)",
-    "type": "object",
-    "required": ["schema_version", "id", "model_tag", "raw_output", "parsed", "scores", "prompt_tokens",
-                 "output_tokens", "signature"],
-    "properties": {
-        "schema_version": {"const": SCHEMA_VERSION},
-        "id": {"type": "string", "minLength": 1, "description": "the test example's id"},
-        "model_tag": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$", "description": "base, sft, ..."},
-        "raw_output": {"type": "string"},
-        "parsed": {"type": "object", "description": "prompts.ParsedOutput.to_dict()"},
-        "scores": {"type": "object", "description": "metrics.score_example(); null = outside that metric"},
-        "prompt_tokens": {"type": "integer", "minimum": 0},
-        "output_tokens": {"type": ["integer", "null"], "minimum": 0},
-        "stopped": {"type": "boolean", "description": "false when max_new_tokens cut the output"},
-        "signature": {"type": "string", "description": "hash of model, generation settings, templates, data"},
-    },
-}
-PREDICTION = Contract("prediction", PREDICTION_SCHEMA)
-
-# What --predictions accepts: this suite's own predictions file, or another system's outputs.
-EXTERNAL_PREDICTION_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["id", "raw_output"],
-    "properties": {
-        "id": {"type": "string", "minLength": 1},
-        "raw_output": {"type": "string"},
-        "model_tag": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
-        "prompt_tokens": {"type": "integer", "minimum": 0},
-        "output_tokens": {"type": ["integer", "null"], "minimum": 0},
-    },
-}
-EXTERNAL_PREDICTION = Contract("external prediction", EXTERNAL_PREDICTION_SCHEMA, unique=("model_tag", "id"),
-                               allow_empty=False, expected="model outputs, one {id, raw_output[, model_tag]} object a line")
-
-
-# --------------------------------------------------------------------------------------------
-# Paths, hashes, signatures
-# --------------------------------------------------------------------------------------------
-def output_paths(output: str | os.PathLike, predictions_out: str | None = None) -> dict[str, Path]:
-    out = Path(output)
-    stem = out.with_suffix("") if out.suffix == ".json" else out
-    return {
-        "results": out if out.suffix == ".json" else out.with_suffix(".json"),
-        "predictions": Path(predictions_out) if predictions_out else Path(f"{stem}.predictions.jsonl"),
-        "summary": Path(f"{stem}.md"),
-        "plots": Path(f"{stem}_plots"),
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# Scoring rows
-# --------------------------------------------------------------------------------------------
-def prediction_row(example: Mapping, tag: str, raw_output: str, prompt_tokens: int, output_tokens: int | None,
-                   sig: str, stopped: bool | None = None) -> dict:
-    from ..metrics import score_example
-
-    parsed = parse_output(raw_output, [c["id"] for c in example["evidence"]])
-    row = {"schema_version": SCHEMA_VERSION, "id": example["id"], "model_tag": tag, "raw_output": raw_output,
-           "parsed": parsed.to_dict(), "scores": score_example(example, parsed=parsed, output_tokens=output_tokens),
-           "prompt_tokens": int(prompt_tokens), "output_tokens": output_tokens, "signature": sig}
-    if stopped is not None:
-        row["stopped"] = bool(stopped)
-    return row
-
-
-# --------------------------------------------------------------------------------------------
-# Predictions files
-# --------------------------------------------------------------------------------------------
-def load_existing(path: Path) -> dict[str, dict[str, dict]]:
-    """{tag: {example id: row}} of a predictions file written by this module (strictly read)."""
-    out: dict[str, dict[str, dict]] = defaultdict(dict)
-    if not path.exists():
-        return out
-    for row in read_jsonl(path, PREDICTION):
-        out[row["model_tag"]][row["id"]] = row
-    return out
-
-
-def check_signatures(path: Path, existing: Mapping[str, Mapping[str, dict]], tag: str, sig: str,
-                     payload: Mapping, sidecar: Mapping) -> None:
-    rows = existing.get(tag, {})
-    other = {r["signature"] for r in rows.values()} - {sig}
-    if not other:
-        return
-    old = (sidecar.get(tag) or {}).get(next(iter(other)), {})
-    changed = sorted(k for k in set(payload) | set(old) if payload.get(k) != old.get(k)) if old else []
-    what = f" (changed: {', '.join(changed)})" if changed else ""
-    raise RecordError(
-        f"{path}: holds {len(rows)} '{tag}' predictions from a different run{what}; a resumed run must use the "
-        f"same model, data and generation settings. Pass a new --output (or --predictions-out) to keep both, "
-        f"or --overwrite to replace them")
-
-
-def read_external(path: str | os.PathLike, default_tag: str) -> dict[str, dict[str, dict]]:
-    """{tag: {id: row}} from --predictions (this suite's file, or {id, raw_output} rows)."""
-    out: dict[str, dict[str, dict]] = defaultdict(dict)
-    for row in read_jsonl(path, EXTERNAL_PREDICTION):  # a repeated (model_tag, id) is refused with both lines
-        tag = row.get("model_tag") or default_tag
-        if row["id"] in out[tag]:  # one row without a tag, one with the default tag
-            raise RecordError(f"{path}: id {row['id']!r} appears twice for model tag {tag!r}")
-        out[tag][row["id"]] = row
-    return out
-
-
-# --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
 def plan_systems(cfg) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -332,7 +225,7 @@ class Predictions:
     partial: bool = False
 
 
-def run_evaluation(cfg) -> dict:
+def run(cfg) -> dict:
     """Generate (or read) predictions of every system, score them, and write results, summary and plots."""
     from ..provenance import set_seed
 
@@ -631,8 +524,7 @@ def summarize(results: Mapping) -> str:
 def _stage():
     from ..cli import Stage
 
-    return Stage("evaluate_sft", EvalConfig, run_evaluation, summarize)
+    return Stage("evaluate_sft", EvalConfig, run, summarize)
 
 
 STAGE = _stage()
-run = run_evaluation
