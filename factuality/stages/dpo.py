@@ -326,7 +326,7 @@ def rm_filter(pairs: Sequence[dict], scorer, mode: str = "filter", min_gap: floa
 
 def load_scorer(path: str):
     """The reward model train_rm.py wrote (imported only when asked for)."""
-    from .reward import load_reward_model
+    from ..rm import load_reward_model
 
     return load_reward_model(path)
 
