@@ -86,18 +86,11 @@ def _rotate_checkpoints(run_dir: Path, limit: int | None, keep: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def train_head(cfg, head, X_train: np.ndarray, P_train: np.ndarray, pairs: PairIndex, eval_data: EvalData,
-               run_dir: Path, resume_from: Path | None, on_best) -> dict:
-    """The hand loop (module docstring). Returns the history; calls on_best(head, metrics) on each new best."""
+def _optimizer(head, args, total: int):
+    """AdamW (weight decay on matrices only) and the transformers scheduler RewardConfig names."""
     import torch
     from transformers import get_scheduler
 
-    args, ro = cfg.train, cfg.run
-    X = torch.as_tensor(X_train, dtype=torch.float32)
-    P = torch.as_tensor(P_train if ro.penalties_in_loss else np.zeros(len(X_train)), dtype=torch.float32)
-    C, R = torch.as_tensor(pairs.chosen), torch.as_tensor(pairs.rejected)
-    M = torch.as_tensor(pairs.margin, dtype=torch.float32)
-    per_step, per_epoch, total = _steps_plan(len(C), args)
     decay = [p for n, p in head.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in head.named_parameters() if p.ndim <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
@@ -106,6 +99,51 @@ def train_head(cfg, head, X_train: np.ndarray, P_train: np.ndarray, pairs: PairI
     sched = get_scheduler(str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)), opt,
                           num_warmup_steps=_warmup(args, total), num_training_steps=total,
                           scheduler_specific_kwargs=args.lr_scheduler_kwargs or {})
+    return opt, sched
+
+
+def _save_state(run_dir: Path, step: int, head, opt, sched, hist: dict, window: list, limit: int | None) -> None:
+    """checkpoint-<step>/rm_state.pt (head, optimiser, scheduler, history, loss window), older ones rotated."""
+    import torch
+
+    ckpt = run_dir / f"checkpoint-{step}"
+    buf = io.BytesIO()
+    torch.save({"head": head.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "history": hist, "step": step, "window": window}, buf)
+    atomic_write_bytes(ckpt / "rm_state.pt", buf.getvalue())
+    _rotate_checkpoints(run_dir, limit, ckpt)
+    fault_point(f"rm:saved:{step}")
+
+
+def _step_loss(head, X, P, C, R, M, batch, micro: int, args, use_margin: bool) -> float:
+    """Gradients of one optimiser step's pairs (micro-batches of `micro`, accumulated); returns its mean loss."""
+    import torch
+
+    loss_sum = 0.0
+    for b in range(0, len(batch), micro):
+        idx = batch[b:b + micro]
+        rc = head(X[C[idx]]) - P[C[idx]]
+        rr = head(X[R[idx]]) - P[R[idx]]
+        loss = bt_loss(rc, rr, M[idx] if use_margin else None)
+        if args.center_rewards_coefficient:
+            loss = loss + args.center_rewards_coefficient * torch.mean((rc + rr) ** 2)
+        (loss * len(idx) / len(batch)).backward()
+        loss_sum += float(loss.detach()) * len(idx) / len(batch)
+    return loss_sum
+
+
+def train_head(cfg, head, X_train: np.ndarray, P_train: np.ndarray, pairs: PairIndex, eval_data: EvalData,
+               run_dir: Path, resume_from: Path | None, on_best) -> dict:
+    """The hand loop (module docstring). Returns the history; calls on_best(head, metrics) on each new best."""
+    import torch
+
+    args, ro = cfg.train, cfg.run
+    X = torch.as_tensor(X_train, dtype=torch.float32)
+    P = torch.as_tensor(P_train if ro.penalties_in_loss else np.zeros(len(X_train)), dtype=torch.float32)
+    C, R = torch.as_tensor(pairs.chosen), torch.as_tensor(pairs.rejected)
+    M = torch.as_tensor(pairs.margin, dtype=torch.float32)
+    per_step, per_epoch, total = _steps_plan(len(C), args)
+    opt, sched = _optimizer(head, args, total)
     seed = args.data_seed if args.data_seed is not None else args.seed
     hist = {"train_losses": [], "train_loss_steps": [], "learning_rates": [], "eval_metrics": [], "best": None,
             "steps_per_epoch": per_epoch, "total_steps": total, "pairs_per_step": per_step}
@@ -120,7 +158,6 @@ def train_head(cfg, head, X_train: np.ndarray, P_train: np.ndarray, pairs: PairI
     eval_every = _every(args.eval_steps, total) if str(getattr(args.eval_strategy, "value", args.eval_strategy)) == "steps" \
         else None
     log_every, save_every = _every(args.logging_steps, total) or 1, _every(args.save_steps, total)
-    micro = args.per_device_train_batch_size
 
     def evaluate(epoch: float):
         head.eval()
@@ -137,21 +174,11 @@ def train_head(cfg, head, X_train: np.ndarray, P_train: np.ndarray, pairs: PairI
 
     head.train()
     while step < total:
-        epoch = step // per_epoch
-        order = _epoch_order(len(C), seed, epoch)
+        order = _epoch_order(len(C), seed, step // per_epoch)
         at = (step % per_epoch) * per_step
-        batch = torch.as_tensor(order[at:at + per_step])
         opt.zero_grad()
-        loss_sum = 0.0
-        for b in range(0, len(batch), micro):
-            idx = batch[b:b + micro]
-            rc = head(X[C[idx]]) - P[C[idx]]
-            rr = head(X[R[idx]]) - P[R[idx]]
-            loss = bt_loss(rc, rr, M[idx] if ro.use_margin else None)
-            if args.center_rewards_coefficient:
-                loss = loss + args.center_rewards_coefficient * torch.mean((rc + rr) ** 2)
-            (loss * len(idx) / len(batch)).backward()
-            loss_sum += float(loss.detach()) * len(idx) / len(batch)
+        loss_sum = _step_loss(head, X, P, C, R, M, torch.as_tensor(order[at:at + per_step]),
+                              args.per_device_train_batch_size, args, ro.use_margin)
         if args.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(head.parameters(), args.max_grad_norm)
         opt.step()
@@ -163,16 +190,9 @@ def train_head(cfg, head, X_train: np.ndarray, P_train: np.ndarray, pairs: PairI
             hist["train_loss_steps"].append(step)
             hist["learning_rates"].append(float(sched.get_last_lr()[0]))
             window = []
-        end_of_epoch = step % per_epoch == 0
-        if (eval_every and step % eval_every == 0) or end_of_epoch or step == total:
+        if (eval_every and step % eval_every == 0) or step % per_epoch == 0 or step == total:
             evaluate(step / per_epoch)
         if save_every and step % save_every == 0 and step < total:
-            ckpt = run_dir / f"checkpoint-{step}"
-            buf = io.BytesIO()
-            torch.save({"head": head.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "history": hist, "step": step, "window": window}, buf)
-            atomic_write_bytes(ckpt / "rm_state.pt", buf.getvalue())
-            _rotate_checkpoints(run_dir, args.save_total_limit, ckpt)
-            fault_point(f"rm:saved:{step}")
+            _save_state(run_dir, step, head, opt, sched, hist, window, args.save_total_limit)
     head.eval()
     return hist
