@@ -8,7 +8,7 @@
 
 Reads the pairs of make_prefs.py (default: the newest prefs/preferences_*.jsonl; --synthetic-pairs
 true makes them from data/processed without a model). Writes <output_dir>/: best/ and final/ (load
-with factuality.stages.reward.load_reward_model(path).score(prompts, responses)), checkpoint-*/,
+with factuality.rm.load_reward_model(path).score(prompts, responses)), checkpoint-*/,
 training_history.json (train_losses, eval_metrics), rm_report.json / .md (ROC-AUC, accuracy, ECE,
 Brier overall and per pair kind, baselines, gaming probes), reliability.png, training_curves.png,
 config.yaml and run_card.json. Options: TRL's RewardConfig / TrainingArguments fields under their own

@@ -6,14 +6,14 @@
 
 One run, same pairs, same head, same seed:
 - cached: one feature pass over the pairs' unique (prompt, response) sequences, written to a fresh
-  disk cache (factuality.stages.reward.cached_features), then `epochs` epochs of the head on them;
+  disk cache (factuality.rm.features.cached_features), then `epochs` epochs of the head on them;
 - recompute: the same feature pass run again before every epoch (what a trainer that runs the
   frozen base in its forward does), the same epochs of the head;
 - recompute-full: as recompute, with each sequence run whole (no prompt shared between the
   responses to it), padded batches: TRL's RewardTrainer forward with a frozen base.
 Reported: seconds per variant (feature passes and head training apart), the speed-up of cached over
 each, and whether the trained heads are the same (they must be: the features are). The pairs are
-synthetic (factuality.stages.reward.synthetic_pairs) from data/processed/train.jsonl when it exists, else
+synthetic (factuality.rm.pairs.synthetic_pairs) from data/processed/train.jsonl when it exists, else
 from generated examples.
 """
 from __future__ import annotations
@@ -51,8 +51,11 @@ def main() -> None:
     from factuality.config import parse_config
     from factuality.modeling import load_tokenizer, quiet_transformers
     from factuality.records import read_examples
-    from factuality.stages.reward import (RM_SPEC, Sequences, Tokens, cached_features, extract_features, index_pairs,
-                                   load_body, new_head, synthetic_pairs, train_head, EvalData)
+    from factuality.rm.features import Sequences, Tokens, cached_features, extract_features, index_pairs, load_body
+    from factuality.rm.model import new_head
+    from factuality.rm.pairs import synthetic_pairs
+    from factuality.rm.train import EvalData, train_head
+    from factuality.stages.reward import RM_SPEC
     from factuality.testing import make_example
 
     cfg = parse_config(RM_SPEC, [], model_name_or_path=args.model, dtype="float32", max_length=args.max_length,

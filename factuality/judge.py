@@ -96,6 +96,27 @@ def verifier_score(example: Mapping, raw_output: str, weights: Mapping[str, floa
     return sum(w.get(k, 0.0) * v for k, v in parts.items()) / total, parts
 
 
+def unweighted_verifier_score(example: Mapping, response: str) -> float:
+    """The reward model's verifier score of a response (needs gold), in [0, 1]: the unweighted mean
+    of metrics.score_example's columns, not of the verifiers above: format validity and, on an
+    answerable example, not hallucinated, citation F1 and (when the gold answers are known)
+    correct-and-grounded; on an unanswerable example, refusal. Unlike `verifier_score` (the
+    VERIFIER_WEIGHTS-weighted mean of `verifier_breakdown`, which make_prefs ranks candidates by),
+    the two give different numbers for the same output. train_rm reports it as the "verifier score
+    (gold)" baseline and uses it for the chosen / rejected scores and margin of the pairs it makes
+    without a model (synthetic and augment pairs)."""
+    s = score_example(example, raw_output=response)
+    parts = [s["format_validity"]]
+    if example["answerable"]:
+        answered = s["hallucination_rate"] is not None
+        parts += [1 - s["hallucination_rate"], s["citation_f1"] or 0.0] if answered else [0.0, 0.0]
+        if example.get("answers"):
+            parts.append(s["correct_grounded"] or 0.0)
+    else:
+        parts.append(s["refusal_recall"])
+    return float(sum(parts) / len(parts))
+
+
 def combine(verifier: float | None, judge: float | None, mode: str, judge_weight: float) -> float:
     """The final score of a candidate under `mode` (judge, verifiers or both)."""
     if mode == "verifiers":

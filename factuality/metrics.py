@@ -459,7 +459,7 @@ def _nanmean_rows(parts: Sequence[np.ndarray]) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def _ece(weights: np.ndarray, conf: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def weighted_ece(weights: np.ndarray, conf: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
     bins = np.minimum((conf * ECE_BINS).astype(int), ECE_BINS - 1)
     onehot = np.zeros((len(conf), ECE_BINS))
     onehot[np.arange(len(conf)), bins] = mask
@@ -520,7 +520,7 @@ def _measure_values(names: Sequence[str], columns: Sequence[str], vals: np.ndarr
         else:
             jc, jy = col[m.inputs[0]], col[m.inputs[1]]
             args = (weights, vals[:, jc], vals[:, jy], mask[:, jc])
-            v = _ece(*args) if m.kind == "ece" else _risk_coverage(*args)[2]
+            v = weighted_ece(*args) if m.kind == "ece" else _risk_coverage(*args)[2]
         memo[name] = v
         return v
 

@@ -249,21 +249,21 @@ def test_tiny_train_sft_and_train_dpo_with_the_option_on(models, tmp_path):
 
 # ------------------------------------------------------------------ the reward model's feature pass
 def test_reward_feature_pass_stops_at_the_last_hidden_state(models, monkeypatch):
-    """reward.load_body drops the output layer and extract_features reads the body's last hidden
+    """features.load_body drops the output layer and extract_features reads the body's last hidden
     state: the vocabulary projection never runs (the features equal a plain forward's last hidden state)."""
-    from factuality.stages import reward
+    from factuality.rm import features
     from factuality.modeling import ModelOptions
 
     model = load_model(str(models["vocab256k"]))
     calls: list[int] = []
     model.get_output_embeddings().register_forward_hook(lambda *a: calls.append(1))
-    monkeypatch.setattr(reward, "load_model", lambda opts: model)
-    body = reward.load_body(ModelOptions(model_name_or_path=str(models["vocab256k"]), dtype="float32"))
+    monkeypatch.setattr(features, "load_model", lambda opts: model)
+    body = features.load_body(ModelOptions(model_name_or_path=str(models["vocab256k"]), dtype="float32"))
     assert model.lm_head is None
     tok = load_tokenizer(str(models["vocab256k"]))
-    tokens = reward.Tokens(tok, max_length=128, max_response_tokens=32)
+    tokens = features.Tokens(tok, max_length=128, max_response_tokens=32)
     prompts, responses = ["Question: who sang it?"] * 2 + ["Evidence: [E1] text."], ['{"answer": "x"}', "no", "yes"]
-    feats = reward.extract_features(body, tokens, prompts, responses, batch_size=2)
+    feats = features.extract_features(body, tokens, prompts, responses, batch_size=2)
     assert calls == [] and feats.shape == (3, body.config.hidden_size)
     ids = torch.tensor([tokens.full(prompts[2], responses[2])])
     with torch.no_grad():

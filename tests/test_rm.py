@@ -39,7 +39,7 @@ def write_examples(d: Path, n_train: int = 24, n_val: int = 8) -> Path:
 def make_pairs(d: Path, tiny_model_dir: Path, n_train: int = 30, n_val: int = 12) -> Path:
     """Synthetic pairs of the hand-made examples, written through records.PREFERENCE."""
     from factuality.modeling import load_tokenizer
-    from factuality.stages.reward import synthetic_pairs
+    from factuality.rm.pairs import synthetic_pairs
 
     data = write_examples(d)
     tok = load_tokenizer(str(tiny_model_dir))
@@ -77,7 +77,7 @@ def trained(tmp_path_factory, tiny_model_dir):
 def test_bt_loss_by_hand():
     import torch
 
-    from factuality.stages.reward import bt_loss
+    from factuality.rm.model import bt_loss
 
     c, r = torch.tensor([2.0, 0.0, -1.0]), torch.tensor([0.0, 0.0, 1.0])
     want = np.mean([math.log(1 + math.exp(-2)), math.log(2), math.log(1 + math.exp(2))])
@@ -92,7 +92,7 @@ def test_bt_loss_by_hand():
 
 
 def test_pair_metrics_by_hand():
-    from factuality.stages.reward import expected_calibration_error, pair_metrics
+    from factuality.rm.metrics import expected_calibration_error, pair_metrics
 
     c = np.array([2.0, 1.0, 0.0, 0.5])
     r = np.array([0.0, 1.5, -1.0, 0.5])
@@ -112,7 +112,7 @@ def test_pair_metrics_by_hand():
 
 
 def test_probe_table_by_hand():
-    from factuality.stages.reward import Probe, probe_table
+    from factuality.rm.probes import Probe, probe_table
 
     probes = [Probe("a", "honest", "p", "x"), Probe("a", "cite_all", "p", "y"), Probe("a", "unknown_id", "p", "z"),
               Probe("b", "honest", "q", "x"), Probe("b", "cite_all", "q", "y")]
@@ -129,7 +129,7 @@ def test_probe_table_by_hand():
 
 # ------------------------------------------------------------------ pairs and their checks
 def test_synthetic_pairs_follow_the_contract_and_keep_splits_apart(tmp_path, tiny_model_dir):
-    from factuality.stages.reward import read_pairs
+    from factuality.rm.pairs import read_pairs
 
     path = make_pairs(tmp_path, tiny_model_dir)
     train, val = read_pairs(path)
@@ -142,7 +142,7 @@ def test_synthetic_pairs_follow_the_contract_and_keep_splits_apart(tmp_path, tin
 
 
 def test_bad_pairs_are_refused_with_file_line_and_field(tmp_path, tiny_model_dir):
-    from factuality.stages.reward import read_pairs
+    from factuality.rm.pairs import read_pairs
 
     path = make_pairs(tmp_path, tiny_model_dir)
     rows = read_jsonl(path, PREFERENCE)
@@ -169,7 +169,8 @@ def test_bad_pairs_are_refused_with_file_line_and_field(tmp_path, tiny_model_dir
 
 
 def test_augment_pairs_add_training_pairs_of_unused_training_examples_only(tmp_path, tiny_model_dir):
-    from factuality.stages.reward import read_inputs, read_pairs
+    from factuality.rm.pairs import read_pairs
+    from factuality.stages.reward import read_inputs
 
     path = make_pairs(tmp_path, tiny_model_dir)
     train, val = read_pairs(path)
@@ -203,7 +204,8 @@ def test_augment_pairs_add_training_pairs_of_unused_training_examples_only(tmp_p
 
 
 def test_probes_come_from_the_val_pairs_when_there_is_no_probe_file(tmp_path, tiny_model_dir):
-    from factuality.stages.reward import PROBE_KINDS, make_probes, probe_examples, read_pairs
+    from factuality.rm.pairs import read_pairs
+    from factuality.rm.probes import PROBE_KINDS, make_probes, probe_examples
 
     path = make_pairs(tmp_path, tiny_model_dir)
     train, val = read_pairs(path)
@@ -238,7 +240,7 @@ def test_no_pairs_file_is_a_clear_error(tmp_path, tiny_model_dir, monkeypatch):
 
 
 def test_pairs_path_default_is_the_newest_file_and_data_path_is_its_other_name(tmp_path, tiny_model_dir):
-    from factuality.stages.reward import newest_pairs_file
+    from factuality.rm.pairs import newest_pairs_file
 
     path = make_pairs(tmp_path, tiny_model_dir)
     older = path.with_name("preferences_older.jsonl")
@@ -255,7 +257,7 @@ def test_the_feature_pass_stops_at_the_last_hidden_state(tiny_model_dir):
     import torch
 
     from factuality.modeling import ModelOptions, load_model, load_tokenizer
-    from factuality.stages.reward import Tokens, extract_features, load_body
+    from factuality.rm.features import Tokens, extract_features, load_body
 
     opts = ModelOptions(model_name_or_path=str(tiny_model_dir), dtype="float32")
     body = load_body(opts)
@@ -274,7 +276,7 @@ def test_the_feature_pass_stops_at_the_last_hidden_state(tiny_model_dir):
 @pytest.mark.parametrize("arch", ["llama", "gemma2"])
 def test_shared_prompt_features_equal_full_forward_passes(tmp_path, tiny_model_dir, arch):
     from factuality.modeling import ModelOptions, load_tokenizer
-    from factuality.stages.reward import Tokens, extract_features, load_body
+    from factuality.rm.features import Tokens, extract_features, load_body
     from factuality.testing import make_tiny_model
 
     model_dir = tiny_model_dir if arch == "llama" else make_tiny_model(tmp_path / "g2", arch="gemma2")
@@ -289,15 +291,15 @@ def test_shared_prompt_features_equal_full_forward_passes(tmp_path, tiny_model_d
 
 
 def test_a_killed_feature_pass_resumes_at_the_first_missing_shard(tmp_path, tiny_model_dir, monkeypatch):
-    import factuality.stages.reward as reward
+    import factuality.rm.features as features
     from factuality.modeling import ModelOptions, load_tokenizer
 
-    body = reward.load_body(ModelOptions(model_name_or_path=str(tiny_model_dir), dtype="float32"))
-    tokens = reward.Tokens(load_tokenizer(str(tiny_model_dir)), 256, 32)
-    seqs = reward.Sequences()
+    body = features.load_body(ModelOptions(model_name_or_path=str(tiny_model_dir), dtype="float32"))
+    tokens = features.Tokens(load_tokenizer(str(tiny_model_dir)), 256, 32)
+    seqs = features.Sequences()
     for i in range(10):
         seqs.add(f"Evidence: [E1] t{i % 3}\n\nQuestion: q", f"r{i}")
-    real = reward.extract_features
+    real = features.extract_features
     calls = []
 
     def dying(*a, **k):
@@ -306,17 +308,17 @@ def test_a_killed_feature_pass_resumes_at_the_first_missing_shard(tmp_path, tiny
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(reward, "extract_features", dying)
+    monkeypatch.setattr(features, "extract_features", dying)
     with pytest.raises(KeyboardInterrupt):
-        reward.cached_features(body, tokens, seqs, {"m": 1}, tmp_path, 2, shard_rows=4)
-    monkeypatch.setattr(reward, "extract_features", real)
-    feats, info = reward.cached_features(body, tokens, seqs, {"m": 1}, tmp_path, 2, shard_rows=4)
+        features.cached_features(body, tokens, seqs, {"m": 1}, tmp_path, 2, shard_rows=4)
+    monkeypatch.setattr(features, "extract_features", real)
+    feats, info = features.cached_features(body, tokens, seqs, {"m": 1}, tmp_path, 2, shard_rows=4)
     assert info["computed_rows"] == 2 and not info["hit"]             # rows 0-7 came from the two shards on disk
-    again, info2 = reward.cached_features(body, tokens, seqs, {"m": 1}, tmp_path, 2, shard_rows=4)
+    again, info2 = features.cached_features(body, tokens, seqs, {"m": 1}, tmp_path, 2, shard_rows=4)
     assert info2["hit"] and np.array_equal(feats, again)
-    fresh, _ = reward.cached_features(body, tokens, seqs, {"m": 1}, None, 2)
+    fresh, _ = features.cached_features(body, tokens, seqs, {"m": 1}, None, 2)
     np.testing.assert_allclose(feats, fresh, atol=1e-6)
-    _, other = reward.cached_features(body, tokens, seqs, {"m": 2}, tmp_path, 2, shard_rows=4)
+    _, other = features.cached_features(body, tokens, seqs, {"m": 2}, tmp_path, 2, shard_rows=4)
     assert other["key"] != info["key"] and other["computed_rows"] == 10   # another model key: computed again
 
 
@@ -360,7 +362,7 @@ def test_run_writes_the_report_the_notebook_reads(trained):
 
 
 def test_the_base_weights_do_not_change(tmp_path, tiny_model_dir, monkeypatch):
-    import factuality.stages.reward as reward
+    import factuality.stages.reward as reward   # the stage's run loads the body through its own name
 
     make_pairs(tmp_path, tiny_model_dir)
     bodies = []
@@ -385,8 +387,11 @@ def test_saved_model_scores_as_in_training_with_full_forward_passes(trained, tin
     import torch
     from safetensors.torch import load_file
 
-    from factuality.stages.reward import (HEAD_WEIGHTS, eval_inputs, head_scores, load_reward_model, new_head, read_inputs,
-                                   read_pairs)
+    from factuality.rm import load_reward_model
+    from factuality.rm.model import HEAD_WEIGHTS, head_scores, new_head
+    from factuality.rm.pairs import read_pairs
+    from factuality.rm.scoring import eval_inputs
+    from factuality.stages.reward import read_inputs
     from factuality.penalties import PenaltyOptions, penalty_matrix, weight_vector
 
     d, _ = trained
@@ -491,7 +496,9 @@ def test_notebook_rm_yaml_verbatim_runs_on_the_tiny_model(tmp_path, tiny_model_d
 
 
 def test_lora_option_trains_with_trl_and_scores(tmp_path, tiny_model_dir):
-    from factuality.stages.reward import load_reward_model, read_pairs, run
+    from factuality.rm import load_reward_model
+    from factuality.rm.pairs import read_pairs
+    from factuality.stages.reward import run
 
     make_pairs(tmp_path, tiny_model_dir, n_train=8, n_val=4)
     cfg = tiny_cfg(tmp_path, tiny_model_dir, use_peft=True, lora_r=4, lora_alpha=8, lora_target_modules="q_proj,v_proj",

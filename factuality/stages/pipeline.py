@@ -286,7 +286,7 @@ def final_summary(report: list[dict], runs: Mapping[str, str]) -> str:
 def rm_lines(rm: dict) -> str:
     """The reward model's report (train_rm.py's rm_report.json) as Markdown: ROC-AUC, accuracy and
     calibration of the model and its baselines on held-out pairs, then the gaming probes."""
-    from .reward import heldout_table, probe_summary
+    from ..rm.report import heldout_table, probe_summary
 
     probes = probe_summary(rm)
     return "\n".join(heldout_table(rm) + (["", *probes] if probes else []))
