@@ -11,16 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .metrics import (
-    HEADLINE,
-    METRICS,
-    BootstrapSpec,
-    SupportChecker,
-    breakdown,
-    breakdown_deltas,
-    risk_coverage,
-    score_example,
-)
+from .bootstrap import BootstrapSpec, breakdown, breakdown_deltas
+from .metrics import HEADLINE, METRICS, SupportChecker, risk_coverage, score_example
 
 # The overall table's rows: the headline first, then what explains it.
 TABLE_METRICS: tuple[str, ...] = HEADLINE + (

@@ -23,9 +23,9 @@ from _data_helpers import load_all
 
 import build_data
 from factuality import sources as S
-from factuality.stages.build import BuildConfig, build, format_table
 from factuality.config import ConfigError
 from factuality.records import EXAMPLE, RecordError, read_examples, with_hash
+from factuality.stages.build import BuildConfig, build, format_table
 from factuality.text import has_answer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -333,7 +333,8 @@ def own_corpus(tmp_path_factory):
 
 
 def test_own_corpus_reads_renders_and_scores_like_the_bundled_one(own_corpus, tiny_model_dir):
-    from factuality.metrics import answer_supported, breakdown, score_example
+    from factuality.bootstrap import breakdown
+    from factuality.metrics import answer_supported, score_example
     from factuality.modeling import load_tokenizer
     from factuality.prompts import (
         DEFAULT_TEMPLATES,
@@ -400,8 +401,8 @@ def test_answer_pre_check_agrees_with_has_answer():
 
 
 def test_byo_config_builds_every_format_as_written(tmp_path, monkeypatch):
-    from factuality.stages.build import STAGE
     from factuality.config import parse_config
+    from factuality.stages.build import STAGE
 
     monkeypatch.chdir(ROOT)
     cfg = parse_config(STAGE.config, ["-c", "configs/build_byo.yaml", "--data-dir", str(tmp_path), "--quiet"])

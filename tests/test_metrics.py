@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from factuality.metrics import (
+from factuality.bootstrap import (
     BootstrapSpec,
     aggregate,
     breakdown,
@@ -18,8 +18,8 @@ from factuality.metrics import (
     bucket_labels,
     check_boundaries,
     paired_deltas,
-    score_example,
 )
+from factuality.metrics import score_example
 from factuality.records import with_hash
 from factuality.testing import make_example
 
@@ -414,7 +414,7 @@ def test_calibration_by_hand():
 def test_resample_weights_give_what_the_resampled_list_gives(ans, unans):
     """Every measure (masked means, F1s, Trust-Score, ECE, AURC) on a bootstrap resample equals
     the same measure computed directly on the resampled list of examples."""
-    from factuality.metrics import METRICS, _columns_for, _matrix, _measure_values
+    from factuality.metrics import METRICS, columns_for, measure_matrix, measure_values
 
     rng = np.random.default_rng(3)
     exs = [make_example(60 + i, source=("nq", "fever")[i % 5 == 0], answerable=bool(i % 3), gold_position=1)
@@ -427,12 +427,12 @@ def test_resample_weights_give_what_the_resampled_list_gives(ans, unans):
 
     scores = [score_example(e, output(rng.integers(5))) for e in exs]
     names = list(METRICS)
-    cols = _columns_for(names)
-    vals, mask = _matrix(scores, cols)
+    cols = columns_for(names)
+    vals, mask = measure_matrix(scores, cols)
     for _ in range(5):
         idx = rng.integers(0, len(scores), size=len(scores))
         weights = np.bincount(idx, minlength=len(scores)).astype(float)[None, :]
-        got = _measure_values(names, cols, vals, mask, weights)[0]
+        got = measure_values(names, cols, vals, mask, weights)[0]
         direct = aggregate([scores[i] for i in idx], names, boot=None)["metrics"]
         for j, name in enumerate(names):
             want = direct[name]["value"]

@@ -196,14 +196,14 @@ def test_make_prefs_generation_two_processes_write_what_one_writes(world, tmp_pa
 
 
 def test_make_prefs_judge_refuses_several_processes(world, monkeypatch):
-    from factuality.stages.prefs import STAGE, _check
+    from factuality.stages.prefs import STAGE, check_prefs
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     cfg = parse_config(STAGE.config, prefs_args(world, world["dir"] / "x"))
-    _check(cfg)  # generate: splits across processes
+    check_prefs(cfg)  # generate: splits across processes
     cfg.phase = "judge"
     with pytest.raises(ConfigError, match="judge runs in one process"):
-        _check(cfg)
+        check_prefs(cfg)
 
 
 # ------------------------------------------------------------------ the trainers

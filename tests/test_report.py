@@ -12,14 +12,9 @@ from pathlib import Path
 import pytest
 
 import evaluate_sft
+from factuality.bootstrap import BootstrapSpec, aggregate
 from factuality.config import parse_config
-from factuality.metrics import (
-    HEADLINE,
-    METRICS,
-    BootstrapSpec,
-    aggregate,
-    score_example,
-)
+from factuality.metrics import HEADLINE, METRICS, score_example
 from factuality.prompts import REFUSAL_ANSWER, dump_output, gold_output, is_refusal
 from factuality.records import with_hash, write_jsonl
 from factuality.report import (

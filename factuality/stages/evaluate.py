@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import dist
+from ..bootstrap import BootstrapSpec, bucket_labels, check_boundaries
 from ..config import ConfigError, to_dict
 from ..generation import PREFILL_MODES
-from ..metrics import BootstrapSpec, bucket_labels, check_boundaries
 from ..modeling import EMBEDDED_MODEL, ModelOptions
 from ..paths import TEST_FILE
 from ..pool import (

@@ -238,7 +238,7 @@ class PrefsOptions(ModelOptions, BackendOptions):
             raise ConfigError("--use-8bit and --load-in-4bit are exclusive; choose one")
 
 
-def _check(cfg) -> None:
+def check_prefs(cfg) -> None:
     if dist.world_size() > 1 and cfg.phase != "generate":
         raise ConfigError(f"--phase {cfg.phase}: the judge runs in one process; start it with python (only --phase "
                           f"generate splits its examples across accelerate launch / torchrun processes)")
@@ -247,7 +247,7 @@ def _check(cfg) -> None:
                           "e.g. checkpoints/sft/<run>)")
 
 
-PREFS_SPEC = StageSpec("make_prefs", (Part("run", PrefsOptions, "make_prefs options"),), check=_check)
+PREFS_SPEC = StageSpec("make_prefs", (Part("run", PrefsOptions, "make_prefs options"),), check=check_prefs)
 
 
 # --------------------------------------------------------------------------------------------
