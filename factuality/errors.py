@@ -22,7 +22,7 @@ class ConfigError(UserError, ValueError):
 # (module, class name) of the package's expected errors, looked up only in modules already imported:
 # an error of a module never imported cannot have been raised.
 _EXPECTED = (
-    ("factuality.records", "RecordError"),
+    ("factuality.records.contracts", "RecordError"),
     ("factuality.raw_inputs", "HashMismatch"),
     ("factuality.modeling", "ModelLoadError"),
 )
