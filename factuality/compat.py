@@ -92,13 +92,16 @@ def stage_aliases(option_classes) -> dict[str, str]:
 
 
 def apply_aliases(values: dict[str, tuple[Any, str]], aliases: Mapping[str, str], renamed: list[str]) -> None:
-    """Move one source's aliased keys to the stage's own option, in place; both in one source is an error."""
+    """Move one source's aliased keys to the stage's own option, in place; both given different values in
+    one source is an error (a null counts as not given)."""
     for alias, target in aliases.items():
         if alias not in values:
             continue
         value, where = values.pop(alias)
-        if target in values and values[target][0] != value:
-            raise ConfigError(f"{where}: {alias!r} and {target!r} name the same option here; keep {target!r}")
+        other = values.get(target, (None, ""))[0]
+        if other is not None and other != value:
+            raise ConfigError(f"{where}: {alias!r} and {target!r} name the same option and are given different "
+                              f"values ({value!r}, {other!r}); keep {target!r}")
         renamed.append(f"{where} -> {target}")
         values[target] = (value, where)
 

@@ -180,7 +180,7 @@ def test_the_evaluators_model_keys_are_its_own_options(tmp_path):
     path.write_text("model_path: x\nattn_implementation: eager\nattn_impl: sdpa\n")
     from factuality.config import ConfigError
 
-    with pytest.raises(ConfigError, match="name the same option"):
+    with pytest.raises(ConfigError, match="name the same option and are given different values"):
         parse_config(EvalConfig, ["-c", str(path)])
 
 

@@ -96,5 +96,6 @@ def test_seven_stages_chain_on_the_tiny_model(tiny_model_dir, tmp_path, monkeypa
     (tmp_path / "runs/eval-pipeline").mkdir(parents=True)
     shutil.copy(tmp_path / "runs/eval/eval_results.json", tmp_path / "runs/eval-pipeline/eval_results.json")
     shutil.copytree(tmp_path / "runs/rm", tmp_path / "checkpoints/rm/tiny")
-    text = final_summary([{"name": "evaluate", "status": "ran", "seconds": 1.0}])
+    text = final_summary([{"name": "evaluate", "status": "ran", "seconds": 1.0}],
+                         {"eval": "runs/eval-pipeline/eval_results.json", "rm": "checkpoints/rm/tiny"})
     assert "dpo" in text and "ROC-AUC" in text and "| evaluate | ran |" in text

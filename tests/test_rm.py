@@ -248,7 +248,7 @@ def test_pairs_path_default_is_the_newest_file_and_data_path_is_its_other_name(t
     os.utime(older, (1, 1))
     assert newest_pairs_file(tmp_path / "prefs") == path
     assert tiny_cfg(tmp_path, tiny_model_dir, pairs_path=None, data_path="x.jsonl").run.pairs_path == "x.jsonl"
-    with pytest.raises(ConfigError, match="name different files"):
+    with pytest.raises(ConfigError, match="'data_path' and 'pairs_path' name the same option and are given different"):
         tiny_cfg(tmp_path, tiny_model_dir, data_path="y.jsonl")
 
 
