@@ -231,3 +231,28 @@ def test_model_pool_gives_each_system_its_own_weights(adapter_dir, tiny_model_di
     for tag in want:
         torch.testing.assert_close(logits[tag], want[tag], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(logits["sft"], logits["dpo"])
+
+
+def test_an_evaluation_yaml_with_attn_implementation_eager_evaluates_with_eager(adapter_dir, test_file, tmp_path,
+                                                                               monkeypatch):
+    """The key used to be accepted and then overwritten by --attn-impl's default (sdpa); it now sets
+    --attn-impl (compat.STAGE_ALIASES), and the model the evaluator loads runs eager attention."""
+    import factuality.modeling as modeling
+
+    loaded = []
+    real = modeling.load_model
+
+    def spy(opts, *args, **kwargs):
+        model = real(opts, *args, **kwargs)
+        loaded.append((opts.attn_implementation, model.config._attn_implementation))
+        return model
+
+    monkeypatch.setattr(modeling, "load_model", spy)
+    yaml_path = tmp_path / "eval.yaml"
+    yaml_path.write_text(f"model_path: {adapter_dir}\ntest_data: {test_file}\nattn_implementation: eager\n"
+                         f"max_new_tokens: 4\nlimit: 2\nbootstrap_samples: 0\nplots: false\nprogress: false\n"
+                         f"output: {tmp_path / 'out.json'}\n")
+    cfg = parse_config(evaluate_sft.EvalConfig, ["-c", str(yaml_path)])
+    results = evaluate_sft.run(cfg)
+    assert loaded == [("eager", "eager")]
+    assert results["config"]["attn_implementation"] == "eager"
