@@ -522,3 +522,27 @@ def test_config_errors_and_the_script(tmp_path, tiny_model_dir):
                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert [ln for ln in out.stderr.splitlines() if ln.startswith("error:")][0].count("no preference pairs found") == 1
+
+
+def test_a_planted_pickle_in_a_checkpoint_is_refused_not_run(tmp_path, tiny_model_dir):
+    """rm_state.pt is read weights-only: a pickle that would run code on load is refused with one line."""
+    import pickle
+
+    from factuality.records import RecordError
+    from factuality.stages.reward import run
+
+    make_pairs(tmp_path, tiny_model_dir)
+    ckpt = tmp_path / "run" / "checkpoint-4"
+    ckpt.mkdir(parents=True)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    import torch
+
+    torch.save({"head": Payload()}, ckpt / "rm_state.pt", pickle_module=pickle)
+    with pytest.raises(RecordError, match="rm_state.pt: not a checkpoint state this suite wrote"):
+        run(tiny_cfg(tmp_path, tiny_model_dir, "--resume"))
+    assert not marker.exists()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..records import atomic_write_bytes, fault_point
+from ..records import RecordError, atomic_write_bytes, fault_point
 from .features import PairIndex
 from .metrics import pair_metrics
 from .model import bt_loss, head_scores
@@ -115,6 +115,20 @@ def _save_state(run_dir: Path, step: int, head, opt, sched, hist: dict, window: 
     fault_point(f"rm:saved:{step}")
 
 
+def load_state(path: Path) -> dict:
+    """A head checkpoint's state, read with torch's weights-only loader: tensors, numbers, strings and
+    containers of them, never a pickled object (a planted file runs no code; it is refused)."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise RecordError(f"{path}: not a checkpoint state this suite wrote ({' '.join(str(e).split())[:200]}); "
+                          f"delete {path.parent.name} to resume from an earlier one, or pass --overwrite") from None
+
+
 def _step_loss(head, X, P, C, R, M, batch, micro: int, args, use_margin: bool) -> float:
     """Gradients of one optimiser step's pairs (micro-batches of `micro`, accumulated); returns its mean loss."""
     import torch
@@ -149,7 +163,7 @@ def train_head(cfg, head, X_train: np.ndarray, P_train: np.ndarray, pairs: PairI
             "steps_per_epoch": per_epoch, "total_steps": total, "pairs_per_step": per_step}
     step, window = 0, []
     if resume_from is not None:
-        state = torch.load(resume_from / "rm_state.pt", weights_only=False)
+        state = load_state(resume_from / "rm_state.pt")
         head.load_state_dict(state["head"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
