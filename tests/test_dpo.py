@@ -322,7 +322,7 @@ def test_run_writes_adapter_card_and_rm_counts(tiny_model_dir, sft_adapter, tmp_
     reward = types.ModuleType("factuality.rm")
     seen = {}
 
-    def load_reward_model(path):
+    def load_reward_model(path, trust_remote_code=False):
         seen["path"] = path
         return LengthScorer()
     reward.load_reward_model = load_reward_model
@@ -366,7 +366,7 @@ def test_run_writes_adapter_card_and_rm_counts(tiny_model_dir, sft_adapter, tmp_
 
 def test_rm_weight_mode_samples_by_weight(tiny_model_dir, sft_adapter, tmp_path, pairs_file, monkeypatch):
     reward = types.ModuleType("factuality.rm")
-    reward.load_reward_model = lambda path: LengthScorer()
+    reward.load_reward_model = lambda path, trust_remote_code=False: LengthScorer()
     monkeypatch.setitem(sys.modules, "factuality.rm", reward)
     cfg = dpo_cfg(tiny_model_dir, sft_adapter, tmp_path, "--rm-checkpoint", "rm", "--rm-mode", "weight",
                   "--max-val-pairs", "0", run_name="w", max_steps=1)

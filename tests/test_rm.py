@@ -546,3 +546,37 @@ def test_a_planted_pickle_in_a_checkpoint_is_refused_not_run(tmp_path, tiny_mode
     with pytest.raises(RecordError, match="rm_state.pt: not a checkpoint state this suite wrote"):
         run(tiny_cfg(tmp_path, tiny_model_dir, "--resume"))
     assert not marker.exists()
+
+
+def test_a_checkpoint_cannot_turn_on_remote_code(trained, tiny_model_dir, tmp_path, monkeypatch):
+    """reward_model.json is a file on disk, not a permission: its trust_remote_code: true loads the
+    base without remote code unless the caller (train_dpo's --trust-remote-code) asks for it."""
+    import shutil
+
+    import factuality.rm.features as features
+    import factuality.rm.model as rm_model
+
+    d, _ = trained
+    planted = tmp_path / "planted"
+    shutil.copytree(d / "run" / "best", planted)
+    cfg = json.loads((planted / "reward_model.json").read_text())
+    cfg["trust_remote_code"] = True
+    (planted / "reward_model.json").write_text(json.dumps(cfg))
+    seen = []
+    real_tok, real_body = rm_model.load_tokenizer, features.load_model
+
+    def tok(*a, trust_remote_code=False, **kw):
+        seen.append(("tokenizer", trust_remote_code))
+        return real_tok(*a, trust_remote_code=trust_remote_code, **kw)
+
+    def body(opts, *a, **kw):
+        seen.append(("model", opts.trust_remote_code))
+        return real_body(opts, *a, **kw)
+
+    monkeypatch.setattr(rm_model, "load_tokenizer", tok)
+    monkeypatch.setattr(features, "load_model", body)
+    rm = rm_model.load_reward_model(planted, base_model=str(tiny_model_dir))
+    assert seen and all(flag is False for _, flag in seen) and rm.config["trust_remote_code"] is False
+    seen.clear()
+    rm_model.load_reward_model(planted, base_model=str(tiny_model_dir), trust_remote_code=True)
+    assert seen and all(flag is True for _, flag in seen)

@@ -4,6 +4,7 @@ option's sequence-classification model)."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -25,6 +26,8 @@ from ..penalties import PENALTIES, penalty_matrix, weight_vector, weights_from
 from ..prompts import PromptTemplates
 from ..records import atomic_dir, atomic_write_json
 from .features import Tokens, device_of, extract_features, load_body
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_CONFIG = "reward_model.json"
@@ -218,15 +221,21 @@ def read_checkpoint_config(path: str | Path) -> dict:
     return config
 
 
-def load_reward_model(path: str | Path, base_model: str | None = None) -> RewardModel:
+def load_reward_model(path: str | Path, base_model: str | None = None, trust_remote_code: bool = False) -> RewardModel:
     """The reward model saved in `path` (train_rm.py's best/ or final/), ready to `score`.
 
     The base model is loaded by the name the checkpoint records (hub id; the embedded default's hub
-    id resolves to its local copy); `base_model` overrides it (e.g. a local copy of the same model)."""
+    id resolves to its local copy); `base_model` overrides it (e.g. a local copy of the same model).
+    Remote code runs only when the caller passes `trust_remote_code=True` (the user's own option):
+    what the checkpoint's reward_model.json records is a file on disk, never a permission."""
     from safetensors.torch import load_file
 
     path = Path(path)
     config = read_checkpoint_config(path)
+    if config.get("trust_remote_code") and not trust_remote_code:
+        log.warning("%s: the checkpoint was trained with trust_remote_code; it is loaded without it (pass "
+                    "--trust-remote-code yourself if its base needs code of its own)", path)
+    config["trust_remote_code"] = bool(trust_remote_code)
     if base_model:
         config["base_model"] = base_model
     opts = _model_options_from(config)

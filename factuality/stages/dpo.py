@@ -214,11 +214,12 @@ def templates_for(cfg) -> tuple[PromptTemplates, str]:
     return PromptTemplates(), "built-in (factuality/prompts.py)"
 
 
-def load_scorer(path: str):
-    """The reward model train_rm.py wrote (imported only when asked for)."""
+def load_scorer(path: str, trust_remote_code: bool = False):
+    """The reward model train_rm.py wrote (imported only when asked for); remote code only on the
+    user's own --trust-remote-code."""
     from ..rm import load_reward_model
 
-    return load_reward_model(path)
+    return load_reward_model(path, trust_remote_code=trust_remote_code)
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,7 +245,7 @@ class Inputs:
 
 def reward_filter(cfg, train_pairs: list[dict]) -> tuple[list[dict], dict]:
     """The training pairs the reward model keeps (rm_checkpoint), and its stats for the run card."""
-    scorer = load_scorer(cfg.run.rm_checkpoint)
+    scorer = load_scorer(cfg.run.rm_checkpoint, cfg.model.trust_remote_code)
     train_pairs, rm_stats = rm_filter(train_pairs, scorer, cfg.run.rm_mode, cfg.run.rm_min_gap,
                                       cfg.run.rm_batch_size, progress=not cfg.train.disable_tqdm)
     rm_stats["checkpoint"] = cfg.run.rm_checkpoint

@@ -502,7 +502,8 @@ def run_lora(cfg, inputs: Inputs, run_dir: Path, resume_from: Path | None) -> di
 def finish_lora_run(cfg, inputs: Inputs, run_dir: Path, history: dict, ev: EvalInputs, tokens: Tokens,
                     resume_from: Path | None, extra: Mapping) -> dict:
     """The LoRA run's report, from best/ loaded as a reward model on its own (main process)."""
-    rm = load_reward_model(run_dir / "best", base_model=cfg.model.model_name_or_path)
+    rm = load_reward_model(run_dir / "best", base_model=cfg.model.model_name_or_path,
+                           trust_remote_code=cfg.model.trust_remote_code)
     train_set, train_idx = baseline_train_set(inputs.train_pairs, inputs.templates, tokens, cfg.penalties)
     report = build_report(score_inputs(rm, ev), ev.pairs, train_set, train_idx, ev.probes, ev.probe_rows)
     report.update(checkpoint="best", best=history["best"], **inputs.sources())
@@ -530,7 +531,7 @@ def validate(cfg) -> dict:
         torch.set_num_threads(cfg.run.torch_threads)
     ckpt = resolve_checkpoint(cfg)
     inputs = read_inputs(cfg)
-    rm = load_reward_model(ckpt)
+    rm = load_reward_model(ckpt, trust_remote_code=cfg.model.trust_remote_code)
     config = rm.config
     if (config["max_length"], config["max_response_tokens"]) != (cfg.train.max_length, cfg.run.max_response_tokens):
         log.warning("the checkpoint was trained with max_length %s / max_response_tokens %s; scoring with its own",
