@@ -34,6 +34,7 @@ import difflib
 import enum
 import json
 import logging
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -191,12 +192,19 @@ LIBRARY_RANGES: dict[str, dict[str, float]] = {
     "lora_r": {"min": 1}, "lora_alpha": {"gt": 0}, "lora_dropout": {"min": 0, "lt": 1},
     "dataloader_num_workers": {"min": 0}, "beta": {"gt": 0}, "label_smoothing": {"min": 0, "max": 0.5},
     "max_prompt_length": {"min": 1}, "max_completion_length": {"min": 1},
+    # numpy, torch and random all take a seed in [0, 2**32): outside it they fail deep in a run
+    "seed": {"min": 0, "max": 2**32 - 1}, "data_seed": {"min": 0, "max": 2**32 - 1},
 }
 _OPS = {"min": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"), "max": (lambda v, b: v <= b, "<="),
         "lt": (lambda v, b: v < b, "<")}
 
 
 def check_range(name: str, value, limits: Mapping[str, float] | None, where: str) -> None:
+    """Every number (and every number in a list) finite, and within the option's limits."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for v in items:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{where}: {v!r} is not a finite number; give a number such as 0.5")
     if value is None or not limits or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     for op, bound in limits.items():

@@ -122,6 +122,13 @@ CASES = [
     ("prompt_schema", ["render", "--data", "{d}/ex/test.jsonl", "--id", "nope"], None, "nope"),
     ("prompt_schema", ["parse"], None, "parse needs the model output"),
     ("prompt_schema", ["bogus"], None, "bogus"),
+    # ---- numbers outside what numpy / torch take, and non-finite numbers (used to end in a traceback or NaN weights)
+    ("build_data", B + ["--seed", "-1"], None, "--seed: -1 must be >= 0"),
+    ("build_data", B + ["--split-fractions", "nan,0.5,0.5"], None, "--split-fractions: nan is not a finite number"),
+    ("train_sft", ["--seed", "99999999999999999999"], None, "--seed"),
+    ("train_sft", ["--learning-rate", "inf"], None, "--learning-rate: inf is not a finite number"),
+    ("train_sft", ["--num-train-epochs", "inf"], None, "--num-train-epochs: inf is not a finite number"),
+    ("evaluate_sft", ["--predictions", "{d}/p.jsonl", "--seed", "-5"], lambda d: _preds(d, 1), "--seed: -5 must be >= 0"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""records.py and config.py: strict reading, rejects, atomic writes, strict configs."""
+"""factuality/records and config.py: strict reading, rejects, atomic writes, strict configs."""
 from __future__ import annotations
 
 import json
