@@ -72,3 +72,39 @@ def test_a_failed_step_stops_the_run_and_keeps_what_finished(fake):
     ran.clear()
     run(PipelineConfig(state_dir="st"), runner)
     assert ran[0] == "train_rm"
+
+
+def test_a_step_killed_on_its_first_run_resumes_and_force_replaces(fake):
+    """A training step killed before it ever finished left a run folder its script will not replace
+    without a word: the next pipeline run passes --resume (same inputs), --overwrite when forced."""
+    ran, runner = fake
+    seen: list[list[str]] = []
+
+    def killed_in_sft(argv):
+        seen.append(argv)
+        return -9 if argv[0] == "train_sft.py" else runner(argv)
+
+    with pytest.raises(ConfigError, match="step train_sft failed"):
+        run(PipelineConfig(state_dir="st"), killed_in_sft)
+    assert "--resume" not in seen[-1] and "--overwrite" not in seen[-1]      # a first run: no flag
+    seen.clear()
+
+    def record(argv):
+        seen.append(argv)
+        return runner(argv)
+
+    run(PipelineConfig(state_dir="st"), record)
+    sft = next(a for a in seen if a[0] == "train_sft.py")
+    assert sft[-1] == "--resume"
+    seen.clear()
+    run(PipelineConfig(state_dir="st", force=["train_sft"]), record)
+    assert next(a for a in seen if a[0] == "train_sft.py")[-1] == "--overwrite"
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"train_sft": 3}'])
+def test_a_broken_state_file_is_one_line_with_the_fix(fake, text):
+    _, runner = fake
+    Path("st").mkdir()
+    Path("st/state.json").write_text(text)
+    with pytest.raises(ConfigError, match=r"st/state.json: .*delete it"):
+        run(PipelineConfig(state_dir="st"), runner)

@@ -47,6 +47,7 @@ class Step:
     outputs: list[str]
     reads: list[str] = field(default_factory=list)
     redo_flag: str | None = "--overwrite"   # what the script needs to replace an earlier run of itself
+    resume_flag: str | None = "--resume"    # what it needs to continue a run of itself that was killed
 
 
 @dataclass
@@ -114,8 +115,8 @@ def steps_for(preset: str, presets: Mapping[str, dict] | None = None) -> list[St
 
     model_flags = ["--model-name-or-path", model] if model else []
     steps = [
-        Step("build_data", ["build_data.py"], ["data/processed/*.jsonl", "data/processed/run_card.json"], redo_flag=None),
-        Step("prompt_schema", ["prompt_schema.py", "save", "--prompts-dir", "prompts"], ["prompts/*"], redo_flag=None),
+        Step("build_data", ["build_data.py"], ["data/processed/*.jsonl", "data/processed/run_card.json"], redo_flag=None, resume_flag=None),
+        Step("prompt_schema", ["prompt_schema.py", "save", "--prompts-dir", "prompts"], ["prompts/*"], redo_flag=None, resume_flag=None),
         Step("train_sft", ["train_sft.py", "-c", c["train_sft"], *model_flags, "--output-dir", sft_dir,
                            *flags("train_sft")],
              [f"{sft_dir}/adapter_*", f"{sft_dir}/run_card.json"], reads=["build_data", "prompt_schema"]),
@@ -123,10 +124,10 @@ def steps_for(preset: str, presets: Mapping[str, dict] | None = None) -> list[St
                                      *(["--judge-model", model] if model else []), *flags("make_prefs")],
              # not prefs/cache/*/*: the judge phase adds its own cache there, which is no output of this step
              [f"prefs/cache/*/{f}" for f in ("manifest.json", "examples.jsonl", "generations.jsonl")],
-             reads=["build_data", "train_sft"], redo_flag=None),
+             reads=["build_data", "train_sft"], redo_flag=None, resume_flag=None),
         Step("make_prefs judge", ["make_prefs.py", "--phase", "judge", "-c", c["make_prefs"], "--sft-model", sft_dir,
                                   *(["--judge-model", model] if model else []), *flags("make_prefs")],
-             ["prefs/preferences_*.jsonl"], reads=["make_prefs generate"], redo_flag=None),
+             ["prefs/preferences_*.jsonl"], reads=["make_prefs generate"], redo_flag=None, resume_flag=None),
         Step("train_rm", ["train_rm.py", "-c", c["train_rm"], *model_flags, "--synthetic-pairs", "false",
                           "--pairs-path", "{prefs}", "--output-dir", rm_dir, *flags("train_rm")],
              [f"{rm_dir}/best/*", f"{rm_dir}/*.json"], reads=["make_prefs judge"]),
@@ -136,11 +137,12 @@ def steps_for(preset: str, presets: Mapping[str, dict] | None = None) -> list[St
              [f"{dpo_dir}/adapter_*", f"{dpo_dir}/run_card.json"], reads=["make_prefs judge", "train_sft", "train_rm"]),
         Step("evaluate", ["evaluate_sft.py", "-c", c["evaluate"], "--overwrite",
                           "--systems", f"base,sft={sft_dir},dpo={dpo_dir}", "--output", eval_out, *flags("evaluate")],
-             [f"{Path(eval_out).parent}/*.json"], reads=["train_sft", "train_dpo"], redo_flag=None),
+             [f"{Path(eval_out).parent}/*.json"], reads=["train_sft", "train_dpo"], redo_flag=None,
+             resume_flag=None),
     ]
     if model:
         make = f"from factuality.testing import make_tiny_model; make_tiny_model({model!r})"
-        steps.insert(0, Step("tiny_model", ["-c", make], [f"{model}/*"], redo_flag=None))
+        steps.insert(0, Step("tiny_model", ["-c", make], [f"{model}/*"], redo_flag=None, resume_flag=None))
         for s in steps[1:]:
             if s.name in ("train_sft", "make_prefs generate", "make_prefs judge", "train_rm", "train_dpo"):
                 s.reads.append("tiny_model")
@@ -211,7 +213,7 @@ def run(cfg: PipelineConfig, runner: Callable[[list[str]], int] | None = None) -
             raise ConfigError(f"no step {n!r}; steps: {', '.join(names)}")
     state_dir = Path(cfg.state_dir)
     state_path = state_dir / "state.json"
-    state: dict = json.loads(state_path.read_text(encoding="utf-8")) if state_path.exists() else {}
+    state = read_state(state_path)
     code = source_hash()
     forced_from = min((names.index(n) for n in cfg.force if n in names), default=None)
     if "all" in cfg.force:
@@ -225,19 +227,20 @@ def run(cfg: PipelineConfig, runner: Callable[[list[str]], int] | None = None) -
         key = step_key(step, state, code)
         prev = state.get(step.name, {})
         current = prev.get("key") == key and prev.get("outputs") and hash_files(step.outputs) == prev["outputs"]
-        redo = redo_rest or (forced_from is not None and i >= forced_from) or not current
+        forced = forced_from is not None and i >= forced_from
+        redo = redo_rest or forced or not current
         if not redo:
             log.info("[%d/%d] %s: up to date (reused)", i + 1, len(steps), step.name)
             report.append({"name": step.name, "status": "reused", "seconds": prev.get("seconds")})
             continue
         redo_rest = True  # whatever reads this step's outputs is redone too
-        argv = [a if cfg.dry_run else resolve(a) for a in step.argv]
-        if step.redo_flag and prev:
-            argv.append(step.redo_flag)
+        argv = [a if cfg.dry_run else resolve(a) for a in step.argv] + rerun_flags(step, prev, key, forced)
         print(f"\n=== [{i + 1}/{len(steps)}] {step.name}: python {' '.join(argv)}", flush=True)
         if cfg.dry_run:
             report.append({"name": step.name, "status": "would run", "seconds": None})
             continue
+        state[step.name] = {**prev, "attempt": key}   # a kill from here on leaves the attempt on record
+        atomic_write_json(state_path, state)
         t0 = time.time()
         rc = runner(argv)
         seconds = time.time() - t0
@@ -253,6 +256,34 @@ def run(cfg: PipelineConfig, runner: Callable[[list[str]], int] | None = None) -
     if summary:
         atomic_write_text(state_dir / "summary.md", summary + "\n")
     return {"steps": report, "summary": summary}
+
+
+def read_state(path: Path) -> dict:
+    """The pipeline's state file: {step: {key, outputs, seconds, finished[, attempt]}}; one that is not
+    such a mapping is refused with the fix (delete it: every step then runs again)."""
+    if not path.exists():
+        return {}
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not readable state ({' '.join(str(e).split())[:120]}); delete it to run every "
+                          f"step again") from None
+    if not isinstance(state, dict) or not all(isinstance(v, dict) for v in state.values()):
+        raise ConfigError(f"{path}: not the pipeline's state (a mapping of step -> record); delete it to run every "
+                          f"step again")
+    return state
+
+
+def rerun_flags(step: Step, prev: Mapping, key: str, forced: bool) -> list[str]:
+    """What a step that runs again needs: --resume when its last attempt, with these very inputs, was
+    killed before it ever finished (the script continues from its newest checkpoint); --overwrite
+    when it replaces an earlier finished run, or when forced; nothing for a first run."""
+    killed_first_run = "attempt" in prev and "key" not in prev
+    if killed_first_run and prev["attempt"] == key and not forced and step.resume_flag:
+        return [step.resume_flag]
+    if step.redo_flag and (prev or forced):
+        return [step.redo_flag]
+    return []
 
 
 def _read_json(pattern: str) -> dict | None:
