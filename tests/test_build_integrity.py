@@ -172,9 +172,10 @@ def test_build_killed_at_every_step_leaves_old_or_new_set(corpora, tmp_path, mod
         assert res.returncode == -9, (step, res.returncode, res.stderr[-2000:])
         # what a reader sees right after the kill: one whole set (after the recovery any writer runs first)
         from factuality.records import recover_dir
+        from factuality.stages.build import outside_outputs
         if not out.exists():
             assert mode == "two_renames" and step == "set:old_aside"
-        recover_dir(out)
+        recover_dir(out, outside_outputs(BuildConfig(**kw)))   # the build's own outputs outside the set
         got = {f: b for f, b in snapshot(out).items() if f in new_set}
         split_bytes = {f: got[f] for f in SPLIT_FILES}
         is_old = split_bytes == {f: old_set[f] for f in SPLIT_FILES} and got["run_card.json"] == old_set["run_card.json"]
@@ -277,3 +278,18 @@ def test_rejects_file_inside_the_output_folder_is_one_of_the_set(tmp_path):
     card = json.loads((out / "run_card.json").read_text())
     assert card["output_sha256"]["rejects.jsonl"] == sha256_file(out / "rejects.jsonl")
     assert sorted(p.name for p in out.iterdir()) == ["rejects.jsonl", "run_card.json", *sorted(SPLIT_FILES)]
+
+
+def test_a_planted_pending_file_writes_nowhere(tmp_path):
+    """A committed set's `.pending/*.dest` names where a file goes after the commit; a destination the
+    build does not write itself (a planted one) is dropped: no path is taken from a file on disk."""
+    data = tmp_path / "data"
+    copy_sample_raw(data / "raw")
+    build(BuildConfig(data_dir=str(data), accept_new_hash=True, quiet=True))
+    pending = data / "processed" / ".pending"
+    pending.mkdir()
+    (pending / "0000").write_text("planted\n")
+    victim = tmp_path / "elsewhere" / "victim.txt"
+    (pending / "0000.dest").write_text(str(victim))
+    build(BuildConfig(data_dir=str(data), quiet=True))
+    assert not victim.exists() and not pending.exists()

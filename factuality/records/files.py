@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import errno
 import json
+import logging
 import os
 import re
 import secrets
@@ -173,41 +174,55 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+log = logging.getLogger(__name__)
 PENDING_DIR = ".pending"   # inside a committed set: files to place outside it, right after the commit
+
+
+_STAGED: dict[str, set[str]] = {}   # temp set folder -> the destinations this process staged into it
 
 
 def stage_outside(set_dir: str | os.PathLike, dest: str | os.PathLike, data: str | bytes) -> None:
     """Part of a set that lives outside its folder (e.g. the raw-hash manifest): written to `dest`
-    right after the set is committed, and by the next `recover_dir` when a kill came in between."""
+    right after the set is committed, and by the next `recover_dir` when a kill came in between
+    (only to a destination that run names itself: `allowed`)."""
     pending = Path(set_dir) / PENDING_DIR
     pending.mkdir(exist_ok=True)
     n = len(list(pending.glob("*.dest")))
     (pending / f"{n:04d}").write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     (pending / f"{n:04d}.dest").write_text(str(Path(dest).resolve()), encoding="utf-8")
+    _STAGED.setdefault(str(Path(set_dir).resolve()), set()).add(str(Path(dest).resolve()))
 
 
-def _place_pending(target: Path) -> None:
+def _place_pending(target: Path, allowed: Iterable[str | os.PathLike]) -> None:
+    """Write the files a committed set places outside itself, each only where the running code
+    says it may go (`allowed`): a destination read from the folder is data, never a write target
+    on its own (a planted `.pending/*.dest` naming any path is dropped with a warning)."""
     pending = target / PENDING_DIR
     if not pending.is_dir():
         return
+    ok = {str(Path(a).resolve()) for a in allowed}
     for dest_file in sorted(pending.glob("*.dest")):
         data_file = dest_file.with_suffix("")
-        dest = Path(dest_file.read_text(encoding="utf-8"))
-        if data_file.exists():
+        named = dest_file.read_text(encoding="utf-8", errors="replace")
+        if named not in ok:
+            log.warning("%s: names %s, which this run does not write; dropped (a file planted in the folder, or "
+                        "left by a run with other outputs)", dest_file, named[:300])
+        elif data_file.exists():
+            dest = Path(named)
             atomic_write_bytes(dest, data_file.read_bytes())
             fault_point(f"set:placed:{dest.name}")
-            data_file.unlink()
+        data_file.unlink(missing_ok=True)
         dest_file.unlink()
     shutil.rmtree(pending, ignore_errors=True)
 
 
-def recover_dir(target: str | os.PathLike) -> None:
+def recover_dir(target: str | os.PathLike, allowed: Iterable[str | os.PathLike] = ()) -> None:
     """Finish or undo what a killed `atomic_dir` commit of `target` left, so `target` holds one whole set.
 
     A complete new set waiting beside an absent target (killed between the two renames of the
     fallback swap) is moved in; an old set put aside is restored when nothing replaced it, else
     removed; unfinished temp folders and temp files are removed; files the committed set still
-    had to place outside itself are placed.
+    had to place outside itself are placed, where `allowed` (the caller's own outputs) lists them.
     """
     target = _real(target)
     if not target.exists():
@@ -221,7 +236,7 @@ def recover_dir(target: str | os.PathLike) -> None:
         for stale in target.iterdir():   # temp files of per-file atomic writes killed inside the set
             if re.fullmatch(r"\..+\.[a-z0-9_]{8}\.tmp", stale.name) and stale.is_file():
                 stale.unlink()
-        _place_pending(target)
+        _place_pending(target, allowed)
 
 
 def _real(target: str | os.PathLike) -> Path:
@@ -288,7 +303,7 @@ def _commit_dir(tmp: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(target: str | os.PathLike, allowed: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
     """Write a set of files as one: yields an empty temp folder beside `target` to write into.
 
     On clean exit every file in it is fsynced and the folder replaces `target` in one atomic
@@ -296,14 +311,14 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     that `recover_dir` completes after a kill). Entries of the old `target` that the new set does
     not write are kept (hard-linked across). Files given to `stage_outside` are placed after the
     commit. On an exception the temp folder is removed and `target` is left as it was. Leftovers
-    of a killed earlier commit are cleaned up first (`recover_dir`). One writer per target.
+    of a killed earlier commit are cleaned up first (`recover_dir`, with `allowed`). One writer per target.
 
         with atomic_dir("data/processed") as tmp:
             (tmp / "train.jsonl").write_text(...)
             write_run_card(tmp / "run_card.json", card)    # lists each file's sha256
     """
     target = _real(target)
-    recover_dir(target)
+    recover_dir(target, allowed)
     target.parent.mkdir(parents=True, exist_ok=True)
     while True:
         tmp = _temp_path(target, _TMP)
@@ -316,9 +331,10 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         _commit_dir(tmp, target)
     except BaseException:
+        _STAGED.pop(str(tmp.resolve()), None)
         _remove(tmp)
         raise
-    _place_pending(target)
+    _place_pending(target, {*map(str, allowed), *_STAGED.pop(str(tmp.resolve()), set())})
 
 
 def dumps_line(rec: dict) -> str:

@@ -32,6 +32,8 @@ from .. import sources as S
 from ..config import to_dict
 from ..provenance import run_card, set_seed, write_run_card
 from ..raw_inputs import (
+    MANIFEST_NAME,
+    SAMPLE_DIR,
     discover_inputs,
     input_scope,
     relative_posix,
@@ -344,7 +346,7 @@ def build(cfg: BuildConfig) -> dict:
     timings: dict[str, float] = {}
     set_seed(cfg.seed)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.data_dir) / "processed"
-    recover_dir(out_dir)   # finish (or undo) what a killed earlier build left, before anything is read
+    recover_dir(out_dir, outside_outputs(cfg))   # finish (or undo) what a killed build left, before anything is read
     if cfg.download:
         from ..download import download_sources
         download_sources(Path(cfg.data_dir) / "raw", [s for s in cfg.sources if s in S.REGISTRY], quiet=cfg.quiet)
@@ -458,12 +460,18 @@ def retrieval_misses(cfg: BuildConfig, drafts: list[Draft], bad: S.BadRecords) -
             "total": sum(kept.values()) + sum(dropped.values())}
 
 
+def outside_outputs(cfg: BuildConfig) -> list[Path]:
+    """What a build writes outside its output folder as part of the set: the accepted hash manifest
+    (of --data-dir, or of the bundled sample) and --rejects. Nothing else is ever placed."""
+    return [Path(cfg.data_dir) / MANIFEST_NAME, SAMPLE_DIR / MANIFEST_NAME] + ([Path(cfg.rejects)] if cfg.rejects else [])
+
+
 def write_outputs(out_dir: Path, splits: dict[str, list[dict]], rejects: list[dict] | None, cfg: BuildConfig,
                   summary: dict, hashes: dict[str, str], manifest: tuple[Path, dict] | None,
                   timings: dict[str, float], t_start: float) -> None:
     """The splits, the rejects, the run card (every output's sha256) and the accepted manifest, as one
     set (records.atomic_dir). Each step is a `fault_point` named `build:wrote:<file>`."""
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, outside_outputs(cfg)) as tmp:
         output_sha256 = {}
 
         def put(name: str, text: str) -> None:
