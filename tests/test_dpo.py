@@ -333,9 +333,15 @@ def test_run_writes_adapter_card_and_rm_counts(tiny_model_dir, sft_adapter, tmp_
 
     cfg = dpo_cfg(tiny_model_dir, sft_adapter, tmp_path, "--rm-checkpoint", "rm/best", "--precompute-ref-log-probs",
                   "true", run_name="r1", model_name_or_path=None)
-    card = run(cfg)
+    old_mask = os.umask(0o022)
+    try:
+        card = run(cfg)
+    finally:
+        os.umask(old_mask)
     assert seen["path"] == "rm/best"
     rd = tmp_path / "runs" / "r1"
+    private = [p for p in rd.rglob("*") if p.is_file() and not p.stat().st_mode & 0o040]
+    assert not private, f"outputs not readable by the group under umask 022: {private[:3]}"
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "config.yaml", "run_card.json",
                  "prompts/system.txt"):
         assert (rd / name).exists(), name

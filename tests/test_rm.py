@@ -69,8 +69,18 @@ def trained(tmp_path_factory, tiny_model_dir):
 
     d = tmp_path_factory.mktemp("rm")
     make_pairs(d, tiny_model_dir)
-    result = run(tiny_cfg(d, tiny_model_dir, plots=True))
+    old_mask = os.umask(0o022)
+    try:
+        result = run(tiny_cfg(d, tiny_model_dir, plots=True))
+    finally:
+        os.umask(old_mask)
     return d, result
+
+
+def test_outputs_follow_the_umask(trained):
+    d, _ = trained
+    private = [p for p in (d / "run").rglob("*") if p.is_file() and not p.stat().st_mode & 0o040]
+    assert not private, f"outputs not readable by the group under umask 022: {private[:3]}"
 
 
 # ------------------------------------------------------------------ loss and metrics by hand

@@ -62,7 +62,7 @@ from ..modeling import (
 )
 from ..prompts import PromptTemplates
 from ..provenance import run_card, set_seed, write_run_card
-from ..records import atomic_write_text, sha256_file
+from ..records import apply_umask, atomic_write_text, sha256_file
 from ..training import (
     TRAINING_DEFAULTS,
     RunFolderOptions,
@@ -372,6 +372,7 @@ def save_run(cfg, run_dir: Path, resume_from: Path | None, inputs: Inputs, train
                    "end_of_turn": end_of_turn(tokenizer, inputs.templates),
                    "chat_template_sha256": sha_or_none(tokenizer.chat_template)},
     )
+    apply_umask(run_dir)  # the libraries save some files private (0600); outputs follow the umask
     write_run_card(run_dir / "run_card.json", card)
     log.info(summarize(card))
     return card

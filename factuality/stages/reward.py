@@ -58,7 +58,7 @@ from ..penalties import PenaltyOptions, penalty_matrix, weight_vector
 from ..perturb import KINDS, check_kinds
 from ..prompts import PromptTemplates
 from ..provenance import run_card, set_seed, write_run_card
-from ..records import atomic_write_json, atomic_write_text, sha256_file
+from ..records import apply_umask, atomic_write_json, atomic_write_text, sha256_file
 from ..rm.features import (
     Sequences,
     Tokens,
@@ -436,6 +436,7 @@ def finish_run(cfg, inputs: Inputs, run_dir: Path, history: Mapping, report: Map
                     probes={"source": inputs.probe_source, "responses": len(inputs.probes)},
                     best=history.get("best"), val_metrics=overall, plots=plots, renamed_config_keys=cfg.renamed,
                     penalties=asdict(cfg.penalties), **extra)
+    apply_umask(run_dir)  # the libraries save some files private (0600); outputs follow the umask
     write_run_card(run_dir / "run_card.json", card)
     log.info("done: best ROC-AUC %s at step %s; val accuracy %s, ECE %s, Brier %s; report in %s",
              fmt(overall["roc_auc"]), (history.get("best") or {}).get("step"), fmt(overall["accuracy"]),
