@@ -331,6 +331,21 @@ def _unknown(key: str, known: Sequence[str], where: str) -> ConfigError:
     return ConfigError(f"{where}: unknown key {key!r}; `--help` lists every option")
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a key given twice in one mapping (yaml keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
+                                f"keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path, known: set[str] | type, renamed: list[str] | None = None,
               refused: Mapping[str, str] | None = None) -> dict:
     """The flat {key: raw value} of a YAML config (notebook layout translated; keys checked).
@@ -345,9 +360,11 @@ def load_yaml(path: str | Path, known: set[str] | type, renamed: list[str] | Non
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte offset {e.start}); save it as UTF-8") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())[:300]}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested deeper than can be read; a config is `option: value` lines") from None
     if data is None:
         raise ConfigError(f"{path}: the config file is empty; expected `option: value` lines (see configs/)")
     if not isinstance(data, dict):

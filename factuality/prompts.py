@@ -15,6 +15,7 @@ the JSON, code fences, truncation, wrong types and unknown evidence ids each giv
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -279,6 +280,8 @@ def _first_object(text: str):
             obj, end = dec.raw_decode(text, m.start())
         except json.JSONDecodeError:
             continue
+        except RecursionError:   # nested deeper than Python can follow: no object is read from it
+            return None
         if isinstance(obj, dict):
             return obj, m.start(), end
     return None
@@ -317,6 +320,13 @@ def _salvage(text: str) -> ParsedOutput:
 
 def parse_output(text: Any, evidence_ids: Sequence[str] | None = None) -> ParsedOutput:
     """Parse a model's raw output. Never raises; every invalid output gets a `reason`."""
+    try:
+        return _parse_output(text, evidence_ids)
+    except RecursionError:
+        return ParsedOutput(valid=False, reason="output nested deeper than can be read")
+
+
+def _parse_output(text: Any, evidence_ids: Sequence[str] | None) -> ParsedOutput:
     if not isinstance(text, str):
         return ParsedOutput(valid=False, reason=f"output is {type(text).__name__}, not text")
     body = text
@@ -348,6 +358,8 @@ def parse_output(text: Any, evidence_ids: Sequence[str] | None = None) -> Parsed
     out.refusal = is_refusal(out.answer)
 
     errors = sorted(_validator.iter_errors(obj), key=lambda e: list(map(str, e.path)))
+    if not errors and out.confidence is not None and not math.isfinite(out.confidence):
+        out.valid, out.reason = False, f"schema: confidence: {out.confidence!r} is not a finite number"
     if errors:
         e = errors[0]
         where = ".".join(map(str, e.absolute_path)) or "(object)"

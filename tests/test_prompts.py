@@ -258,3 +258,12 @@ def test_the_target_answer_is_the_alias_its_support_span_holds():
     assert gold_output(ex)["answer"] == shown.upper()
     # no alias in the spans: the first alias, as before
     assert gold_output({**ex, "answers": ["Nowhere", "Else"]})["answer"] == "Nowhere"
+
+
+def test_the_parser_never_raises_on_deep_nesting_and_refuses_a_non_finite_confidence():
+    deep = parse_output('{"answer": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert not deep.valid and deep.reason
+    assert not parse_output("x " + "{" * 100_000).valid
+    nan = parse_output('{"answer": "x", "citations": ["E1"], "confidence": NaN}', ["E1"])
+    assert not nan.valid and nan.reason == "schema: confidence: nan is not a finite number"
+    assert parse_output('{"answer": "x", "citations": ["E1"], "confidence": 0.5}', ["E1"]).valid

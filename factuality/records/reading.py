@@ -213,6 +213,9 @@ def iter_json_lines(path: str | os.PathLike, bad: Rejects, expected: str = "JSON
         except json.JSONDecodeError as e:
             bad.report(where, "(line)", f"not valid JSON ({e.msg} at column {e.colno})", line.rstrip("\r\n"))
             continue
+        except RecursionError:
+            bad.report(where, "(line)", "JSON nested deeper than can be read", line.rstrip("\r\n")[:200])
+            continue
         if not isinstance(rec, dict):
             bad.report(where, "(line)", "a JSON object is expected", line.rstrip("\r\n"))
             continue
@@ -271,6 +274,8 @@ def read_json(path: str | os.PathLike, bad: Rejects | None = None, expected: str
                           "(or re-download / rebuild it)")
     try:
         obj = json.loads(text)
+    except RecursionError:
+        raise RecordError(f"{path}: (file): JSON nested deeper than can be read; expected {expected}") from None
     except json.JSONDecodeError as e:
         if bad_offsets:   # an undecodable byte outside any string breaks the JSON itself: say so
             raise RecordError(f"{path}:{_line_of(data, bad_offsets[0])}: (encoding): "
