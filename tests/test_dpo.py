@@ -418,3 +418,19 @@ def test_script_errors_are_one_line(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     lines = [ln for ln in out.stderr.splitlines() if "error:" in ln]
     assert len(lines) == 1 and "nosft: no adapter_config.json here" in lines[0], out.stderr[-2000:]
+
+
+def test_overwrite_with_a_model_that_fails_to_load_keeps_the_previous_run(tiny_model_dir, sft_adapter, tmp_path,
+                                                                          pairs_file):
+    import shutil
+
+    run(dpo_cfg(tiny_model_dir, sft_adapter, tmp_path, "--max-steps", "1", run_name="keep"))
+    rd = tmp_path / "runs" / "keep"
+    before = {p.relative_to(rd): p.read_bytes() for p in rd.rglob("*") if p.is_file()}
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes((broken / "model.safetensors").read_bytes()[:1000])
+    with pytest.raises(Exception):
+        run(dpo_cfg(tiny_model_dir, sft_adapter, tmp_path, "--max-steps", "1", "--overwrite", run_name="keep",
+                    model_name_or_path=str(broken)))
+    assert {p.relative_to(rd): p.read_bytes() for p in rd.rglob("*") if p.is_file()} == before

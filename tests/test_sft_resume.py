@@ -123,3 +123,21 @@ def test_an_adapter_swapped_after_the_run_is_refused(setup, tiny_model_dir):
     (run_dir / "adapter_model.safetensors").write_bytes((run_dir / "adapter_model.safetensors").read_bytes() + b" ")
     with pytest.raises(RecordError, match="adapter_model.safetensors: sha256 .* differs"):
         load_model(str(tiny_model_dir), adapter_path=run_dir)
+
+
+def test_overwrite_with_a_model_that_fails_to_load_keeps_the_previous_run(setup, tiny_model_dir):
+    """--overwrite replaces the old run only once the new model has loaded: a truncated weights file
+    stops the run with the old run in place, byte for byte."""
+    tmp_path, args = setup
+    run_dir = tmp_path / "r"
+    run(parse_config(SFT_SPEC, args + ["--output-dir", str(run_dir), "--max-steps", "2"]))
+    before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(Exception):
+        run(parse_config(SFT_SPEC, args + ["--output-dir", str(run_dir), "--overwrite", "--max-steps", "2",
+                                           "--model-name-or-path", str(broken)]))
+    after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert after == before

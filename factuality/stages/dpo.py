@@ -387,10 +387,10 @@ def run(cfg) -> dict:
     run_dir = run_dir_of(cfg)
     resume_from = check_run_dir(cfg)
     inputs = read_inputs(cfg)  # inputs are read and checked before anything on disk changes
+    trainer, reference, setup = start_trainer(cfg, inputs)   # the models load before anything is replaced
     clear_run_dir(cfg)
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
-    trainer, reference, setup = start_trainer(cfg, inputs)
     trained = train_and_evaluate(trainer, resume_from, run_dir, evaluate=bool(inputs.val_rows))
     card: dict = {}
     if dist.is_main_process():

@@ -339,11 +339,11 @@ def run(cfg) -> dict:
     train_ds, train_stats = build_dataset(train_examples, tokenizer, max_length, templates, "train", cfg.run.min_chunk_chars)
     eval_ds, val_stats = (build_dataset(val_examples, tokenizer, max_length, templates, "val", cfg.run.min_chunk_chars)
                           if val_examples else (None, None))
+    trainer = build_trainer(cfg, train_ds, eval_ds, tokenizer)   # the model loads before anything is replaced
     clear_run_dir(cfg)
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
 
-    trainer = build_trainer(cfg, train_ds, eval_ds, tokenizer)
     summary = model_summary(trainer.model)
     world = dist.world_size()
     per_step = effective_batch(cfg)
