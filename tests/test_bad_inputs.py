@@ -129,6 +129,7 @@ CASES = [
     ("train_sft", ["--learning-rate", "inf"], None, "--learning-rate: inf is not a finite number"),
     ("train_sft", ["--num-train-epochs", "inf"], None, "--num-train-epochs: inf is not a finite number"),
     ("evaluate_sft", ["--predictions", "{d}/p.jsonl", "--seed", "-5"], lambda d: _preds(d, 1), "--seed: -5 must be >= 0"),
+    ("build_data", B + ["--rejects", "{d}/raw"], None, "is a folder; name a file"),
     # ---- a key given twice, input nested deeper than Python's recursion limit (used to end in a traceback)
     ("train_sft", ["-c", "{d}/c.yaml"], lambda d: _write(d / "c.yaml", "seed: 1\nlearning_rate: 0.1\nseed: 2\n"), "key 'seed' is given twice (lines 1 and 3)"),
     ("train_sft", ["-c", "{d}/c.yaml"], lambda d: _write(d / "c.yaml", "seed: " + "[" * 6000 + "]" * 6000 + "\n"), "YAML nested deeper than can be read"),

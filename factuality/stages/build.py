@@ -152,6 +152,8 @@ class BuildConfig:
             raise ValueError("retrieval_miss must be 'drop' or 'unanswerable'")
         if self.fever_wiki_scope not in ("all", "referenced"):
             raise ValueError("fever_wiki_scope must be 'all' or 'referenced'")
+        if self.rejects is not None and Path(self.rejects).is_dir():
+            raise ValueError(f"rejects: {self.rejects} is a folder; name a file, e.g. {Path(self.rejects) / 'rejects.jsonl'}")
 
 
 # --------------------------------------------------------------------------------------------
