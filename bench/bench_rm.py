@@ -113,7 +113,7 @@ def main() -> None:
         print(f"  {name}: done", flush=True)
 
     base = sum(results["cached"][:2])
-    print(f"\n| variant | feature passes s | head training s | total s | time / cached |")
+    print("\n| variant | feature passes s | head training s | total s | time / cached |")
     print("|---|---:|---:|---:|---:|")
     for name, (f, t, _) in results.items():
         print(f"| {name} | {f:.1f} | {t:.2f} | {f + t:.1f} | {(f + t) / base:.2f}x |")
