@@ -230,12 +230,16 @@ def save_merged(cfg, adapter_dir: Path, tokenizer) -> Path:
 
 def name_base_by_hub_id(run_dir: Path, model_name: str) -> str | None:
     """Make the saved adapter name its base by hub id (the embedded model's cache path means
-    nothing on another machine). Returns the recorded base name."""
+    nothing on another machine), and list its target modules sorted (PEFT writes a set, whose order
+    changes from one process to the next: the same adapter would get another fingerprint, and every
+    cache keyed by it would miss). Returns the recorded base name."""
     path = run_dir / "adapter_config.json"
     if not path.exists():
         return None
     acfg = json.loads(path.read_text(encoding="utf-8"))
     acfg["base_model_name_or_path"] = base_model_id(model_name)
+    if isinstance(acfg.get("target_modules"), list):
+        acfg["target_modules"] = sorted(acfg["target_modules"])
     atomic_write_json(path, acfg)
     return acfg["base_model_name_or_path"]
 

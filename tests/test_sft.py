@@ -148,6 +148,8 @@ def test_main_saves_adapter_tokenizer_config_and_run_card(tiny_model_dir, data):
         assert (run / name).exists(), name
     saved = json.loads((run / "run_card.json").read_text())
     assert saved["global_step"] == 4 and saved["seed"] == 0
+    modules = json.loads((run / "adapter_config.json").read_text())["target_modules"]
+    assert modules == sorted(modules), "PEFT's set order would change the adapter's fingerprint between runs"
     assert set(saved["inputs"]) == {cfg.train_file, cfg.val_file, cfg.config_path}
     assert saved["losses"]["final_train_loss"] < saved["losses"]["first_train_loss"], "the loss went down"
     assert saved["losses"]["final_eval_loss"] is not None
