@@ -17,7 +17,7 @@ labelled perturbations of good answers (hard pairs), scores every candidate with
 (factuality/metrics.py) and the judge model (token probabilities), and writes
 prefs/preferences_<signature>.jsonl (TRL's prompt/chosen/rejected plus margin, scores, split, kind,
 evidence and support ids) and prefs/preferences_<signature>.stats.json. Every option: `--help`
-(factuality.stages.prefs.PrefsOptions); the method: factuality/prefs.py and factuality/judge.py.
+(factuality.stages.prefs.PrefsOptions); the method: factuality/stages/prefs.py (over candidates.py, pairing.py, verdicts.py) and factuality/judge.py.
 """
 import sys
 

@@ -9,7 +9,7 @@ train_dpo and one evaluation of base / SFT / DPO, in order, reusing every step t
 Each step runs as the command a user would type; its outputs and run card stay on disk. The end
 prints one table (base / SFT / DPO with intervals and deltas), the reward model's ROC-AUC and
 gaming probes, and the time of each step (also in runs/pipeline/summary.md). Logic:
-factuality/pipeline.py.
+factuality/stages/pipeline.py (presets: configs/presets.yaml).
 """
 import sys
 

@@ -9,7 +9,7 @@
 The templates and schema live in factuality/prompts.py; prompts/ is their written form (scripts
 read it back with --prompts-dir). `render` prints the prompt exactly as a model sees it, through
 the tokenizer's chat template when the model has one (plain text without --model), its token
-count, and the gold target. Logic: factuality/prompt_tool.py.
+count, and the gold target. Logic: factuality/stages/prompt_schema.py.
 """
 import sys
 

@@ -3,7 +3,7 @@ the raw-file readers (JSONL, JSON array, TSV) and the draft handed to the build.
 
 A dataset module (see `factuality/sources/__init__.py` for the protocol) reads its raw files
 into `RawExample`s and turns them into `Draft`s (gold chunks with spans, ranked negatives);
-`factuality.build` then fits the evidence budget, shuffles, splits and writes.
+`factuality.stages.build` then fits the evidence budget, shuffles, splits and writes.
 """
 from __future__ import annotations
 
