@@ -130,6 +130,10 @@ CASES = [
     ("train_sft", ["--num-train-epochs", "inf"], None, "--num-train-epochs: inf is not a finite number"),
     ("evaluate_sft", ["--predictions", "{d}/p.jsonl", "--seed", "-5"], lambda d: _preds(d, 1), "--seed: -5 must be >= 0"),
     ("build_data", B + ["--rejects", "{d}/raw"], None, "is a folder; name a file"),
+    ("build_data", B + ["--max-examples-per-source", "0"], None, "--max-examples-per-source: 0 must be >= 1"),
+    ("build_data", B + ["--n-threads", "-5"], None, "--n-threads: -5 must be >= -1"),
+    ("evaluate_sft", ["--predictions", "{d}/p.jsonl", "--temperature", "-1"], lambda d: _preds(d, 1), "--temperature: -1.0 must be > 0"),
+    ("evaluate_sft", ["--predictions", "{d}/p.jsonl", "--top-p", "7"], lambda d: _preds(d, 1), "--top-p: 7.0 must be <= 1"),
     # ---- a key given twice, input nested deeper than Python's recursion limit (used to end in a traceback)
     ("train_sft", ["-c", "{d}/c.yaml"], lambda d: _write(d / "c.yaml", "seed: 1\nlearning_rate: 0.1\nseed: 2\n"), "key 'seed' is given twice (lines 1 and 3)"),
     ("train_sft", ["-c", "{d}/c.yaml"], lambda d: _write(d / "c.yaml", "seed: " + "[" * 6000 + "]" * 6000 + "\n"), "YAML nested deeper than can be read"),

@@ -120,8 +120,9 @@ class BuildConfig:
         "help": "corpus passages and knowledge-base documents longer than this many words are split into chunks "
                 "of this size (psgs_w100 passages are already 100 words)"})
     max_examples_per_source: int | None = field(default=None, metadata={
-        "help": "keep at most this many examples per source (a seeded choice), for quick runs"})
-    n_threads: int = field(default=0, metadata={"help": "threads for bm25s batched retrieval (0: one, -1: all cores)"})
+        "min": 1, "help": "keep at most this many examples per source (a seeded choice), for quick runs; null: all"})
+    n_threads: int = field(default=0, metadata={
+        "min": -1, "help": "threads for bm25s batched retrieval (0: one, -1: all cores)"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars or table"})
 
     def validate(self) -> None:

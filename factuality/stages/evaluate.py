@@ -130,8 +130,8 @@ class EvalConfig(ModelOptions, BackendOptions):
     ci_level: float = field(default=0.95, metadata={"gt": 0, "lt": 1, "help": "confidence level of the intervals"})
     seed: int = field(default=42, metadata={"help": "seed for sampling (if any) and the bootstrap"})
     do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
-    temperature: float = field(default=0.7, metadata={"help": "sampling temperature (with --do-sample)"})
-    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass (with --do-sample)"})
+    temperature: float = field(default=0.7, metadata={"gt": 0, "help": "sampling temperature (with --do-sample)"})
+    top_p: float = field(default=0.95, metadata={"gt": 0, "max": 1, "help": "nucleus sampling mass (with --do-sample)"})
     prefill: str = field(default="auto", metadata={
         "help": "auto (per_example on CPU, batched on GPU), batched (one padded forward per batch) or per_example "
                 "(each prompt alone, KV caches stacked for a batched decode)", "choices": list(PREFILL_MODES)})
