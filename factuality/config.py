@@ -35,6 +35,7 @@ import enum
 import json
 import logging
 import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -87,8 +88,19 @@ def _kind(tp) -> str:
     return "any"
 
 
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 120
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxlong = 3, 8, 8, 40
+
+
+def shown(value) -> str:
+    """A value as an error message quotes it: its repr, cut to a readable size (a 50 MB value or a
+    YAML alias bomb must not become a 50 MB error line)."""
+    return _SHOWN.repr(value)
+
+
 def _bad(where: str, value, what: str) -> ConfigError:
-    return ConfigError(f"{where}: {value!r} is not {what}")
+    return ConfigError(f"{where}: {shown(value)} is not {what}")
 
 
 def _coerce_one(value: Any, tp, where: str):
@@ -123,14 +135,14 @@ def _coerce_one(value: Any, tp, where: str):
     if kind == "enum":
         choices = [m.value for m in tp]
         if str(value) not in [str(c) for c in choices]:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+            raise ConfigError(f"{where}: {shown(value)} is not one of {', '.join(map(str, choices))}")
         return str(value)
     if kind == "literal":
         choices = typing.get_args(tp)
         for c in choices:
             if value == c or str(value) == str(c):
                 return c
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+        raise ConfigError(f"{where}: {shown(value)} is not one of {', '.join(map(str, choices))}")
     if kind == "list":
         if isinstance(value, str):
             s = value.strip()
@@ -179,7 +191,7 @@ def coerce(value: Any, tp, where: str):
             return _coerce_one(value, m, where)
         except (ConfigError, json.JSONDecodeError) as e:
             errors.append(str(e))
-    raise ConfigError(errors[-1] if errors else f"{where}: {value!r} has the wrong type")
+    raise ConfigError(errors[-1] if errors else f"{where}: {shown(value)} has the wrong type")
 
 
 # Ranges of the libraries' options that they do not check themselves (name -> (op, bound)).
@@ -204,13 +216,13 @@ def check_range(name: str, value, limits: Mapping[str, float] | None, where: str
     items = value if isinstance(value, (list, tuple)) else [value]
     for v in items:
         if isinstance(v, float) and not math.isfinite(v):
-            raise ConfigError(f"{where}: {v!r} is not a finite number; give a number such as 0.5")
+            raise ConfigError(f"{where}: {shown(v)} is not a finite number; give a number such as 0.5")
     if value is None or not limits or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     for op, bound in limits.items():
         ok, sign = _OPS[op]
         if not ok(value, bound):
-            raise ConfigError(f"{where}: {value!r} must be {sign} {bound}")
+            raise ConfigError(f"{where}: {shown(value)} must be {sign} {bound}")
 
 
 def _limits(name: str, f: dataclasses.Field) -> dict | None:
@@ -509,7 +521,7 @@ def parse_config(cls_or_spec, argv: Sequence[str] | None = None, description: st
         for part, f in known_fields[key]:
             v = coerce(value, f.type, where)
             if f.metadata.get("choices") and v is not None and v not in f.metadata["choices"]:
-                raise ConfigError(f"{where}: {v!r} is not one of {', '.join(map(str, f.metadata['choices']))}")
+                raise ConfigError(f"{where}: {shown(v)} is not one of {', '.join(map(str, f.metadata['choices']))}")
             check_range(key, v, _limits(key, f), where)
             values[part.name][key] = v
     if spec.prepare is not None:

@@ -49,4 +49,11 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(exc):
         return f"{exc.filename}: {exc.strerror or exc}"
     text = str(exc) or type(exc).__name__
-    return " ".join(text.split()) if "\n" in text and len(text) < 2000 else text
+    text = " ".join(text.split()) if "\n" in text and len(text) < 2000 else text.replace("\n", " ")
+    if len(text) > MAX_LINE:   # keep where it happened (the start) and what to do (the end)
+        head, tail = MAX_LINE - 160, 100
+        text = f"{text[:head]} [... {len(text) - head - tail:,} characters left out ...] {text[-tail:]}"
+    return text
+
+
+MAX_LINE = 500   # the longest error line printed

@@ -199,3 +199,20 @@ def test_bad_input_gives_one_line_and_changes_nothing(workdir, capsys, script, a
     assert len(lines) == 1, err[-1500:]
     assert needle in lines[0], lines[0]
     assert _snapshot(workdir) == before, "a failed run changed files"
+
+
+def _alias_bomb() -> str:
+    names = "abcdefghi"
+    levels = ['&a ["x","x","x","x","x","x","x","x","x"]']
+    levels += [f"&{names[i]} [" + ",".join([f"*{names[i - 1]}"] * 9) + "]" for i in range(1, 9)]
+    return "seed: [" + ", ".join(levels) + "]\n"   # 9 levels: about 387 million strings if expanded
+
+
+@pytest.mark.parametrize("text", ["seed: " + "x" * 2_000_000 + "\n", _alias_bomb()], ids=["2MB-value", "alias-bomb"])
+def test_an_error_line_stays_short_whatever_the_input(workdir, capsys, text):
+    _write(workdir / "c.yaml", text)
+    rc = SCRIPTS["train_sft"](["-c", str(workdir / "c.yaml")])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert rc == 2 and len(lines) == 1 and "c.yaml: seed" in lines[0]
+    assert len(lines[0]) <= len("error: ") + 500, len(lines[0])
