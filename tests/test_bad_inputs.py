@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -130,6 +131,10 @@ CASES = [
     ("train_sft", ["--num-train-epochs", "inf"], None, "--num-train-epochs: inf is not a finite number"),
     ("evaluate_sft", ["--predictions", "{d}/p.jsonl", "--seed", "-5"], lambda d: _preds(d, 1), "--seed: -5 must be >= 0"),
     ("build_data", B + ["--rejects", "{d}/raw"], None, "is a folder; name a file"),
+    # ---- a named pipe as input (used to wait forever for a writer)
+    ("train_sft", ["--train-file", "{d}/pipe.jsonl"], lambda d: os.mkfifo(d / "pipe.jsonl"), "pipe.jsonl: is a named pipe"),
+    ("evaluate_sft", ["--predictions", "{d}/pipe.jsonl", "--test-data", "{d}/ex/test.jsonl"], lambda d: os.mkfifo(d / "pipe.jsonl"), "pipe.jsonl: is a named pipe"),
+    ("prompt_schema", ["render", "--data", "{d}/pipe.jsonl"], lambda d: os.mkfifo(d / "pipe.jsonl"), "pipe.jsonl: is a named pipe"),
     ("build_data", B + ["--max-examples-per-source", "0"], None, "--max-examples-per-source: 0 must be >= 1"),
     ("build_data", B + ["--n-threads", "-5"], None, "--n-threads: -5 must be >= -1"),
     ("evaluate_sft", ["--predictions", "{d}/p.jsonl", "--temperature", "-1"], lambda d: _preds(d, 1), "--temperature: -1.0 must be > 0"),

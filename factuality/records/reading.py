@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import re
+import stat
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,8 +136,21 @@ def _not_utf8(data: bytes, pos: int, data_offset: int = 0) -> tuple[int, str]:
 GZIP_MAGIC = b"\x1f\x8b"
 
 
+def refuse_non_file(path: str | os.PathLike) -> None:
+    """An input must be a regular file: reading a named pipe waits forever for a writer, a device
+    never ends. (A path that does not exist is left to the caller's own message.)"""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise RecordError(f"{path}: is {kind}; give a regular file (copy the data to one first)")
+
+
 def is_gzip(path: str | os.PathLike) -> bool:
     """Whether a file is gzip-compressed, by its first two bytes (not its name)."""
+    refuse_non_file(path)
     with open(path, "rb") as f:
         return f.read(2) == GZIP_MAGIC
 
@@ -184,6 +198,7 @@ def decode_lines(path: Path, bad: Rejects) -> Iterator[tuple[int, str | None, by
 def _require_file(path: Path) -> None:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file; check the path (or run the step that writes it)")
+    refuse_non_file(path)
 
 
 def iter_json_lines(path: str | os.PathLike, bad: Rejects, expected: str = "JSON objects, one a line",
