@@ -131,6 +131,8 @@ CASES = [
     ("train_sft", ["--num-train-epochs", "inf"], None, "--num-train-epochs: inf is not a finite number"),
     ("evaluate_sft", ["--predictions", "{d}/p.jsonl", "--seed", "-5"], lambda d: _preds(d, 1), "--seed: -5 must be >= 0"),
     ("build_data", B + ["--rejects", "{d}/raw"], None, "is a folder; name a file"),
+    # ---- data hygiene
+    ("train_sft", ["--train-file", "{d}/ex/train.jsonl", "--val-file", "{d}/ex/train.jsonl"], None, "is the training file"),
     # ---- a named pipe as input (used to wait forever for a writer)
     ("train_sft", ["--train-file", "{d}/pipe.jsonl"], lambda d: os.mkfifo(d / "pipe.jsonl"), "pipe.jsonl: is a named pipe"),
     ("evaluate_sft", ["--predictions", "{d}/pipe.jsonl", "--test-data", "{d}/ex/test.jsonl"], lambda d: os.mkfifo(d / "pipe.jsonl"), "pipe.jsonl: is a named pipe"),

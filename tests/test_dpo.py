@@ -434,3 +434,15 @@ def test_overwrite_with_a_model_that_fails_to_load_keeps_the_previous_run(tiny_m
         run(dpo_cfg(tiny_model_dir, sft_adapter, tmp_path, "--max-steps", "1", "--overwrite", run_name="keep",
                     model_name_or_path=str(broken)))
     assert {p.relative_to(rd): p.read_bytes() for p in rd.rglob("*") if p.is_file()} == before
+
+
+def test_a_pair_whose_answers_are_equal_is_refused_naming_its_line(tmp_path, tok):
+    """Such a pair teaches nothing (DPO's loss on it is a constant); the pair contract refuses it."""
+    from factuality.records import RecordError
+
+    rows = make_pairs(tok)
+    rows[1] = dict(rows[1], rejected=rows[1]["chosen"])
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(RecordError, match=r"pairs.jsonl:2: rejected: equals chosen"):
+        load_pairs(path)

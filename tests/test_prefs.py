@@ -440,3 +440,12 @@ def test_notebook_command_lines_run_as_written(adapter, tiny_model_dir, tmp_path
     assert len(pairs) == 1 and read_jsonl(pairs[0], PREFERENCE)
     manifest = json.loads(next((tmp_path / "prefs" / "cache").glob("*/manifest.json")).read_text())
     assert manifest["payload"]["load"]["load_in_8bit"] is True
+
+
+def test_a_file_in_both_data_and_val_paths_is_refused(tmp_path):
+    from factuality.config import ConfigError, parse_config
+    from factuality.stages.prefs import PREFS_SPEC
+
+    f = tmp_path / "train.jsonl"
+    with pytest.raises(ConfigError, match="is in both --data-path and --val-path"):
+        parse_config(PREFS_SPEC, ["--phase", "generate", "--sft-model", "x", "--data-path", str(f), "--val-path", str(f)])

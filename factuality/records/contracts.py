@@ -189,7 +189,15 @@ PREFERENCE_SCHEMA: dict[str, Any] = {
         "details": {"type": "object", "description": "--output-mode rich: parsed outputs, judge rationale, verifier breakdown"},
     },
 }
-PREFERENCE = Contract("preference pair", PREFERENCE_SCHEMA, unique=("id",), allow_empty=False,
+def check_pair(rec: dict) -> str | None:
+    """Cross-field rules of a preference pair: the two answers differ (a pair of equal answers
+    teaches nothing, and DPO's loss on it is a constant)."""
+    if rec["chosen"] == rec["rejected"]:
+        return "rejected: equals chosen; a pair must hold two different answers (drop the row or rebuild the pairs)"
+    return None
+
+
+PREFERENCE = Contract("preference pair", PREFERENCE_SCHEMA, check_pair, unique=("id",), allow_empty=False,
                       expected="preference pairs, one JSON object a line, as make_prefs.py --phase judge writes them")
 
 

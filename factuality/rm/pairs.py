@@ -25,6 +25,7 @@ from ..records import (
     SCHEMA_VERSION,
     Contract,
     RecordError,
+    check_pair,
     read_examples,
     read_jsonl,
     write_jsonl,
@@ -45,6 +46,9 @@ def _pair_contract(templates: PromptTemplates) -> Contract:
     pair's evidence ids equal to the chunks its prompt shows."""
 
     def check(rec: dict) -> str | None:
+        problem = check_pair(rec)
+        if problem:
+            return problem
         if rec["split"] == "test":
             return "split: 'test' examples never become pairs (they are held out for evaluate_sft.py); rebuild the pairs"
         try:

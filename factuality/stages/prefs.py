@@ -225,6 +225,10 @@ class PrefsOptions(ModelOptions, BackendOptions):
             self.prompts_dir = None
         self.data_path = [p for p in self.data_path if p]
         self.val_path = [p for p in self.val_path if p]
+        both = sorted({str(Path(p).resolve()) for p in self.data_path} & {str(Path(p).resolve()) for p in self.val_path})
+        if both:
+            raise ConfigError(f"{both[0]} is in both --data-path and --val-path: its pairs would be train and val at "
+                              "once (the reward model would be validated on what it trained on); list it once")
         if not self.data_path + self.val_path:
             raise ConfigError("--data-path is empty; pass the train (and val) files, e.g. data/processed/train.jsonl")
         if self.temperature == 0 and self.n_generations > 2:

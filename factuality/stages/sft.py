@@ -102,6 +102,12 @@ class SFTOptions(RunFolderOptions):
         "choices": list(BATCHING)})
     answer_only_head: bool = heads.answer_only_head_field()
 
+    def validate(self) -> None:
+        super().validate()
+        if self.val_file and Path(self.val_file).resolve() == Path(self.train_file).resolve():
+            raise ConfigError(f"val_file {self.val_file} is the training file: the eval loss would measure memory, "
+                              "not generalisation; pass the val split (data/processed/val.jsonl) or null")
+
 
 SFT_TRAIN_DEFAULTS: dict[str, Any] = dict(
     TRAINING_DEFAULTS, output_dir="checkpoints/sft/default", learning_rate=2e-4, warmup_steps=0.03,
