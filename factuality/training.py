@@ -18,7 +18,7 @@ from .compat import rename_training_values
 from .config import ConfigError, to_dict
 from .modeling import ModelOptions, base_model_id, load_model, resolve_dtype
 from .paths import VAL_FILE
-from .records import atomic_write_json, fault_point, sha256_text
+from .records import atomic_write_json, claim, fault_point, sha256_text
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,11 @@ def holds_a_run(run_dir: Path) -> bool:
 
 
 def check_run_dir(cfg) -> Path | None:
-    """Checks the run dir against --resume/--overwrite (no changes); the checkpoint to resume from."""
+    """Claims the run dir (one run writes it at a time: `records.claim`) and checks it against
+    --resume/--overwrite (no changes); the checkpoint to resume from."""
     run_dir = run_dir_of(cfg)
+    if dist.is_main_process():
+        claim(run_dir)
     if cfg.run.resume:
         return resume_point(run_dir)
     if holds_a_run(run_dir) and not cfg.run.overwrite:

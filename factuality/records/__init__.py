@@ -16,6 +16,8 @@ from .contracts import (
     with_hash,
 )
 from .files import (
+    claim,
+    releasing_claims,
     KILL_AT_ENV,
     TRACE_ENV,
     JsonlAppender,
@@ -71,6 +73,8 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "check_pair",
+    "claim",
+    "releasing_claims",
     "check_against_run_card",
     "decode_lines",
     "dumps_line",

@@ -20,7 +20,7 @@ import shutil
 import signal
 import string
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .contracts import Contract
 
@@ -335,6 +335,55 @@ def atomic_dir(target: str | os.PathLike, allowed: Iterable[str | os.PathLike] =
         _remove(tmp)
         raise
     _place_pending(target, {*map(str, allowed), *_STAGED.pop(str(tmp.resolve()), set())})
+
+
+_CLAIMS: dict[str, int] = {}   # resolved target -> the open lock file this process holds
+
+
+def claim(target: str | os.PathLike) -> None:
+    """Claim the right to write `target` (a run folder, a results file) for as long as this process
+    holds it: an exclusive lock on `.<name>.lock` beside it. A second process that claims the same
+    target fails at once with one line instead of both writing and one result being lost. The lock
+    goes with the process (a killed run leaves nothing to clean up); a claim this process already
+    holds is kept."""
+    import fcntl
+
+    key = str(Path(target).resolve())
+    if key in _CLAIMS:
+        return
+    lock = Path(key).parent / f".{Path(key).name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise FileExistsError(f"{target}: another run is writing here now (it holds {lock}); wait for it to finish, "
+                              f"or choose another output") from None
+    _CLAIMS[key] = fd
+
+
+def release(target: str | os.PathLike) -> None:
+    fd = _CLAIMS.pop(str(Path(target).resolve()), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def releasing_claims(run: Callable) -> Callable:
+    """A stage's run that gives back the claims it took when it returns or fails (a later run in the
+    same process, or another process after it, may then write there)."""
+    import functools
+
+    @functools.wraps(run)
+    def wrapper(*args, **kwargs):
+        before = set(_CLAIMS)
+        try:
+            return run(*args, **kwargs)
+        finally:
+            for key in set(_CLAIMS) - before:
+                release(key)
+
+    return wrapper
 
 
 def dumps_line(rec: dict) -> str:

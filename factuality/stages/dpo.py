@@ -62,7 +62,7 @@ from ..modeling import (
 )
 from ..prompts import PromptTemplates
 from ..provenance import run_card, set_seed, write_run_card
-from ..records import apply_umask, atomic_write_text, sha256_file
+from ..records import apply_umask, atomic_write_text, releasing_claims, sha256_file
 from ..training import (
     TRAINING_DEFAULTS,
     RunFolderOptions,
@@ -378,6 +378,7 @@ def save_run(cfg, run_dir: Path, resume_from: Path | None, inputs: Inputs, train
     return card
 
 
+@releasing_claims
 def run(cfg) -> dict:
     """Train the SFT adapter with DPO; save the adapter, tokenizer, resolved config and run card. Returns the card."""
     import torch

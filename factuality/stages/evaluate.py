@@ -54,7 +54,9 @@ from ..records import (
     RecordError,
     atomic_write_json,
     atomic_write_text,
+    claim,
     read_examples,
+    releasing_claims,
     sha256_file,
 )
 from ..report import (
@@ -225,6 +227,7 @@ class Predictions:
     partial: bool = False
 
 
+@releasing_claims
 def run(cfg) -> dict:
     """Generate (or read) predictions of every system, score them, and write results, summary and plots."""
     from ..provenance import set_seed
@@ -232,6 +235,8 @@ def run(cfg) -> dict:
     set_seed(cfg.seed)
     boundaries = check_boundaries(cfg.buckets)
     paths = output_paths(cfg.output, cfg.predictions_out)
+    if dist.is_main_process():
+        claim(paths["results"])   # one evaluation writes these results (and their predictions) at a time
     examples = read_test_examples(cfg)
     data_sha = sha256_file(cfg.test_data)
     templates = PromptTemplates.from_dir(cfg.prompts_dir)

@@ -58,7 +58,13 @@ from ..penalties import PenaltyOptions, penalty_matrix, weight_vector
 from ..perturb import KINDS, check_kinds
 from ..prompts import PromptTemplates
 from ..provenance import run_card, set_seed, write_run_card
-from ..records import apply_umask, atomic_write_json, atomic_write_text, sha256_file
+from ..records import (
+    apply_umask,
+    atomic_write_json,
+    atomic_write_text,
+    releasing_claims,
+    sha256_file,
+)
 from ..rm.features import (
     Sequences,
     Tokens,
@@ -331,6 +337,7 @@ def read_inputs(cfg) -> Inputs:
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
+@releasing_claims
 def run(cfg) -> dict:
     """Train (or, with --validate-only, re-validate) the reward model; returns the run's result."""
     if cfg.run.validate_only:

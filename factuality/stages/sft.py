@@ -50,6 +50,7 @@ from ..records import (
     apply_umask,
     atomic_write_text,
     read_examples,
+    releasing_claims,
     sha256_file,
 )
 from ..training import (
@@ -320,6 +321,7 @@ def sft_card(cfg, run_dir: Path, resume_from: Path | None, trainer, tokenizer, *
     )
 
 
+@releasing_claims
 def run(cfg) -> dict:
     """Train, save adapter + tokenizer + resolved config + run card; returns the run card."""
     import torch
