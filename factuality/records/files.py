@@ -337,21 +337,23 @@ def atomic_dir(target: str | os.PathLike, allowed: Iterable[str | os.PathLike] =
     _place_pending(target, {*map(str, allowed), *_STAGED.pop(str(tmp.resolve()), set())})
 
 
-_CLAIMS: dict[str, int] = {}   # resolved target -> the open lock file this process holds
+_CLAIMS: dict[str, tuple[int, Path, list[Path]]] = {}   # target -> (lock fd, lock file, folders made for it)
 
 
 def claim(target: str | os.PathLike) -> None:
-    """Claim the right to write `target` (a run folder, a results file) for as long as this process
-    holds it: an exclusive lock on `.<name>.lock` beside it. A second process that claims the same
-    target fails at once with one line instead of both writing and one result being lost. The lock
-    goes with the process (a killed run leaves nothing to clean up); a claim this process already
-    holds is kept."""
+    """Claim the right to write `target` (a run folder, a results file) while this process runs it:
+    an exclusive lock on `.<name>.lock` beside it. A second process that claims the same target
+    fails at once with one line instead of both writing and one result being lost. `release` (or
+    the end of the process: a killed run leaves at most an empty lock file) gives it back and
+    removes the lock file and the folders made for it, so a run that fails leaves nothing behind.
+    A claim this process already holds is kept."""
     import fcntl
 
     key = str(Path(target).resolve())
     if key in _CLAIMS:
         return
     lock = Path(key).parent / f".{Path(key).name}.lock"
+    made = [d for d in [lock.parent, *lock.parent.parents] if not d.exists()]
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -360,13 +362,21 @@ def claim(target: str | os.PathLike) -> None:
         os.close(fd)
         raise FileExistsError(f"{target}: another run is writing here now (it holds {lock}); wait for it to finish, "
                               f"or choose another output") from None
-    _CLAIMS[key] = fd
+    _CLAIMS[key] = (fd, lock, made)
 
 
 def release(target: str | os.PathLike) -> None:
-    fd = _CLAIMS.pop(str(Path(target).resolve()), None)
-    if fd is not None:
-        os.close(fd)
+    held = _CLAIMS.pop(str(Path(target).resolve()), None)
+    if held is None:
+        return
+    fd, lock, made = held
+    lock.unlink(missing_ok=True)   # while still held: a later claim creates a fresh lock file
+    os.close(fd)
+    for d in made:                 # deepest first; only folders the claim made and nothing else filled
+        try:
+            d.rmdir()
+        except OSError:
+            break
 
 
 def releasing_claims(run: Callable) -> Callable:
