@@ -7,8 +7,10 @@ trained on a fixed text, so it (and everything tokenised with it) is identical r
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
+from typing import Iterator
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -130,3 +132,28 @@ def make_example(idx: int = 0, source: str = "nq", answerable: bool = True, spli
         "hard_negatives": hard, "meta": {},
     }
     return with_hash(rec)
+
+
+@contextlib.contextmanager
+def claimed_by_another_process(target: str | Path, timeout_s: float = 30.0) -> Iterator[None]:
+    """While the block runs, another (real) process holds `records.claim(target)`, as a second run
+    writing the same output would; the process is killed when the block ends."""
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    ready = Path(tempfile.mkdtemp()) / "ready"
+    code = ("import time; from pathlib import Path; from factuality.records import claim; "
+            f"claim({str(target)!r}); Path({str(ready)!r}).write_text('1'); time.sleep({timeout_s * 4})")
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=str(Path(__file__).resolve().parent.parent))
+    try:
+        deadline = time.time() + timeout_s
+        while not ready.exists() and time.time() < deadline and holder.poll() is None:
+            time.sleep(0.05)
+        if not ready.exists():
+            raise RuntimeError(f"the process meant to hold the claim on {target} did not start")
+        yield
+    finally:
+        holder.kill()
+        holder.wait()

@@ -259,25 +259,10 @@ def test_an_evaluation_yaml_with_attn_implementation_eager_evaluates_with_eager(
 
 
 def test_a_second_evaluation_onto_one_output_fails_at_once(adapter_dir, test_file, tmp_path):
-    import subprocess
-    import sys
-    import time
+    from factuality.testing import claimed_by_another_process
 
     out = tmp_path / "busy.json"
-    ready = tmp_path / "ready"
-    root = Path(__file__).resolve().parent.parent
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import time; from pathlib import Path; from factuality.records import claim; "
-        f"claim({str(out)!r}); Path({str(ready)!r}).write_text('1'); time.sleep(60)")], cwd=str(root))
-    try:
-        for _ in range(300):
-            if ready.exists():
-                break
-            time.sleep(0.1)
-        assert ready.exists()
+    with claimed_by_another_process(out):
         with pytest.raises(FileExistsError, match="another run is writing here now"):
             evaluate_sft.run(make_cfg(adapter_dir, test_file, out))
         assert not out.exists() and not Path(f"{out.with_suffix('')}.predictions.jsonl").exists()
-    finally:
-        holder.kill()
-        holder.wait()

@@ -143,31 +143,16 @@ def test_overwrite_with_a_model_that_fails_to_load_keeps_the_previous_run(setup,
     assert after == before
 
 
-def test_a_second_run_into_the_same_folder_fails_at_once(setup, tmp_path):
+def test_a_second_run_into_the_same_folder_fails_at_once(setup):
     """While one process trains into a run folder, another one started on it stops at once with one
     line (before: both exited 0 and one result was lost); the claim goes with the process."""
-    import subprocess
-    import sys
-    import time
+    from factuality.testing import claimed_by_another_process
 
     tmp_path, args = setup
     run_dir = tmp_path / "busy"
-    ready = tmp_path / "ready"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from factuality.records import claim; "
-        f"claim({str(run_dir)!r}); Path({str(ready)!r}).write_text('1'); time.sleep(60)")],
-        cwd=str(ROOT))
-    try:
-        for _ in range(300):
-            if ready.exists():
-                break
-            time.sleep(0.1)
-        assert ready.exists()
+    with claimed_by_another_process(run_dir):
         with pytest.raises(FileExistsError, match="another run is writing here now"):
             run(parse_config(SFT_SPEC, args + ["--output-dir", str(run_dir), "--max-steps", "1"]))
         assert not run_dir.exists()
-    finally:
-        holder.kill()
-        holder.wait()
     card = run(parse_config(SFT_SPEC, args + ["--output-dir", str(run_dir), "--max-steps", "1"]))
     assert card["global_step"] == 1
