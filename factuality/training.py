@@ -23,7 +23,6 @@ from .records import atomic_write_json, claim, fault_point, sha256_text
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCHING = "group_by_length"           # train_sft's batching default (SFTOptions.batching)
-DEFAULT_VAL_FILE = VAL_FILE   # a stage's val_file default when its options name none
 
 
 @dataclass
@@ -95,7 +94,7 @@ def prepare_training_values(values: dict[str, dict], explicit: set[str], batchin
         t["padding_free"] = batching == "padding_free"
         t["train_sampling_strategy"] = "group_by_length" if batching == "group_by_length" else "random"
     if has_val is None:
-        has_val = bool(r.get("val_file", DEFAULT_VAL_FILE))
+        has_val = bool(r.get("val_file", VAL_FILE))   # default: SFT's val split
     if "eval_strategy" not in explicit:
         t["eval_strategy"] = "steps" if has_val and t.get("eval_steps") else "no"
     elif not has_val:

@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..generation import common_prefix_len
+from ..kv_cache import device_of
 from ..modeling import (
     ModelLoadError,
     ModelOptions,
@@ -128,10 +129,6 @@ def load_body(opts: ModelOptions):
     if not (opts.load_in_4bit or opts.load_in_8bit):
         body.to(pick_device())
     return body
-
-
-def device_of(module):
-    return next(module.parameters()).device
 
 
 def extract_features(body, tokens: Tokens, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 8,

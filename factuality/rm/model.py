@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..kv_cache import device_of
 from ..modeling import (
     ModelLoadError,
     ModelOptions,
@@ -25,7 +26,7 @@ from ..modeling import (
 from ..penalties import PENALTIES, penalty_matrix, weight_vector, weights_from
 from ..prompts import PromptTemplates
 from ..records import atomic_dir, atomic_write_json
-from .features import Tokens, device_of, extract_features, load_body
+from .features import Tokens, extract_features, load_body
 
 log = logging.getLogger(__name__)
 

@@ -114,19 +114,19 @@ def steps_for(preset: str, presets: Mapping[str, dict] | None = None) -> list[St
         return [str(a) for a in (p.get("flags") or {}).get(step, [])]
 
     model_flags = ["--model-name-or-path", model] if model else []
+    prefs_args = ["-c", c["make_prefs"], "--sft-model", sft_dir, *(["--judge-model", model] if model else []),
+                  *flags("make_prefs")]   # both phases read the same config and must compute the same signatures
     steps = [
         Step("build_data", ["build_data.py"], ["data/processed/*.jsonl", "data/processed/run_card.json"], redo_flag=None, resume_flag=None),
         Step("prompt_schema", ["prompt_schema.py", "save", "--prompts-dir", "prompts"], ["prompts/*"], redo_flag=None, resume_flag=None),
         Step("train_sft", ["train_sft.py", "-c", c["train_sft"], *model_flags, "--output-dir", sft_dir,
                            *flags("train_sft")],
              [f"{sft_dir}/adapter_*", f"{sft_dir}/run_card.json"], reads=["build_data", "prompt_schema"]),
-        Step("make_prefs generate", ["make_prefs.py", "--phase", "generate", "-c", c["make_prefs"], "--sft-model", sft_dir,
-                                     *(["--judge-model", model] if model else []), *flags("make_prefs")],
+        Step("make_prefs generate", ["make_prefs.py", "--phase", "generate", *prefs_args],
              # not prefs/cache/*/*: the judge phase adds its own cache there, which is no output of this step
              [f"prefs/cache/*/{f}" for f in ("manifest.json", "examples.jsonl", "generations.jsonl")],
              reads=["build_data", "train_sft"], redo_flag=None, resume_flag=None),
-        Step("make_prefs judge", ["make_prefs.py", "--phase", "judge", "-c", c["make_prefs"], "--sft-model", sft_dir,
-                                  *(["--judge-model", model] if model else []), *flags("make_prefs")],
+        Step("make_prefs judge", ["make_prefs.py", "--phase", "judge", *prefs_args],
              ["prefs/preferences_*.jsonl"], reads=["make_prefs generate"], redo_flag=None, resume_flag=None),
         Step("train_rm", ["train_rm.py", "-c", c["train_rm"], *model_flags, "--synthetic-pairs", "false",
                           "--pairs-path", "{prefs}", "--output-dir", rm_dir, *flags("train_rm")],
