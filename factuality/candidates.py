@@ -135,7 +135,8 @@ def origins_of(cfg) -> list[str]:
     """The candidate origins, in generation order (SFT adapter enabled first, then the base)."""
     if cfg.temperature == 0:
         return ["sft", "base"][:cfg.n_generations]
-    return ["sft"] + [f"sft_sample_{k}" for k in range(1, cfg.n_generations + 1)] + ["base"]
+    base = ["base"] if cfg.base_candidates else []
+    return ["sft"] + [f"sft_sample_{k}" for k in range(1, cfg.n_generations + 1)] + base
 
 
 def sample_seed(seed: int, example_id: str, origin: str) -> int:
@@ -199,7 +200,8 @@ def generation_payload(cfg, data_info: Sequence[Mapping], sft: Mapping, template
         "max_samples": cfg.max_samples, "max_val_samples": cfg.max_val_samples,
         "templates": templates_hash(templates),
         "decoding": {"max_new_tokens": cfg.max_new_tokens, "n_generations": cfg.n_generations,
-                     "temperature": cfg.temperature, "top_p": cfg.top_p if sampling else None},
+                     "temperature": cfg.temperature, "top_p": cfg.top_p if sampling else None,
+                     "origins": origins_of(cfg)},
         "seed": cfg.seed, "max_input_tokens": cfg.max_input_tokens, "min_chunk_chars": cfg.min_chunk_chars,
         "load": load_settings(cfg),
     }

@@ -61,17 +61,21 @@ def resolve_pairs_file(pattern: str) -> Path:
 
 
 def load_pairs(path: str | Path, max_pairs: int | None = None,
-               max_val_pairs: int | None = None) -> tuple[list[dict], list[dict]]:
-    """(train pairs, val pairs) of a PREFERENCE file; a test pair is a RecordError."""
+               max_val_pairs: int | None = None, kinds: Sequence[str] = ()) -> tuple[list[dict], list[dict]]:
+    """(train pairs, val pairs) of a PREFERENCE file, only pairs of `kinds` when given (a kind is a
+    pair's `kind`, or `perturb` for every perturbation kind); a test pair is a RecordError."""
     path = Path(path)
     train, val = [], []
     for pair in read_jsonl(path, PREFERENCE):
         if pair["split"] == "test":
             raise RecordError(f"{path}: pair {pair['id']!r} is from the test split; test examples must never train or "
                               f"tune a model. Rebuild the pairs with make_prefs.py (from train/val examples only)")
+        if kinds and pair["kind"] not in kinds and pair["kind"].split(":")[0] not in kinds:
+            continue
         (train if pair["split"] == "train" else val).append(pair)
     if not train:
-        raise RecordError(f"{path}: no split=train pairs (found {len(val)} val); DPO needs training pairs")
+        raise RecordError(f"{path}: no split=train pairs{' of kinds ' + ', '.join(kinds) if kinds else ''} (found "
+                          f"{len(val)} val); DPO needs training pairs")
     return train[:max_pairs] if max_pairs else train, val if max_val_pairs is None else val[:max_val_pairs]
 
 

@@ -61,6 +61,9 @@ class Generation:
     output_tokens: int         # new tokens up to (not including) the stop token
     prompt_tokens: int
     stopped: bool              # True when a stop token ended it, False when max_new_tokens did
+    token_ids: list[int] | None = None        # the new tokens kept (as `text` decodes them)
+    token_logprobs: list[float] | None = None  # each kept token's log-probability under the model (temperature 1,
+                                               # before any sampling filter): what `confidence.answer_probability` reads
 
 
 @dataclass
@@ -148,14 +151,17 @@ DECODE_MODES = ("auto", "drop_finished", "generate")
 
 
 def decode_batch(model, input_ids, attn, cache, max_new_tokens: int, stop_ids: Iterable[int], do_sample: bool = False,
-                 temperature: float = 1.0, top_p: float = 1.0, generators=None, stats: GenerationStats | None = None
-                 ) -> tuple[list[list[int]], float]:
+                 temperature: float = 1.0, top_p: float = 1.0, generators=None, stats: GenerationStats | None = None,
+                 logprobs: list[list[float]] | None = None, allowed=None) -> tuple[list[list[int]], float]:
     """Decode a left-padded batch, each row leaving the batch (and the KV cache) when it finishes.
 
     `input_ids`/`attn`: (rows, width); `cache` already holds the first `cache.get_seq_length()`
     columns (or is None). Returns each row's new tokens (up to and including its stop token) and
     the time the first new token's logits were ready. Positions and masks follow
-    `model.generate`, so greedy rows equal what generate gives them.
+    `model.generate`, so greedy rows equal what generate gives them. A `logprobs` list passed in
+    gets one list per row: each chosen token's log-probability under the model's distribution.
+    `allowed(row, generated)` (constrained decoding) returns the token ids row `row` may write
+    next; the others are masked out before the choice (the log-probabilities stay the model's).
     """
     import torch
     from transformers import DynamicCache
@@ -171,13 +177,19 @@ def decode_batch(model, input_ids, attn, cache, max_new_tokens: int, stop_ids: I
            torch.full((input_ids.shape[0],), input_ids.shape[1] - 1, device=input_ids.device))
     rows = list(range(input_ids.shape[0]))           # caller's row of each row still decoding
     out: list[list[int]] = [[] for _ in rows]
+    if logprobs is not None:
+        logprobs[:] = [[] for _ in rows]
     gens = list(generators) if generators is not None else None
     for step in range(max_new_tokens):
-        nxt = sample_next(logits, do_sample, temperature, top_p, gens)
+        nxt = sample_next(masked(logits, rows, out, allowed), do_sample, temperature, top_p, gens)
         if stats is not None:
             stats.row_steps += len(rows)
         for r, t in zip(rows, nxt.tolist()):
             out[r].append(t)
+        if logprobs is not None:
+            chosen = torch.log_softmax(logits, dim=-1).gather(1, nxt.unsqueeze(1)).squeeze(1)
+            for r, lp in zip(rows, chosen.tolist()):
+                logprobs[r].append(lp)
         done = torch.isin(nxt, stop)
         if step + 1 == max_new_tokens or bool(done.all()):
             break
@@ -199,6 +211,32 @@ def decode_batch(model, input_ids, attn, cache, max_new_tokens: int, stop_ids: I
         except TypeError:
             logits = model(**kwargs).logits[:, -1, :].float()
     return out, first_at
+
+
+def masked(logits, rows: Sequence[int], out: Sequence[Sequence[int]], allowed):
+    """`logits` with every token `allowed(row, generated)` does not list set to -inf (no copy when
+    `allowed` is None)."""
+    if allowed is None:
+        return logits
+    import torch
+
+    mask = torch.full_like(logits, float("-inf"))
+    for k, r in enumerate(rows):
+        ids = allowed(r, out[r])
+        if ids:
+            mask[k, torch.tensor(ids, dtype=torch.long, device=logits.device)] = 0.0
+    return logits + mask
+
+
+class _ConstraintProcessor(LogitsProcessor):
+    """`masked` for model.generate: row r's new tokens are input_ids[r, width:]."""
+
+    def __init__(self, allowed, width: int):
+        self.allowed, self.width = allowed, width
+
+    def __call__(self, input_ids, scores):
+        rows = list(range(input_ids.shape[0]))
+        return masked(scores, rows, [input_ids[r, self.width:].tolist() for r in rows], self.allowed)
 
 
 @dataclass
@@ -229,6 +267,7 @@ class _Run:
     stats: GenerationStats
     prefix_len: int = 0                # tokens of the prefix every prompt shares, prefilled once
     prefix_cache: object = None
+    constraint: object = None          # constrained.ContractConstraint (or any object with enforcer/allowed)
 
 
 def iter_generate(
@@ -250,6 +289,7 @@ def iter_generate(
     prompt_ids: Sequence[Sequence[int]] | None = None,
     decode: str = "auto",
     sample_seeds: Sequence[int] | Mapping[int, int] | None = None,
+    constraint=None,
 ) -> Iterator[list[Generation]]:
     """Yield the generations of each batch (batch order; `Generation.index` says whose).
 
@@ -263,7 +303,9 @@ def iter_generate(
     (`model.generate`: the batch decodes until its longest answer ends), "auto" (drop_finished
     unless the model has sliding-window attention). `sample_seeds[i]` seeds prompt i's own
     sampling generator, so a sampled output does not depend on the batch it fell in
-    (drop_finished only; generate samples from torch's global generator).
+    (drop_finished only; generate samples from torch's global generator). `constraint`
+    (constrained.ContractConstraint over the same prompt indices) holds every output to the answer
+    contract.
     """
     _check_options(batch_size, prefill, decode)
     todo = list(range(len(prompts))) if indices is None else list(indices)
@@ -275,6 +317,7 @@ def iter_generate(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop_ids[0] if stop_ids else 0)
     decoding = Decoding(max_new_tokens, do_sample, temperature, top_p, stop_ids, pad_id)
     run = _start_run(model, tokenizer, ids, todo, decoding, prefill, decode, share_prefix, stats)
+    run.constraint = constraint
     lengths = [len(ids[i]) for i in todo]
     if sort_by_length:
         batches = [[todo[j] for j in b] for b in length_sorted_batches(lengths, batch_size)]
@@ -389,32 +432,46 @@ def _generate_batch(run: _Run, batch: Sequence[int], sample_seeds) -> list[Gener
     d, stats = run.decoding, run.stats
     t0 = time.perf_counter()
     input_ids, attn, past = _prefill(run, batch)
+    allowed = None
+    if run.constraint is not None:
+        enforcers = [run.constraint.enforcer(i) for i in batch]
+
+        def allowed(row, generated):
+            return run.constraint.allowed(enforcers[row], generated)
     if run.decode == "drop_finished":
         gens = None
         if d.do_sample and sample_seeds is not None:
             gens = [torch.Generator(device=run.device).manual_seed(int(sample_seeds[i])) for i in batch]
+        logprobs: list[list[float]] = []
         with torch.inference_mode():
             new, first = decode_batch(run.model, input_ids, attn, past, d.max_new_tokens, d.stop_ids, d.do_sample,
-                                      d.temperature, d.top_p, gens, stats)
+                                      d.temperature, d.top_p, gens, stats, logprobs, allowed)
         t1 = time.perf_counter()
     else:
         timer = _FirstTokenTimer()
         kwargs = {"past_key_values": past} if past is not None else {}
+        processors = [timer] + ([_ConstraintProcessor(allowed, input_ids.shape[1])] if allowed is not None else [])
         with torch.inference_mode():
             out = run.model.generate(input_ids=input_ids, attention_mask=attn, generation_config=run.gen_cfg,
-                                     logits_processor=LogitsProcessorList([timer]), **kwargs)
+                                     logits_processor=LogitsProcessorList(processors), output_logits=True,
+                                     return_dict_in_generate=True, **kwargs)
         t1 = time.perf_counter()
         first = timer.first_token_at or t1
-        new = out[:, input_ids.shape[1]:].tolist()
+        new = out.sequences[:, input_ids.shape[1]:].tolist()
+        # the raw logits of each step, so the log-probabilities are those of the model (as decode_batch's)
+        steps = torch.stack([x.float() for x in out.logits], dim=1).log_softmax(-1) if out.logits else None
+        logprobs = ([steps[r, range(len(new[r])), new[r]].tolist() for r in range(len(new))]
+                    if steps is not None else [[] for _ in new])
         stats.row_steps += len(batch) * len(new[0]) if new else 0
     stats.prefill_s += first - t0
     stats.decode_s += t1 - first
     stats.batches += 1
     stats.prompt_tokens += sum(len(run.ids[i]) for i in batch)
-    return _generations(run, batch, new)
+    return _generations(run, batch, new, logprobs)
 
 
-def _generations(run: _Run, batch: Sequence[int], new: Sequence[Sequence[int]]) -> list[Generation]:
+def _generations(run: _Run, batch: Sequence[int], new: Sequence[Sequence[int]],
+                 logprobs: Sequence[Sequence[float]]) -> list[Generation]:
     """Each row's new tokens cut at the first stop token and decoded."""
     stop_set = set(run.decoding.stop_ids)
     results = []
@@ -424,7 +481,8 @@ def _generations(run: _Run, batch: Sequence[int], new: Sequence[Sequence[int]]) 
         kept = toks if cut is None else toks[:cut]
         run.stats.new_tokens += len(kept)
         results.append(Generation(index=i, text=run.tokenizer.decode(kept, skip_special_tokens=True),
-                                  output_tokens=len(kept), prompt_tokens=len(run.ids[i]), stopped=cut is not None))
+                                  output_tokens=len(kept), prompt_tokens=len(run.ids[i]), stopped=cut is not None,
+                                  token_ids=list(kept), token_logprobs=list(logprobs[r][:len(kept)])))
     return results
 
 

@@ -487,13 +487,16 @@ def _risk_coverage(weights: np.ndarray, conf: np.ndarray, y: np.ndarray, mask: n
 
 
 def risk_coverage(confidence: Sequence[float], correct: Sequence[float]) -> dict:
-    """The risk-coverage curve of answers with a confidence: {"coverage", "risk", "confidence", "aurc", "n"}."""
+    """The risk-coverage curve of answers with a confidence: {"coverage", "risk", "confidence", "aurc", "n",
+    "random_aurc"}: random abstention keeps the overall risk at every coverage, so its AURC is the share
+    wrong; a confidence that ranks answers at all has an AURC below it."""
     conf = np.asarray(confidence, dtype=np.float64)
     y = np.asarray(correct, dtype=np.float64)
     cov, risk, aurc = _risk_coverage(np.ones((1, len(conf))), conf, y, np.ones(len(conf), dtype=bool))
     levels = np.unique(conf)[::-1]
     return {"coverage": cov[0].tolist(), "risk": risk[0].tolist(), "confidence": levels.tolist(),
-            "aurc": None if np.isnan(aurc[0]) else float(aurc[0]), "n": len(conf)}
+            "aurc": None if np.isnan(aurc[0]) else float(aurc[0]), "n": len(conf),
+            "random_aurc": float(1.0 - y.mean()) if len(y) else None}
 
 
 def measure_values(names: Sequence[str], columns: Sequence[str], vals: np.ndarray, mask: np.ndarray,

@@ -80,18 +80,21 @@ class Pair:
     chosen: Candidate
     rejected: Candidate
     margin: float
-    kind: str                          # model | perturb:<kind>
+    kind: str                          # model | gold_vs_model | perturb:<kind>
 
 
 def select_pairs(cands: Sequence[Candidate], min_margin: float, pairs_per_prompt: int,
-                 hard_min_margin: float | None = None) -> tuple[list[Pair], Counter]:
+                 hard_min_margin: float | None = None, gold_pairs_per_prompt: int = 0) -> tuple[list[Pair], Counter]:
     """The pairs of one example and the dropped ones counted as (kind, reason).
 
     Model against model: every two model candidates, the higher score chosen; kept when
     chosen - rejected >= min_margin, largest gap first, at most pairs_per_prompt. A perturbation
     against its source: kept when source - perturbation >= hard_min_margin (default min_margin;
     a perturbation scored higher than its source is dropped, never flipped: its label is known by
-    construction). The margin written is exactly chosen_score - rejected_score.
+    construction). Gold against the model (`gold_pairs_per_prompt`): the gold output against the
+    model's own worst candidates (its real mistakes: an evidence id as the answer, a wrong entity,
+    a refusal of an answerable question...), lowest score first, distinct texts, each kept when
+    gold - candidate >= min_margin. The margin written is exactly chosen_score - rejected_score.
     """
     hard_min = min_margin if hard_min_margin is None else hard_min_margin
     drops: Counter = Counter()
@@ -111,6 +114,7 @@ def select_pairs(cands: Sequence[Candidate], min_margin: float, pairs_per_prompt
     options.sort(key=lambda p: -p.margin)  # stable: equal gaps keep candidate order
     kept = options[:pairs_per_prompt]
     drops[("model", "over_pairs_per_prompt")] += len(options) - len(kept)
+    kept += _gold_pairs(cands, model, min_margin, gold_pairs_per_prompt, drops)
     by_origin = {c.origin: c for c in cands}
     for c in cands:
         if c.kind is None:
@@ -131,6 +135,27 @@ def select_pairs(cands: Sequence[Candidate], min_margin: float, pairs_per_prompt
     return kept, +drops
 
 
+
+
+def _gold_pairs(cands: Sequence[Candidate], model: Sequence[Candidate], min_margin: float, n: int,
+                drops: Counter) -> list[Pair]:
+    """Up to n pairs of the gold output against the model's worst distinct candidates (select_pairs)."""
+    gold = next((c for c in cands if c.origin == "gold"), None)
+    if not n or gold is None:
+        return []
+    out, seen = [], {gold.text}
+    for c in sorted(model, key=lambda c: c.score):
+        margin = gold.score - c.score
+        if c.text in seen:
+            drops[("gold_vs_model", "identical")] += 1
+        elif margin < min_margin:
+            drops[("gold_vs_model", "near_tie" if margin > 0 else "tie")] += 1
+        elif len(out) >= n:
+            drops[("gold_vs_model", "over_pairs_per_prompt")] += 1
+        else:
+            out.append(Pair(gold, c, margin, "gold_vs_model"))
+        seen.add(c.text)
+    return out
 
 
 def example_candidates(cfg, cached) -> list[tuple[dict, dict, list[Candidate]]]:
@@ -160,7 +185,8 @@ def choose_pairs(items, cfg) -> tuple[list[tuple], Counter]:
     """(prompt row, example, pair, k) of every kept pair, and the dropped ones counted as (kind, reason)."""
     drops, kept_pairs = Counter(), []
     for row, ex, cands in items:
-        pairs, dropped = select_pairs(cands, cfg.min_margin, cfg.pairs_per_prompt, cfg.hard_min_margin)
+        pairs, dropped = select_pairs(cands, cfg.min_margin, cfg.pairs_per_prompt, cfg.hard_min_margin,
+                                      cfg.gold_pairs_per_prompt)
         drops.update(dropped)
         for k, pair in enumerate(pairs):
             kept_pairs.append((row, ex, pair, k))
@@ -172,7 +198,7 @@ def pairs_payload(cfg, gen_sig: str, judge_sig: str | None) -> dict:
     return {"generation": gen_sig, "judge": judge_sig, "judge_mode": cfg.judge_mode,
             "judge_weight": cfg.judge_weight if cfg.judge_mode == "both" else None,
             "verifier_weights": cfg.verifier_weights, "min_margin": cfg.min_margin,
-            "hard_min_margin": cfg.hard_min_margin,
+            "hard_min_margin": cfg.hard_min_margin, "gold_pairs_per_prompt": cfg.gold_pairs_per_prompt,
             "pairs_per_prompt": cfg.pairs_per_prompt, "hard_pairs_per_prompt": cfg.hard_pairs_per_prompt,
             "perturb_kinds": list(cfg.perturb_kinds), "seed": cfg.seed, "output_mode": cfg.output_mode,
             "judge_rationale_tokens": cfg.judge_rationale_tokens if cfg.output_mode == "rich" else 0}

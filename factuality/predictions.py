@@ -3,14 +3,18 @@ and system), the outputs another system wrote (`--predictions`), where a run's f
 resume rule (a row of another signature is an error, never a silent mix)."""
 from __future__ import annotations
 
+import logging
 import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping
 
 from .metrics import score_example
-from .prompts import parse_output
+from .prompts import parse_output, render_prompt
 from .records import SCHEMA_VERSION, Contract, RecordError, read_jsonl
+from .text import approx_tokens
+
+log = logging.getLogger("factuality.stages.evaluate")
 
 PREDICTION_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -28,6 +32,10 @@ PREDICTION_SCHEMA: dict[str, Any] = {
         "prompt_tokens": {"type": "integer", "minimum": 0},
         "output_tokens": {"type": ["integer", "null"], "minimum": 0},
         "stopped": {"type": "boolean", "description": "false when max_new_tokens cut the output"},
+        "answer_prob": {"type": ["number", "null"], "minimum": 0, "maximum": 1, "description":
+                        "the probability the model gave its answer's tokens (confidence.answer_probability); "
+                        "when present it is the parsed output's confidence"},
+        "stated_confidence": {"type": ["number", "null"], "description": "the confidence the model wrote"},
         "signature": {"type": "string", "description": "hash of model, generation settings, templates, data"},
     },
 }
@@ -66,13 +74,20 @@ def output_paths(output: str | os.PathLike, predictions_out: str | None = None) 
 
 
 def prediction_row(example: Mapping, tag: str, raw_output: str, prompt_tokens: int, output_tokens: int | None,
-                   sig: str, stopped: bool | None = None) -> dict:
+                   sig: str, stopped: bool | None = None, answer_prob: float | None = None) -> dict:
+    """One scored output. With `answer_prob` (an answer's token probability) the parsed output's
+    confidence is that probability, and the number the model wrote is kept as `stated_confidence`."""
     parsed = parse_output(raw_output, [c["id"] for c in example["evidence"]])
+    extra: dict = {}
+    if answer_prob is not None and not parsed.refusal:
+        extra = {"answer_prob": float(answer_prob), "stated_confidence": parsed.confidence}
+        parsed.confidence = float(answer_prob)
     row = {"schema_version": SCHEMA_VERSION, "id": example["id"], "model_tag": tag, "raw_output": raw_output,
            "parsed": parsed.to_dict(), "scores": score_example(example, parsed=parsed, output_tokens=output_tokens),
            "prompt_tokens": int(prompt_tokens), "output_tokens": output_tokens, "signature": sig}
     if stopped is not None:
         row["stopped"] = bool(stopped)
+    row.update(extra)
     return row
 
 
@@ -110,3 +125,23 @@ def read_external(path: str | os.PathLike, default_tag: str) -> dict[str, dict[s
             raise RecordError(f"{path}: id {row['id']!r} appears twice for model tag {tag!r}")
         out[tag][row["id"]] = row
     return out
+
+
+def recorded_prompt_tokens(examples, rows_by_tag, templates) -> tuple[dict[str, int], str]:
+    """Prompt lengths recorded in the predictions file, else approximated from the plain-rendered prompt."""
+    recorded = {}
+    for rows in rows_by_tag.values():
+        for i, r in rows.items():
+            if r.get("prompt_tokens") is not None:
+                recorded.setdefault(i, r["prompt_tokens"])
+    missing = [e for e in examples if e["id"] not in recorded]
+    prompt_tokens = dict(recorded)
+    for e in missing:
+        prompt_tokens[e["id"]] = approx_tokens(render_prompt(e, None, templates))
+    if missing:
+        counted_with = (f"approximation, words x 4/3 of the plain-rendered prompt (text.approx_tokens), for "
+                        f"{len(missing)}/{len(examples)} examples (pass --tokenizer for exact counts)")
+        log.warning("prompt lengths: %s", counted_with)
+    else:
+        counted_with = "prompt_tokens recorded in the predictions file"
+    return prompt_tokens, counted_with

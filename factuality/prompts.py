@@ -5,6 +5,10 @@ and the question, and must answer with ONE JSON object:
 
     {"answer": "Linda Davis", "citations": ["E2"], "confidence": 0.9}
 
+The answer comes first, so the model decides to answer or to refuse before it writes any citation
+(a citations-first order, tried on the demo, made the model commit to an id and then refuse: 14 of
+46 validation outputs were refusals that cite).
+
 A refusal is the schema-defined form `{"answer": "insufficient evidence", "citations": [], ...}`;
 other wordings of it (REFUSAL_PARAPHRASES, any case, quotes or punctuation around) are read as
 refusals too (`is_refusal`, the one rule the parser, the schema and the metrics share) but are
@@ -26,7 +30,7 @@ import jsonschema
 from .text import normalize_answer
 
 REFUSAL_ANSWER = "insufficient evidence"
-PROMPT_FORMAT_VERSION = 1
+PROMPT_FORMAT_VERSION = 2   # 2: a refusal's target says confidence 0.0 (as the system prompt asks)
 
 # --------------------------------------------------------------------------------------------
 # Refusal detection: one rule for the parser, the output schema and the metrics
@@ -203,9 +207,13 @@ def render_prompt(example: dict, tokenizer=None, templates: PromptTemplates = DE
 
 
 def gold_output(example: dict) -> dict:
-    """The training target: gold answer + support chunk ids, or the refusal when unanswerable."""
+    """The training target: gold answer + support chunk ids, or the refusal when unanswerable.
+
+    A refusal claims nothing, so its confidence is 0.0 (what the system prompt asks for); an answer
+    says 1.0 here, and generation replaces the number the model writes with the probability it gave
+    its own answer (`answer_confidence`), so the reported confidence is never this constant."""
     if not example["answerable"]:
-        return {"answer": REFUSAL_ANSWER, "citations": [], "confidence": 1.0}
+        return {"answer": REFUSAL_ANSWER, "citations": [], "confidence": 0.0}
     cited = []
     for span in example["support"]:
         if span["chunk_id"] not in cited:
@@ -230,9 +238,12 @@ def supported_alias(example: dict) -> str:
     return answers[0]
 
 
+OUTPUT_KEYS = ("answer", "citations", "confidence")   # the order targets are written in
+
+
 def dump_output(obj: dict) -> str:
-    """Canonical compact text of an output object (fixed key order) -- what SFT trains on."""
-    ordered = {k: obj[k] for k in ("answer", "citations", "confidence") if k in obj}
+    """Canonical compact text of an output object (fixed key order: OUTPUT_KEYS) -- what SFT trains on."""
+    ordered = {k: obj[k] for k in OUTPUT_KEYS if k in obj}
     return json.dumps(ordered, ensure_ascii=False)
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .bootstrap import BootstrapSpec, breakdown, breakdown_deltas
+from .error_types import ERROR_TYPES, count_types, error_type
 from .metrics import HEADLINE, METRICS, SupportChecker, risk_coverage, score_example
+from .prompts import parse_output
 
 # The overall table's rows: the headline first, then what explains it.
 TABLE_METRICS: tuple[str, ...] = HEADLINE + (
@@ -31,9 +33,15 @@ PLOT_METRICS: tuple[str, ...] = HEADLINE + ("hallucination_rate", "match", "form
 # Scoring
 # --------------------------------------------------------------------------------------------
 def rescore(example: Mapping, row: Mapping, checker: str | SupportChecker | None = None) -> dict:
-    """Per-example scores recomputed from the raw output (so a metric change reaches old files)."""
-    return score_example(example, raw_output=row["raw_output"], output_tokens=row.get("output_tokens"),
-                         checker=checker)
+    """Per-example scores recomputed from the raw output (so a metric change reaches old files), with
+    the row's `answer_prob` as the answer's confidence when it has one (predictions.prediction_row),
+    and the output's `error_type` (error_types.py)."""
+    parsed = parse_output(row["raw_output"], [c["id"] for c in example["evidence"]])
+    if row.get("answer_prob") is not None and not parsed.refusal:
+        parsed.confidence = float(row["answer_prob"])
+    scores = score_example(example, raw_output=row["raw_output"], parsed=parsed,
+                           output_tokens=row.get("output_tokens"), checker=checker)
+    return {**scores, "error_type": error_type(example, parsed, scores)}
 
 
 def compute_metrics(examples: Sequence[Mapping], rows_by_tag: Mapping[str, Mapping[str, Mapping]],
@@ -56,7 +64,8 @@ def compute_metrics(examples: Sequence[Mapping], rows_by_tag: Mapping[str, Mappi
     sources = [e["source"] for e in shared]
     lengths = [prompt_tokens[e["id"]] for e in shared]
     out: dict[str, Any] = {"tags": tags, "shared": len(shared), "metrics": {}, "coverage": {}, "comparisons": [],
-                           "comparisons_skipped": [], "deltas": {}, "delta_details": {}, "risk_coverage": {}}
+                           "comparisons_skipped": [], "deltas": {}, "delta_details": {}, "risk_coverage": {},
+                           "error_types": {}}
     scores: dict[str, list[dict]] = {}
     for tag, rows in rows_by_tag.items():
         scored = sum(1 for e in examples if e["id"] in rows)
@@ -64,6 +73,7 @@ def compute_metrics(examples: Sequence[Mapping], rows_by_tag: Mapping[str, Mappi
                                 "left_out": scored - len(shared) if tag in tags else 0}
     for tag in tags:
         scores[tag] = [rescore(e, rows_by_tag[tag][e["id"]], checker) for e in shared]
+        out["error_types"][tag] = count_types(s.pop("error_type") for s in scores[tag])
         out["metrics"][tag] = breakdown(scores[tag], sources, lengths, boundaries, boot)
         with_conf = [s for s in scores[tag] if s["confidence"] is not None]
         out["risk_coverage"][tag] = risk_coverage([s["confidence"] for s in with_conf],
@@ -177,6 +187,18 @@ def _cell_table(results: Mapping, group: str, metrics: Sequence[str] = CELL_METR
     return _markdown(header, rows, left=2)
 
 
+def format_error_types(results: Mapping, markdown: bool = False) -> str:
+    """Counts of each output type (rows) per system (columns)."""
+    types = results.get("error_types") or {}
+    tags = [t for t in _tags(results) if t in types] or list(types)
+    rows = [[name] + [str(types[t].get(name, 0)) for t in tags] for name in ERROR_TYPES]
+    if markdown:
+        return _markdown(["output type", *tags], rows)
+    width = max(len(n) for n in ERROR_TYPES)
+    return "\n".join([f"{'output type':<{width}}  " + "  ".join(f"{t:>8}" for t in tags)] +
+                     [f"{r[0]:<{width}}  " + "  ".join(f"{v:>8}" for v in r[1:]) for r in rows])
+
+
 def _coverage_line(results: Mapping) -> str:
     cov = results.get("coverage", {})
     lacks = ", ".join(f"{t} lacks {c['missing']}" + (f" (and {c['left_out']} of its own left out)" if c.get("left_out") else "")
@@ -204,6 +226,18 @@ def format_summary(results: Mapping) -> str:
              f"gold system's 1.0. Lower is better for: {', '.join(lower)}. n: the measure's denominator, per "
              "system where they differ.")
     lines += ["", "## Headline (overall)", "", intro, "", format_comparison_table(results, markdown=True), ""]
+    rc = results.get("risk_coverage") or {}
+    if any(v.get("n") for v in rc.values()):
+        lines += ["## Confidence ranking (answers only)", "",
+                  "AURC: area under the risk-coverage curve (answers dropped lowest confidence first); random "
+                  "abstention's AURC is the share of answers that are wrong. Lower is better; below random means "
+                  "the confidence tells right answers from wrong ones.", "",
+                  _markdown(["system", "answers", "AURC", "random abstention"],
+                            [[t, str(v.get("n", 0)), _fmt(v.get("aurc")), _fmt(v.get("random_aurc"))]
+                             for t, v in rc.items()]), ""]
+    if results.get("error_types"):
+        lines += ["## What the outputs are (error_types.py; the first two are the good ones)", "",
+                  format_error_types(results, markdown=True), ""]
     lines += ["## By prompt-length bucket (prompt tokens)", "", _cell_table(results, "by_bucket"), ""]
     lines += ["## By source", "", _cell_table(results, "by_source"), ""]
     lines += ["Metric definitions: factuality/metrics.py (docstring).", ""]

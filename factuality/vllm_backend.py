@@ -113,7 +113,8 @@ class VllmEngine:
             part = todo[k:k + chunk]
             params = [SamplingParams(max_tokens=max_new_tokens, temperature=temperature if do_sample else 0.0,
                                      top_p=top_p if do_sample else 1.0, stop_token_ids=stop, skip_special_tokens=True,
-                                     seed=int(sample_seeds[i]) if do_sample and sample_seeds is not None else None)
+                                     seed=int(sample_seeds[i]) if do_sample and sample_seeds is not None else None,
+                                     logprobs=0)   # the chosen token's log-probability (confidence.py)
                       for i in part]
             outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(prompt_ids[i])) for i in part], params,
                                      use_tqdm=progress, lora_request=self._lora(adapter))
@@ -124,8 +125,23 @@ class VllmEngine:
                 kept = toks if cut is None else toks[:cut]
                 batch.append(Generation(index=i, text=tokenizer.decode(kept, skip_special_tokens=True),
                                         output_tokens=len(kept), prompt_tokens=len(prompt_ids[i]),
-                                        stopped=cut is not None or o.outputs[0].finish_reason == "stop"))
+                                        stopped=cut is not None or o.outputs[0].finish_reason == "stop",
+                                        token_ids=kept, token_logprobs=_chosen_logprobs(o.outputs[0], kept)))
             yield batch
+
+
+def _chosen_logprobs(output, kept: Sequence[int]) -> list[float] | None:
+    """The log-probability vLLM reports for each kept token (None when it reported none)."""
+    steps = getattr(output, "logprobs", None)
+    if not steps or len(steps) < len(kept):
+        return None
+    out = []
+    for tok, step in zip(kept, steps):
+        entry = step.get(tok) if step else None
+        if entry is None:
+            return None
+        out.append(float(getattr(entry, "logprob", entry)))
+    return out
 
 
 def _lora_rank(adapter_dir: str) -> int:

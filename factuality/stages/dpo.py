@@ -102,6 +102,9 @@ class DPOOptions(RunFolderOptions):
                 "match exactly one file. split=train pairs train, split=val pairs evaluate, a test pair is refused"})
     max_pairs: int | None = field(default=None, metadata={
         "min": 1, "help": "use only the first N training pairs (null: all)"})
+    pair_kinds: list[str] = field(default_factory=list, metadata={
+        "help": "train on pairs of these kinds only (make_prefs.py's kind: model, gold_vs_model, perturb for every "
+                "labelled edit, or perturb:<kind>); empty: every pair"})
     max_val_pairs: int | None = field(default=None, metadata={
         "min": 0, "help": "use only the first N validation pairs (null: all; 0: no evaluation)"})
     prompts_dir: str | None = field(default=None, metadata={
@@ -266,7 +269,7 @@ def read_inputs(cfg) -> Inputs:
     base = resolve_base_model(cfg)
     templates, templates_from = templates_for(cfg)
     pairs_file = resolve_pairs_file(cfg.run.pairs_file)
-    train_pairs, val_pairs = load_pairs(pairs_file, cfg.run.max_pairs, cfg.run.max_val_pairs)
+    train_pairs, val_pairs = load_pairs(pairs_file, cfg.run.max_pairs, cfg.run.max_val_pairs, cfg.run.pair_kinds)
     read = {"train": len(train_pairs), "val": len(val_pairs)}
     log.info("%s: %d train and %d val pairs", pairs_file, len(train_pairs), len(val_pairs))
     tokenizer = load_tokenizer(base, padding_side="right", trust_remote_code=cfg.model.trust_remote_code)

@@ -17,16 +17,17 @@ import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .. import dist
 from ..bootstrap import BootstrapSpec, bucket_labels, check_boundaries
+from ..confidence import answer_probability
 from ..config import ConfigError, to_dict
 from ..generation import PREFILL_MODES
 from ..modeling import EMBEDDED_MODEL, ModelOptions
-from ..paths import TEST_FILE
+from ..paths import TEST_FILE, VAL_FILE
 from ..pool import (
     ModelPool,
     append_generations,
@@ -44,6 +45,7 @@ from ..predictions import (
     output_paths,
     prediction_row,
     read_external,
+    recorded_prompt_tokens,
 )
 from ..prompts import (
     PromptTemplates,
@@ -65,6 +67,7 @@ from ..report import (
     format_summary,
     write_plots,
 )
+from ..selective import SELECTIVE_SUFFIX, fit_selective, selective_rows
 from ..text import approx_tokens
 from ..vllm_backend import BackendOptions
 
@@ -140,6 +143,21 @@ class EvalConfig(ModelOptions, BackendOptions):
     prompts_dir: str | None = field(default=None, metadata={
         "help": "prompt templates written by prompt_schema.py (default: the adapter's prompts/ dir, saved by "
                 "train_sft.py, else the built-in templates)"})
+    confidence: str = field(default="answer_tokens", metadata={
+        "help": "the confidence scored: answer_tokens (the probability the model gave its answer's tokens, written "
+                "into the output; the number it wrote is kept as stated_confidence) or stated (the number it wrote)",
+        "choices": ["answer_tokens", "stated"]})
+    constrained: list[str] = field(default_factory=list, metadata={
+        "help": "system tags whose outputs are held to the answer contract while they are generated (constrained.py: "
+                "valid JSON, ids of the evidence shown, a refusal cites nothing, no evidence id as the answer); 'all' "
+                "for every system. To see a model both ways, list it twice: --systems sft=DIR,sft_free=DIR "
+                "--constrained sft"})
+    selective: list[str] = field(default_factory=list, metadata={
+        "help": "system tags that also get a selective column <tag>.sel (selective.py): the answer's confidence "
+                "calibrated and an abstention threshold chosen, both on --calibration-data, then applied to the test "
+                "outputs as they are"})
+    calibration_data: str = field(default=VAL_FILE, metadata={
+        "help": "held-out examples --selective fits on (build_data.py's val split; no test example may be in it)"})
     plots: bool = field(default=True, metadata={"help": "write PNG plots per bucket and per source"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
@@ -165,6 +183,12 @@ class EvalConfig(ModelOptions, BackendOptions):
             new, sep, old = pair.partition(":")
             if not sep or not TAG_RE.match(new) or not TAG_RE.match(old) or new == old:
                 raise ConfigError(f"--compare {pair!r}: expected new:old with two different system tags, e.g. dpo:sft")
+        if self.constrained and self.backend != "transformers":
+            raise ConfigError(f"--constrained runs on the transformers backend (constrained.py masks its decode loop); "
+                              f"drop --constrained or use --backend transformers (got --backend {self.backend})")
+        bad = [t for t in self.constrained if t != "all" and not TAG_RE.match(t)]
+        if bad:
+            raise ConfigError(f"--constrained {bad[0]!r}: expected system tags (letters, digits, . _ -) or 'all'")
         if self.fast:
             self.do_sample = False
             self.max_new_tokens = min(self.max_new_tokens, FAST_MAX_NEW_TOKENS)
@@ -206,7 +230,11 @@ def plan_systems(cfg) -> tuple[list[dict], list[tuple[str, str]]]:
         from_ = next(iter(resolved.values()))["base_from"] if resolved else "--base-model"
         systems.append({"tag": "base", "adapter": None, "evaluated": name, "base": name, "base_from": from_,
                         "is_base": True})
-    order = sorted((s["tag"] for s in systems), key=lambda t: t != "base")
+    missing = [t for t in cfg.selective if t not in tags]
+    if missing:
+        raise ConfigError(f"--selective {missing[0]!r} is not a system of this run ({', '.join(tags)})")
+    order = sorted([s["tag"] for s in systems] + [t + SELECTIVE_SUFFIX for t in cfg.selective],
+                   key=lambda t: t != "base")
     pairs = _comparisons_for(cfg, order)
     return systems, pairs
 
@@ -225,6 +253,7 @@ class Predictions:
     templates_from: str
     signatures: dict[str, Any] = field(default_factory=dict)
     partial: bool = False
+    selective: dict[str, dict] = field(default_factory=dict)   # tag -> selective.fit_selective's result
 
 
 @releasing_claims
@@ -245,9 +274,41 @@ def run(cfg) -> dict:
         preds = rescore_predictions(cfg, examples, templates, templates_from)
     else:
         preds = generate_predictions(cfg, examples, paths, data_sha, templates, templates_from)
-        if preds is None:
+        if preds is None or (cfg.selective and not add_selective(cfg, preds, examples, paths)):
             return {}  # the main process scores and reports
     return write_results(cfg, examples, preds, paths, data_sha, boundaries)
+
+
+def add_selective(cfg, preds: Predictions, examples: Sequence[dict], paths: Mapping[str, Path]) -> bool:
+    """The <tag>.sel systems of --selective: each system's validation outputs generated (a predictions
+    file of their own, resumable like the test one), calibration and threshold fitted on them, and
+    applied to its test rows. False on a process other than the main one."""
+    from ..report import rescore
+
+    val = read_examples(cfg.calibration_data)
+    clash = sorted({e["id"] for e in val} & {e["id"] for e in examples})
+    if clash:
+        raise ConfigError(f"--calibration-data {cfg.calibration_data} holds test example {clash[0]!r}: a threshold "
+                          f"fitted on test outputs would flatter them; pass the val split")
+    sub = replace(cfg, model_path=None, compare_baseline=False, compare=[], selective=[],
+                              systems=[s for s in cfg.systems if s.partition("=")[0] in cfg.selective])
+    cal_paths = output_paths(f"{paths['results'].with_suffix('')}.calibration.json")
+    cal = generate_predictions(sub, val, cal_paths, sha256_file(cfg.calibration_data), preds.templates,
+                               preds.templates_from)
+    if cal is None:
+        return False
+    for tag in cfg.selective:
+        fitted = fit_selective(val, cal.rows_by_tag.get(tag, {}), rescore)
+        preds.rows_by_tag[tag + SELECTIVE_SUFFIX] = selective_rows(preds.rows_by_tag[tag], fitted["fit"],
+                                                                   fitted["threshold"])
+        preds.models[tag + SELECTIVE_SUFFIX] = {**preds.models[tag], "selective_of": tag}
+        preds.selective[tag] = {**fitted, "calibration_data": {"path": cfg.calibration_data,
+                                                               "sha256": sha256_file(cfg.calibration_data)},
+                                "calibration_predictions": str(cal_paths["predictions"])}
+        log.info("%s%s: calibrated on %d validation answers, threshold %.3f (val Trust-Score %.3f, %.3f without)",
+                 tag, SELECTIVE_SUFFIX, fitted["answers"], fitted["threshold"], fitted["trust_score"],
+                 fitted["trust_score_without"])
+    return True
 
 
 def read_test_examples(cfg) -> list[dict]:
@@ -292,7 +353,7 @@ def rescore_predictions(cfg, examples: Sequence[dict], templates: PromptTemplate
         prompt_tokens = dict(zip(by_id, lens))
         counted_with = f"tokenizer {cfg.tokenizer}"
     else:
-        prompt_tokens, counted_with = _recorded_prompt_tokens(examples, rows_by_tag, templates)
+        prompt_tokens, counted_with = recorded_prompt_tokens(examples, rows_by_tag, templates)
     for rows in rows_by_tag.values():
         for r in rows.values():
             if r.get("output_tokens") is None:
@@ -300,26 +361,6 @@ def rescore_predictions(cfg, examples: Sequence[dict], templates: PromptTemplate
                                       if tok is not None else approx_tokens(r["raw_output"]))
     return Predictions(rows_by_tag, prompt_tokens, counted_with, comparisons, models_info, cfg.predictions,
                        templates, templates_from)
-
-
-def _recorded_prompt_tokens(examples, rows_by_tag, templates) -> tuple[dict[str, int], str]:
-    """Prompt lengths recorded in the predictions file, else approximated from the plain-rendered prompt."""
-    recorded = {}
-    for rows in rows_by_tag.values():
-        for i, r in rows.items():
-            if r.get("prompt_tokens") is not None:
-                recorded.setdefault(i, r["prompt_tokens"])
-    missing = [e for e in examples if e["id"] not in recorded]
-    prompt_tokens = dict(recorded)
-    for e in missing:
-        prompt_tokens[e["id"]] = approx_tokens(render_prompt(e, None, templates))
-    if missing:
-        counted_with = (f"approximation, words x 4/3 of the plain-rendered prompt (text.approx_tokens), for "
-                        f"{len(missing)}/{len(examples)} examples (pass --tokenizer for exact counts)")
-        log.warning("prompt lengths: %s", counted_with)
-    else:
-        counted_with = "prompt_tokens recorded in the predictions file"
-    return prompt_tokens, counted_with
 
 
 # ---- generate, appending per batch; a rerun continues where the last one stopped
@@ -377,13 +418,18 @@ def _templates_for(cfg, systems, templates: PromptTemplates, templates_from: str
     return templates, templates_from
 
 
+def is_constrained(cfg, tag: str) -> bool:
+    return "all" in cfg.constrained or tag in cfg.constrained
+
+
 def _system_signatures(cfg, systems, templates: PromptTemplates, data_sha: str, tok_source: str):
     """Per system tag: the payload of what determines its predictions, its signature, and its model info."""
     settings = {"max_new_tokens": cfg.max_new_tokens, "do_sample": cfg.do_sample,
                 "temperature": cfg.temperature if cfg.do_sample else None,
                 "top_p": cfg.top_p if cfg.do_sample else None, "seed": cfg.seed, "dtype": cfg.dtype,
                 "load_in_4bit": cfg.load_in_4bit, "load_in_8bit": cfg.load_in_8bit,
-                "attn_implementation": cfg.attn_implementation}
+                "attn_implementation": cfg.attn_implementation, "confidence": cfg.confidence}
+    settings_of = {s["tag"]: dict(settings, constrained=is_constrained(cfg, s["tag"])) for s in systems}
     if cfg.backend != "transformers":  # another engine's kernels: its outputs are its own
         settings["backend"] = cfg.backend
     payloads, signatures, models_info = {}, {}, {}
@@ -399,7 +445,7 @@ def _system_signatures(cfg, systems, templates: PromptTemplates, data_sha: str, 
                   "adapter_fingerprint": fingerprint_hash(model_fingerprint(sysm["adapter"]))}
         else:
             fp = {"model": sysm["evaluated"], "fingerprint": fingerprint_hash(fingerprint_model(sysm["evaluated"]))}
-        payloads[tag] = {**fp, **settings, "templates": templates_hash(templates), "test_data": data_sha,
+        payloads[tag] = {**fp, **settings_of[tag], "templates": templates_hash(templates), "test_data": data_sha,
                          "tokenizer": tok_source}
         signatures[tag] = signature(payloads[tag])
         models_info[tag] = {"name": fp.get("adapter") or fp["model"], "base": sysm["base"] if tag != "base" else None,
@@ -449,15 +495,24 @@ def _generate_systems(cfg, systems, examples, tok, prompts, prompt_ids, signatur
 
             def make_row(g, tag=tag):
                 e = examples[g.index]
+                prob = (answer_probability(tok, g.token_ids, g.token_logprobs, g.text)
+                        if cfg.confidence == "answer_tokens" else None)
                 row = prediction_row(e, tag, g.text, g.prompt_tokens, g.output_tokens, signatures[tag],
-                                     stopped=g.stopped)
+                                     stopped=g.stopped, answer_prob=prob)
                 existing.setdefault(tag, {})[e["id"]] = row
                 return row
 
+            from ..constrained import (
+                ContractConstraint,  # lm-format-enforcer: loaded only when used
+            )
+
+            constraint = (ContractConstraint(tok, [[c["id"] for c in e["evidence"]] for e in examples])
+                          if is_constrained(cfg, tag) else None)
+            extra = {"constraint": constraint} if constraint is not None else {}
             batches = pool.batches(sysm, adapters, tok, prompts, prompt_ids, todo, batch_size=cfg.batch_size,
                                    max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
                                    temperature=cfg.temperature, top_p=cfg.top_p, prefill=cfg.prefill,
-                                   desc=tag, progress=cfg.progress)
+                                   desc=tag, progress=cfg.progress, **extra)
             partial = append_generations(out, make_row, batches, max_batches=cfg.max_batches)
             if partial:
                 log.warning("%s: stopped after %d batches (--max-batches); rerun to continue", tag, cfg.max_batches)
@@ -489,6 +544,7 @@ def write_results(cfg, examples: Sequence[dict], preds: Predictions, paths: Mapp
         f"{boot.level:.0%} percentile bootstrap over examples, {boot.n_boot} resamples, seed {boot.seed}; "
         f"deltas by paired bootstrap (same resample for both models)" if boot.n_boot else "none (--fast or 0 resamples)")}
     results.update(scored)
+    results["selective"] = preds.selective
     results.setdefault("deltas", {})
     results["files"] = {"results": str(paths["results"]), "predictions": preds.file, "summary": str(paths["summary"])}
     # One set: plots and summary first, the results file last, holding their hashes (and the number of

@@ -69,6 +69,7 @@ class PipelineConfig:
 
 
 PRESET_STEPS = ("train_sft", "make_prefs", "train_rm", "train_dpo", "evaluate")   # the steps a preset configures
+FLAG_STEPS = ("build_data", *PRESET_STEPS)   # the steps a preset may give more flags
 RUN_FOLDERS = ("sft", "rm", "dpo", "eval")
 
 
@@ -95,8 +96,8 @@ def load_presets(path: str | os.PathLike = PRESETS_FILE) -> dict[str, dict]:
         if unknown:
             raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: about, configs, runs, model, flags)")
         flags = preset.get("flags") or {}
-        if not isinstance(flags, dict) or any(k not in PRESET_STEPS or not isinstance(v, list) for k, v in flags.items()):
-            raise ConfigError(f"{where}: flags: expected step: [flag, value, ...] for steps of {', '.join(PRESET_STEPS)}")
+        if not isinstance(flags, dict) or any(k not in FLAG_STEPS or not isinstance(v, list) for k, v in flags.items()):
+            raise ConfigError(f"{where}: flags: expected step: [flag, value, ...] for steps of {', '.join(FLAG_STEPS)}")
     return data
 
 
@@ -117,7 +118,8 @@ def steps_for(preset: str, presets: Mapping[str, dict] | None = None) -> list[St
     prefs_args = ["-c", c["make_prefs"], "--sft-model", sft_dir, *(["--judge-model", model] if model else []),
                   *flags("make_prefs")]   # both phases read the same config and must compute the same signatures
     steps = [
-        Step("build_data", ["build_data.py"], ["data/processed/*.jsonl", "data/processed/run_card.json"], redo_flag=None, resume_flag=None),
+        Step("build_data", ["build_data.py", *flags("build_data")], ["data/processed/*.jsonl", "data/processed/run_card.json"],
+             redo_flag=None, resume_flag=None),
         Step("prompt_schema", ["prompt_schema.py", "save", "--prompts-dir", "prompts"], ["prompts/*"], redo_flag=None, resume_flag=None),
         Step("train_sft", ["train_sft.py", "-c", c["train_sft"], *model_flags, "--output-dir", sft_dir,
                            *flags("train_sft")],
@@ -293,13 +295,16 @@ def _read_json(pattern: str) -> dict | None:
 
 def final_summary(report: list[dict], runs: Mapping[str, str]) -> str:
     """The table of base / SFT / DPO, the reward model's AUC and probes, and the step times."""
-    from ..report import format_comparison_table
+    from ..report import format_comparison_table, format_error_types
 
     parts: list[str] = []
     results = _read_json(runs["eval"])
     if results:
         parts += ["## Base, SFT and DPO on the test split (headline measures; 95% intervals of the deltas)", "",
                   format_comparison_table(results, markdown=True), ""]
+        if results.get("error_types"):
+            parts += ["## What each system's outputs are (factuality/error_types.py)", "",
+                      format_error_types(results, markdown=True), ""]
     rm = _read_json(f"{runs['rm']}/rm_report.json")
     if rm:
         parts += ["## Reward model (held-out pairs)", "", rm_lines(rm), ""]

@@ -150,6 +150,9 @@ class PrefsOptions(ModelOptions, BackendOptions):
     n_generations: int = field(default=2, metadata={
         "min": 1, "help": "greedy (--temperature 0): 1 = SFT only, 2 = SFT + base; --temperature > 0: this many "
                           "SFT samples besides the greedy SFT and base answers"})
+    base_candidates: bool = field(default=True, metadata={
+        "help": "with --temperature > 0: also the base model's answer (adapter off) as a candidate; false keeps the "
+                "pairs on the SFT policy's own outputs (its greedy answer and samples: its real mistakes)"})
     batch_size: int = field(default=8, metadata={"min": 1, "help": "prompts generated together"})
     max_new_tokens: int = field(default=80, metadata={"min": 1, "help": "generation limit per candidate"})
     max_input_tokens: int = field(default=1536, metadata={
@@ -205,6 +208,9 @@ class PrefsOptions(ModelOptions, BackendOptions):
                           "so a subtle edit (one extra citation) may be kept at a smaller gap"})
     pairs_per_prompt: int = field(default=1, metadata={
         "min": 0, "help": "model-against-model pairs kept per example (largest gap first)"})
+    gold_pairs_per_prompt: int = field(default=0, metadata={
+        "min": 0, "help": "pairs of the gold output against the model's own worst candidates per example (its real "
+                          "mistakes as the rejected answers; with --temperature > 0 its samples); 0: none"})
     hard_pairs_per_prompt: int = field(default=2, metadata={
         "min": 0, "help": "perturbation pairs per example (a good answer against a labelled edit of it); 0: none"})
     perturb_kinds: list[str] = field(default_factory=lambda: list(KINDS), metadata={
@@ -234,6 +240,9 @@ class PrefsOptions(ModelOptions, BackendOptions):
         if self.temperature == 0 and self.n_generations > 2:
             raise ConfigError(f"--n-generations {self.n_generations} with --temperature 0: greedy decoding gives one "
                               f"answer per model (1 = SFT, 2 = SFT + base); set --temperature > 0 for samples")
+        if self.temperature == 0 and not self.base_candidates:
+            raise ConfigError("--base-candidates false with --temperature 0: greedy decoding gives one answer per model; "
+                              "use --n-generations 1 for the SFT answer alone, or --temperature > 0 for samples")
         check_kinds(self.perturb_kinds, "--perturb-kinds")
         self.verifier_weights = check_weights(self.verifier_weights)
         if self.judge_use_8bit and self.judge_use_4bit:

@@ -77,6 +77,7 @@ from ..training import (
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+MIXES = ("file", "balanced")
 BATCHING = ("group_by_length", "padded", "padding_free", "packed")
 
 
@@ -92,6 +93,10 @@ class SFTOptions(RunFolderOptions):
         "min": 1, "help": "use only the first N training examples (null: all)"})
     max_val_samples: int | None = field(default=None, metadata={
         "min": 1, "help": "use only the first N validation examples (null: all)"})
+    mix: str = field(default="file", metadata={
+        "help": "which training examples max_samples keeps: file (the first N, in file order) or balanced (taken "
+                "in turn from each source's answerable and unanswerable examples, so no source or kind crowds the "
+                "others out: FEVER is over half of the bundled training split)", "choices": list(MIXES)})
     prompts_dir: str | None = field(default=None, metadata={
         "help": "read the prompt templates from this dir (prompt_schema.py save); null or 'default': the built-in ones"})
     min_chunk_chars: int = field(default=160, metadata={
@@ -208,14 +213,35 @@ def build_dataset(examples: list[dict], tokenizer, max_length: int, templates: P
     return Dataset.from_dict(rows), stats
 
 
-def load_split(path: str, limit: int | None, what: str) -> list[dict]:
+def load_split(path: str, limit: int | None, what: str, mix: str = "file") -> list[dict]:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: {what} file not found; run `python build_data.py` first or pass --{what}-file")
     examples = read_examples(p)
     if not examples:
         raise ValueError(f"{p}: no examples")
+    if mix == "balanced":
+        return balanced_mix(examples, limit)
     return examples[:limit] if limit else examples
+
+
+def balanced_mix(examples: list[dict], limit: int | None) -> list[dict]:
+    """Up to `limit` examples taken in turn from each (source, answerable) group, each group in file
+    order, so every source and both kinds (answers, refusals) are represented as evenly as the groups'
+    sizes allow; the result is in that interleaved order (the trainer shuffles it anyway)."""
+    groups: dict[tuple, list[dict]] = {}
+    for ex in examples:
+        groups.setdefault((ex.get("source"), bool(ex.get("answerable"))), []).append(ex)
+    queues = [groups[k] for k in sorted(groups, key=lambda k: (str(k[0]), not k[1]))]
+    n = len(examples) if not limit else min(limit, len(examples))
+    out: list[dict] = []
+    depth = 0
+    while len(out) < n:
+        for q in queues:
+            if depth < len(q) and len(out) < n:
+                out.append(q[depth])
+        depth += 1
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,7 +365,7 @@ def run(cfg) -> dict:
     templates = PromptTemplates.from_dir(cfg.run.prompts_dir)
 
     # inputs are read and checked before anything on disk changes
-    train_examples = load_split(cfg.run.train_file, cfg.run.max_samples, "train")
+    train_examples = load_split(cfg.run.train_file, cfg.run.max_samples, "train", cfg.run.mix)
     val_examples = load_split(cfg.run.val_file, cfg.run.max_val_samples, "val") if cfg.run.val_file else []
     tokenizer = load_tokenizer(cfg.model.model_name_or_path, padding_side="right",
                                trust_remote_code=cfg.model.trust_remote_code)
