@@ -176,7 +176,8 @@ PREFERENCE_SCHEMA: dict[str, Any] = {
         "chosen_score": {"type": "number"},
         "rejected_score": {"type": "number"},
         "kind": {"type": "string", "minLength": 1,
-                 "description": "model (two model candidates) or perturb:<what> (a labelled edit of a good answer)"},
+                 "description": "model (two model candidates), gold_vs_model (the gold answer against a model "
+                                "candidate) or perturb:<what> (a labelled edit of a good answer)"},
         "chosen_origin": {"type": "string", "description": "sft, base, sft_sample_<k>, gold, perturb:<what>"},
         "rejected_origin": {"type": "string"},
         "evidence": {"type": "array", "items": {"type": "object", "required": ["id", "text"],
