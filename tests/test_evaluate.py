@@ -9,7 +9,7 @@ import pytest
 import evaluate_sft
 from factuality.config import ConfigError, parse_config
 from factuality.pool import resolve_models
-from factuality.records import RecordError, write_jsonl
+from factuality.records import RecordError, with_hash, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -266,3 +266,56 @@ def test_a_second_evaluation_onto_one_output_fails_at_once(adapter_dir, test_fil
         with pytest.raises(FileExistsError, match="another run is writing here now"):
             evaluate_sft.run(make_cfg(adapter_dir, test_file, out))
         assert not out.exists() and not Path(f"{out.with_suffix('')}.predictions.jsonl").exists()
+
+
+def test_constrained_and_selective_columns(adapter_dir, test_file, tmp_path, examples):
+    """--constrained holds sft to the answer contract (every output valid, no cited refusal, no
+    evidence-id answer) while base runs free; --selective adds sft.sel, fitted on the calibration
+    split's own generations (a file of their own) and applied to sft's test rows; the confidence of
+    each answer is its token probability."""
+    val = tmp_path / "val.jsonl"
+    write_jsonl(val, [with_hash(dict(e, id=e["id"] + "-val", split="val")) for e in examples])
+    out = tmp_path / "c.json"
+    cfg = parse_config(evaluate_sft.EvalConfig, [
+        "--systems", f"base,sft={adapter_dir}", "--constrained", "sft", "--selective", "sft",
+        "--calibration-data", str(val), "--compare", "sft:base,sft.sel:sft", "--test-data", str(test_file),
+        "--batch-size", "2", "--max-new-tokens", "200", "--buckets", "300,400", "--bootstrap-samples", "50",
+        "--output", str(out), "--plots", "false", "--progress", "false"])
+    res = evaluate_sft.main(cfg)
+    assert res["tags"] == ["base", "sft", "sft.sel"]
+    rows = read_rows(tmp_path / "c.predictions.jsonl")
+    sft = [r for r in rows if r["model_tag"] == "sft"]
+    assert len(sft) == len(examples) and all(r["parsed"]["valid"] for r in sft if r["stopped"])
+    assert sum(r["stopped"] for r in sft) >= len(sft) // 2
+    for r in sft:
+        if r["parsed"]["valid"] and not r["parsed"]["refusal"]:
+            assert 0 < r["answer_prob"] <= 1 and r["parsed"]["confidence"] == r["answer_prob"]
+    assert res["error_types"]["sft"]["cited_refusal"] == res["error_types"]["sft"]["evidence_id_answer"] == 0
+    cal = read_rows(tmp_path / "c.calibration.predictions.jsonl")
+    assert {r["model_tag"] for r in cal} == {"sft"} and len(cal) == len(examples)
+    assert all(r["id"].endswith("-val") for r in cal)
+    sel = res["selective"]["sft"]
+    assert sel["examples"] == len(examples) and 0 <= sel["threshold"] <= 1
+    assert res["signatures"]["sft"] != res["signatures"]["base"]
+    md = (tmp_path / "c.md").read_text()
+    assert "What the outputs are" in md and "random abstention" in md
+
+
+def test_calibration_data_must_not_hold_test_examples(adapter_dir, test_file, tmp_path):
+    cfg = parse_config(evaluate_sft.EvalConfig, [
+        "--systems", f"sft={adapter_dir}", "--selective", "sft", "--calibration-data", str(test_file),
+        "--test-data", str(test_file), "--max-new-tokens", "4", "--output", str(tmp_path / "x.json"),
+        "--plots", "false", "--progress", "false"])
+    with pytest.raises(ConfigError, match="holds test example"):
+        evaluate_sft.main(cfg)
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--systems", "sft=x", "--selective", "dpo"], "not a system of this run"),
+    (["--systems", "sft=x", "--constrained", "sft", "--backend", "vllm"], "transformers backend"),
+    (["--systems", "sft=x", "--constrained", "bad tag"], "expected system tags"),
+])
+def test_constrained_and_selective_options_are_checked(argv, msg, tmp_path):
+    with pytest.raises(ConfigError, match=msg):
+        cfg = parse_config(evaluate_sft.EvalConfig, argv + ["--output", str(tmp_path / "y.json")])
+        evaluate_sft.main(cfg)

@@ -186,6 +186,14 @@ class EvalConfig(ModelOptions, BackendOptions):
         if self.constrained and self.backend != "transformers":
             raise ConfigError(f"--constrained runs on the transformers backend (constrained.py masks its decode loop); "
                               f"drop --constrained or use --backend transformers (got --backend {self.backend})")
+        tags = [s.partition("=")[0] for s in self.systems] + ([self.model_tag] if self.model_path else []) + (
+            ["base"] if self.compare_baseline else [])
+        if self.selective and self.predictions:
+            raise ConfigError("--selective generates each system's val outputs to fit on; with --predictions there is "
+                              "no model to generate them: drop one of the two")
+        missing = [t for t in self.selective if t not in tags]
+        if missing:
+            raise ConfigError(f"--selective {missing[0]!r} is not a system of this run ({', '.join(tags)})")
         bad = [t for t in self.constrained if t != "all" and not TAG_RE.match(t)]
         if bad:
             raise ConfigError(f"--constrained {bad[0]!r}: expected system tags (letters, digits, . _ -) or 'all'")
@@ -230,9 +238,6 @@ def plan_systems(cfg) -> tuple[list[dict], list[tuple[str, str]]]:
         from_ = next(iter(resolved.values()))["base_from"] if resolved else "--base-model"
         systems.append({"tag": "base", "adapter": None, "evaluated": name, "base": name, "base_from": from_,
                         "is_base": True})
-    missing = [t for t in cfg.selective if t not in tags]
-    if missing:
-        raise ConfigError(f"--selective {missing[0]!r} is not a system of this run ({', '.join(tags)})")
     order = sorted([s["tag"] for s in systems] + [t + SELECTIVE_SUFFIX for t in cfg.selective],
                    key=lambda t: t != "base")
     pairs = _comparisons_for(cfg, order)
