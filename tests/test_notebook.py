@@ -68,7 +68,9 @@ def test_notebook_runs_end_to_end_on_the_tiny_configuration(tmp_path, monkeypatc
     assert "pairs kept" in text(cell["prefs"]) and '"chosen"' in text(cell["prefs"]), "statistics and a sample pair"
     assert images(cell["rm"]) == 2 and "Gaming probes" in text(cell["rm"]), "curves, reliability diagram, probes"
     assert images(cell["dpo"]) == 1, "DPO loss and reward margin"
-    assert images(cell["eval"]) == 2 and "| Correct & grounded F1 |" in text(cell["eval"]), "table, bucket plots"
+    # the table; the by-bucket and by-source plots; the risk-coverage curve (the constrained SFT and DPO
+    # answers carry their token probability as confidence)
+    assert images(cell["eval"]) == 3 and "| Correct & grounded F1 |" in text(cell["eval"]), "table, plots, risk-coverage"
     assert "EM improvement:" in text(cell["analysis"]) and "Citation improvement:" in text(cell["analysis"])
     assert images(cell["analysis"]) == 1, "the reward model's loss and validation AUC, as the original cell plots them"
     summary = text(cell["job"])
