@@ -18,6 +18,15 @@ from typing import Sequence
 _ANSWER_KEY = re.compile(r'"answer"\s*:\s*"')
 
 
+def use_answer_probability(parsed, prob: float | None) -> bool:
+    """Make `prob` the confidence of a parsed answer (prompts.ParsedOutput; a refusal keeps its own);
+    True when it did. The one rule the predictions file and the rescoring share."""
+    if prob is None or parsed.refusal:
+        return False
+    parsed.confidence = float(prob)
+    return True
+
+
 def answer_value_span(text: str) -> tuple[int, int] | None:
     """(start, end) character offsets of the first `"answer": "..."` string value in `text`, end
     just past its closing quote; None when there is no such string or it is never closed."""

@@ -30,7 +30,7 @@ from lmformatenforcer import (
     TokenEnforcerTokenizerData,
 )
 
-from .prompts import REFUSAL_ANSWER, is_refusal
+from .prompts import is_refusal
 
 MAX_ANSWER_CHARS = 100
 _OPEN = '{"answer": "'
@@ -139,7 +139,7 @@ class AnswerParser(CharacterLevelParser):
     def shortcut_key(self):
         """Inside the answer string any JSON string token is legal: the enforcer's cached list of
         them (its 'json_freetext' shortcut) spares a walk of the whole trie. The list cannot see the
-        evidence-id rule; `allowed_token_ids` takes those tokens out (ContractConstraint)."""
+        evidence-id rule; `ContractConstraint.allowed` takes those tokens out."""
         if self.state == "answer" and not self.escape:
             return ("json_freetext", len(self.answer), 1, MAX_ANSWER_CHARS)
         return None
@@ -168,9 +168,8 @@ class ContractConstraint:
     ids), sharing one tokenizer index (built once per tokenizer: a few seconds for 49k tokens)."""
 
     def __init__(self, tokenizer, evidence_ids: Sequence[Sequence[str]]):
-        self.data = tokenizer_data(tokenizer)
+        self.data, self.id_start, self.digit_start = tokenizer_data(tokenizer)
         self.evidence_ids = [list(ids) for ids in evidence_ids]
-        self.id_start, self.digit_start = _id_tokens(self.data)
 
     def enforcer(self, index: int) -> TokenEnforcer:
         return TokenEnforcer(self.data, AnswerParser(self.evidence_ids[index]))
@@ -201,10 +200,11 @@ def _id_tokens(data) -> tuple[frozenset, frozenset]:
 
 
 @functools.lru_cache(maxsize=4)
-def _tokenizer_data_cached(tokenizer):
-    """lm-format-enforcer's tokenizer index, built as its transformers integration builds it (that
-    module imports a path transformers 5 removed): each regular token's text as it reads after
-    another token (so a word-start token keeps its leading space) and whether it starts a word."""
+def tokenizer_data(tokenizer) -> tuple[TokenEnforcerTokenizerData, frozenset, frozenset]:
+    """lm-format-enforcer's index of a tokenizer and `_id_tokens` of it, built once per tokenizer
+    object. The index is built as its transformers integration builds it (that module imports a
+    path transformers 5 removed): each regular token's text as it reads after another token (so a
+    word-start token keeps its leading space) and whether it starts a word."""
     vocab_size = len(tokenizer)
     zero = tokenizer.encode("0", add_special_tokens=False)[-1]
     special = set(tokenizer.all_special_ids)
@@ -222,12 +222,5 @@ def _tokenizer_data_cached(tokenizer):
     def decode(tokens):
         return tokenizer.decode(tokens).rstrip("\ufffd")
 
-    return TokenEnforcerTokenizerData(regular, decode, tokenizer.eos_token_id, False, vocab_size)
-
-
-def tokenizer_data(tokenizer):
-    """lm-format-enforcer's index of a tokenizer (cached per tokenizer object)."""
-    return _tokenizer_data_cached(tokenizer)
-
-
-__all__ = ["AnswerParser", "ContractConstraint", "MAX_ANSWER_CHARS", "REFUSAL_ANSWER", "tokenizer_data"]
+    data = TokenEnforcerTokenizerData(regular, decode, tokenizer.eos_token_id, False, vocab_size)
+    return (data, *_id_tokens(data))

@@ -30,7 +30,6 @@ ERROR_TYPES: tuple[str, ...] = (
     "correct_grounded", "refusal_ok", "correct_ungrounded", "wrong_supported", "wrong_unsupported",
     "evidence_id_answer", "answered_unanswerable", "refused_answerable", "cited_refusal", "unreadable",
 )
-GOOD_TYPES = ("correct_grounded", "refusal_ok")
 _EVIDENCE_ID = re.compile(r"^\W*E\d+\W*$", re.IGNORECASE)
 
 

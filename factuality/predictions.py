@@ -9,6 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping
 
+from .confidence import use_answer_probability
 from .metrics import score_example
 from .prompts import parse_output, render_prompt
 from .records import SCHEMA_VERSION, Contract, RecordError, read_jsonl
@@ -78,10 +79,9 @@ def prediction_row(example: Mapping, tag: str, raw_output: str, prompt_tokens: i
     """One scored output. With `answer_prob` (an answer's token probability) the parsed output's
     confidence is that probability, and the number the model wrote is kept as `stated_confidence`."""
     parsed = parse_output(raw_output, [c["id"] for c in example["evidence"]])
-    extra: dict = {}
-    if answer_prob is not None and not parsed.refusal:
-        extra = {"answer_prob": float(answer_prob), "stated_confidence": parsed.confidence}
-        parsed.confidence = float(answer_prob)
+    stated = parsed.confidence
+    extra = ({"answer_prob": float(answer_prob), "stated_confidence": stated}
+             if use_answer_probability(parsed, answer_prob) else {})
     row = {"schema_version": SCHEMA_VERSION, "id": example["id"], "model_tag": tag, "raw_output": raw_output,
            "parsed": parsed.to_dict(), "scores": score_example(example, parsed=parsed, output_tokens=output_tokens),
            "prompt_tokens": int(prompt_tokens), "output_tokens": output_tokens, "signature": sig}

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .bootstrap import BootstrapSpec, breakdown, breakdown_deltas
+from .confidence import use_answer_probability
 from .error_types import ERROR_TYPES, count_types, error_type
 from .metrics import HEADLINE, METRICS, SupportChecker, risk_coverage, score_example
 from .prompts import parse_output
@@ -37,8 +38,7 @@ def rescore(example: Mapping, row: Mapping, checker: str | SupportChecker | None
     the row's `answer_prob` as the answer's confidence when it has one (predictions.prediction_row),
     and the output's `error_type` (error_types.py)."""
     parsed = parse_output(row["raw_output"], [c["id"] for c in example["evidence"]])
-    if row.get("answer_prob") is not None and not parsed.refusal:
-        parsed.confidence = float(row["answer_prob"])
+    use_answer_probability(parsed, row.get("answer_prob"))
     scores = score_example(example, raw_output=row["raw_output"], parsed=parsed,
                            output_tokens=row.get("output_tokens"), checker=checker)
     return {**scores, "error_type": error_type(example, parsed, scores)}

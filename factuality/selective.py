@@ -17,15 +17,14 @@ which may be a test id) and reports the test outputs as `<tag>.sel`, beside `<ta
 """
 from __future__ import annotations
 
-import json
 import math
 from typing import Mapping, Sequence
 
 from .bootstrap import aggregate
-from .prompts import REFUSAL_ANSWER
+from .prompts import REFUSAL_ANSWER, dump_output
 
 SELECTIVE_SUFFIX = ".sel"
-REFUSAL_TEXT = json.dumps({"answer": REFUSAL_ANSWER, "citations": [], "confidence": 0.0})
+REFUSAL_TEXT = dump_output({"answer": REFUSAL_ANSWER, "citations": [], "confidence": 0.0})
 _EPS = 1e-6
 
 

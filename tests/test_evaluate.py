@@ -319,3 +319,21 @@ def test_constrained_and_selective_options_are_checked(argv, msg, tmp_path):
     with pytest.raises(ConfigError, match=msg):
         cfg = parse_config(evaluate_sft.EvalConfig, argv + ["--output", str(tmp_path / "y.json")])
         evaluate_sft.main(cfg)
+
+
+def test_signatures_name_the_backend_and_the_constraint(adapter_dir, tmp_path):
+    """What decides a system's outputs is in its signature: the generation engine and whether it
+    decoded under the answer contract (so a resumed run never mixes such rows)."""
+    from factuality.prompts import PromptTemplates
+    from factuality.stages.evaluate import plan_systems, system_signatures
+
+    def sigs(*argv):
+        cfg = parse_config(evaluate_sft.EvalConfig, ["--systems", f"base,sft={adapter_dir}", *argv,
+                                                     "--output", str(tmp_path / "s.json")])
+        systems, _ = plan_systems(cfg)
+        return system_signatures(cfg, systems, PromptTemplates(), "data", "tok")[1]
+
+    plain = sigs()
+    assert sigs("--backend", "vllm")["sft"] != plain["sft"]
+    held = sigs("--constrained", "sft")
+    assert held["sft"] != plain["sft"] and held["base"] == plain["base"]

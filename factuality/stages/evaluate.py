@@ -296,10 +296,10 @@ def add_selective(cfg, preds: Predictions, examples: Sequence[dict], paths: Mapp
         raise ConfigError(f"--calibration-data {cfg.calibration_data} holds test example {clash[0]!r}: a threshold "
                           f"fitted on test outputs would flatter them; pass the val split")
     sub = replace(cfg, model_path=None, compare_baseline=False, compare=[], selective=[],
-                              systems=[s for s in cfg.systems if s.partition("=")[0] in cfg.selective])
+                  systems=[s for s in cfg.systems if s.partition("=")[0] in cfg.selective])
     cal_paths = output_paths(f"{paths['results'].with_suffix('')}.calibration.json")
-    cal = generate_predictions(sub, val, cal_paths, sha256_file(cfg.calibration_data), preds.templates,
-                               preds.templates_from)
+    val_sha = sha256_file(cfg.calibration_data)
+    cal = generate_predictions(sub, val, cal_paths, val_sha, preds.templates, preds.templates_from)
     if cal is None:
         return False
     for tag in cfg.selective:
@@ -307,8 +307,7 @@ def add_selective(cfg, preds: Predictions, examples: Sequence[dict], paths: Mapp
         preds.rows_by_tag[tag + SELECTIVE_SUFFIX] = selective_rows(preds.rows_by_tag[tag], fitted["fit"],
                                                                    fitted["threshold"])
         preds.models[tag + SELECTIVE_SUFFIX] = {**preds.models[tag], "selective_of": tag}
-        preds.selective[tag] = {**fitted, "calibration_data": {"path": cfg.calibration_data,
-                                                               "sha256": sha256_file(cfg.calibration_data)},
+        preds.selective[tag] = {**fitted, "calibration_data": {"path": cfg.calibration_data, "sha256": val_sha},
                                 "calibration_predictions": str(cal_paths["predictions"])}
         log.info("%s%s: calibrated on %d validation answers, threshold %.3f (val Trust-Score %.3f, %.3f without)",
                  tag, SELECTIVE_SUFFIX, fitted["answers"], fitted["threshold"], fitted["trust_score"],
@@ -388,7 +387,7 @@ def generate_predictions(cfg, examples: Sequence[dict], paths: Mapping[str, Path
     prompt_ids = encode_prompts(tok, prompts)
     prompt_tokens = {e["id"]: len(x) for e, x in zip(examples, prompt_ids)}
     counted_with = f"tokenizer of the evaluated model ({tok_source})"
-    payloads, signatures, models_info = _system_signatures(cfg, systems, templates, data_sha, tok_source)
+    payloads, signatures, models_info = system_signatures(cfg, systems, templates, data_sha, tok_source)
     pred_path = paths["predictions"]
     # Several processes (accelerate launch / torchrun): each generates its share of every system's
     # examples into its own part file; the main process merges them in input order at the end.
@@ -427,16 +426,16 @@ def is_constrained(cfg, tag: str) -> bool:
     return "all" in cfg.constrained or tag in cfg.constrained
 
 
-def _system_signatures(cfg, systems, templates: PromptTemplates, data_sha: str, tok_source: str):
+def system_signatures(cfg, systems, templates: PromptTemplates, data_sha: str, tok_source: str):
     """Per system tag: the payload of what determines its predictions, its signature, and its model info."""
     settings = {"max_new_tokens": cfg.max_new_tokens, "do_sample": cfg.do_sample,
                 "temperature": cfg.temperature if cfg.do_sample else None,
                 "top_p": cfg.top_p if cfg.do_sample else None, "seed": cfg.seed, "dtype": cfg.dtype,
                 "load_in_4bit": cfg.load_in_4bit, "load_in_8bit": cfg.load_in_8bit,
                 "attn_implementation": cfg.attn_implementation, "confidence": cfg.confidence}
-    settings_of = {s["tag"]: dict(settings, constrained=is_constrained(cfg, s["tag"])) for s in systems}
     if cfg.backend != "transformers":  # another engine's kernels: its outputs are its own
         settings["backend"] = cfg.backend
+    settings_of = {s["tag"]: dict(settings, constrained=is_constrained(cfg, s["tag"])) for s in systems}
     payloads, signatures, models_info = {}, {}, {}
     base_fps: dict[str, str] = {}
     for sysm in systems:
@@ -507,13 +506,11 @@ def _generate_systems(cfg, systems, examples, tok, prompts, prompt_ids, signatur
                 existing.setdefault(tag, {})[e["id"]] = row
                 return row
 
-            from ..constrained import (
-                ContractConstraint,  # lm-format-enforcer: loaded only when used
-            )
+            extra = {}
+            if is_constrained(cfg, tag):
+                from ..constrained import ContractConstraint   # lm-format-enforcer: loaded only when used
 
-            constraint = (ContractConstraint(tok, [[c["id"] for c in e["evidence"]] for e in examples])
-                          if is_constrained(cfg, tag) else None)
-            extra = {"constraint": constraint} if constraint is not None else {}
+                extra["constraint"] = ContractConstraint(tok, [[c["id"] for c in e["evidence"]] for e in examples])
             batches = pool.batches(sysm, adapters, tok, prompts, prompt_ids, todo, batch_size=cfg.batch_size,
                                    max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
                                    temperature=cfg.temperature, top_p=cfg.top_p, prefill=cfg.prefill,
