@@ -37,7 +37,7 @@ from .records import (
     sha256_file,
     sha256_json,
 )
-from .training import fmt_loss
+from .training import StopsAtMaxSteps, fmt_loss
 
 # train_dpo's log lines keep the logger name they have always had
 log = logging.getLogger("factuality.stages.dpo")
@@ -98,7 +98,7 @@ def trainer_class():
     applied at completion positions only, for the policy and the reference (`heads.install`)."""
     from trl import DPOTrainer
 
-    class GroundedDPOTrainer(DPOTrainer):
+    class GroundedDPOTrainer(StopsAtMaxSteps, DPOTrainer):
         pair_weights: list[float] | None = None
 
         def __init__(self, *args, answer_only_head: bool = True, **kwargs):

@@ -180,6 +180,19 @@ def save_fault_callback():
     return SaveFaultPoint()
 
 
+class StopsAtMaxSteps:
+    """Mixin for a transformers Trainer: a run resumed from its final checkpoint trains no further
+    step. transformers' loop fast-forwards the data past the checkpoint's step and checks for the
+    end only after the next optimizer step, so a checkpoint at `max_steps` mid-epoch used to train
+    step max_steps + 1 on resume (a kill between the final adapter and run_card.json)."""
+
+    def _run_epoch(self, *args, **kwargs):
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
+
 RUN_FILES = ("adapter_config.json", "adapter_model.safetensors", "model.safetensors", "run_card.json")
 
 

@@ -402,6 +402,25 @@ def test_resume_continues_without_loss_or_duplication(tiny_model_dir, sft_adapte
     assert resumed["losses"]["final_train_loss"] == pytest.approx(full["losses"]["final_train_loss"], rel=1e-4)
 
 
+def test_resume_from_the_final_checkpoint_trains_no_further_step(tiny_model_dir, sft_adapter, tmp_path, pairs_file):
+    """Killed between the final adapter and run_card.json: --resume ends at the same step with the
+    same adapter (it used to train step 4 of 3)."""
+    from safetensors.torch import load_file
+
+    mid_epoch = ("--max-steps", "3")          # 4 steps an epoch: the run ends mid epoch, at checkpoint-3
+    full = run(dpo_cfg(tiny_model_dir, sft_adapter, tmp_path, *mid_epoch, run_name="full"))
+    want = load_file(tmp_path / "runs" / "full" / "adapter_model.safetensors")
+    run(dpo_cfg(tiny_model_dir, sft_adapter, tmp_path, *mid_epoch, run_name="cut"))
+    rd = tmp_path / "runs" / "cut"
+    (rd / "run_card.json").unlink()
+    assert find_last_checkpoint(rd).name == "checkpoint-3"
+    resumed = run(dpo_cfg(tiny_model_dir, sft_adapter, tmp_path, *mid_epoch, "--resume", run_name="cut"))
+    assert resumed["global_step"] == full["global_step"] == 3
+    got = load_file(rd / "adapter_model.safetensors")
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+
+
 def test_4bit_qlora_dpo_trains_on_cpu(tiny_model_dir, sft_adapter, tmp_path, pairs_file):
     card = run(dpo_cfg(tiny_model_dir, sft_adapter, tmp_path, "--load-in-4bit", "--max-steps", "2",
                        "--max-val-pairs", "0", run_name="q4"))

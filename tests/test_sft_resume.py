@@ -156,3 +156,19 @@ def test_a_second_run_into_the_same_folder_fails_at_once(setup):
         assert not run_dir.exists()
     card = run(parse_config(SFT_SPEC, args + ["--output-dir", str(run_dir), "--max-steps", "1"]))
     assert card["global_step"] == 1
+
+
+def test_resume_from_the_final_checkpoint_trains_no_further_step(setup):
+    """A kill after the final checkpoint and the top-level adapter, before run_card.json: --resume
+    finishes the run with the same step count and the same adapter (issue 24, item 5)."""
+    tmp_path, args = setup
+    args = args + ["--max-steps", "4", "--save-steps", "2"]     # stops mid epoch: checkpoint-4 is the last step
+    full = run(parse_config(SFT_SPEC, args + ["--output-dir", str(tmp_path / "full")]))
+    cut = tmp_path / "cut"
+    run(parse_config(SFT_SPEC, args + ["--output-dir", str(cut)]))
+    (cut / "run_card.json").unlink()                      # killed between the adapter and the run card
+    resumed = run(parse_config(SFT_SPEC, args + ["--output-dir", str(cut), "--resume"]))
+    assert resumed["global_step"] == full["global_step"] == 4
+    want, got = weights(tmp_path / "full"), weights(cut)
+    for k in want:
+        assert torch.equal(want[k], got[k]), f"{k} differs after resuming from the final checkpoint"

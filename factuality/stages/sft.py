@@ -57,6 +57,7 @@ from ..training import (
     DEFAULT_BATCHING,
     TRAINING_DEFAULTS,
     RunFolderOptions,
+    StopsAtMaxSteps,
     check_run_dir,
     clear_run_dir,
     effective_batch,
@@ -307,7 +308,7 @@ def trainer_class():
     from transformers.trainer_pt_utils import LengthGroupedSampler
     from trl import SFTTrainer
 
-    class GroundedSFTTrainer(SFTTrainer):
+    class GroundedSFTTrainer(StopsAtMaxSteps, SFTTrainer):
         def __init__(self, *args, answer_only_head: bool = True, **kwargs):
             super().__init__(*args, **kwargs)
             self.lm_head_mode = heads.install(self, answer_only_head)
