@@ -337,3 +337,23 @@ def test_signatures_name_the_backend_and_the_constraint(adapter_dir, tmp_path):
     assert sigs("--backend", "vllm")["sft"] != plain["sft"]
     held = sigs("--constrained", "sft")
     assert held["sft"] != plain["sft"] and held["base"] == plain["base"]
+
+
+def test_overwrite_with_an_adapter_that_fails_to_load_keeps_the_predictions(full_run, adapter_dir, test_file,
+                                                                           tmp_path):
+    """--overwrite replaces the predictions only once a model generated: a truncated adapter fails
+    to load and the old predictions file and its sidecar stay byte for byte (it used to be cut to 0
+    bytes); the same command then reruns from the old rows' state."""
+    import shutil
+
+    pred = tmp_path / "eval.predictions.jsonl"
+    side = Path(f"{pred}.signatures.json")
+    before = {p: p.read_bytes() for p in (pred, side)}
+    broken = tmp_path / "broken"
+    shutil.copytree(adapter_dir, broken)
+    w = broken / "adapter_model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(Exception):
+        evaluate_sft.run(make_cfg(broken, test_file, tmp_path / "eval.json", overwrite=True))
+    assert {p: p.read_bytes() for p in (pred, side)} == before
+    assert not list(tmp_path.glob(".eval.predictions.jsonl*"))          # no backup left behind

@@ -13,8 +13,10 @@ signature differs from this run's is an error, never a silent mix.
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -393,7 +395,12 @@ def generate_predictions(cfg, examples: Sequence[dict], paths: Mapping[str, Path
     # examples into its own part file; the main process merges them in input order at the end.
     parts = dist.RankParts(pred_path, PREDICTION, key=lambda row: (row["model_tag"], row["id"]))
     existing = _open_predictions(cfg, pred_path, parts, signatures, payloads)
-    partial = _generate_systems(cfg, systems, examples, tok, prompts, prompt_ids, signatures, existing, parts)
+    try:
+        partial = _generate_systems(cfg, systems, examples, tok, prompts, prompt_ids, signatures, existing, parts)
+    except BaseException:
+        _settle_replaced(pred_path, parts)   # nothing generated: the set-aside predictions come back
+        raise
+    _settle_replaced(pred_path, parts)
     if dist.world_size() > 1:
         position = {(s["tag"], e["id"]): (k, n) for k, s in enumerate(systems) for n, e in enumerate(examples)}
         parts.merge(order=lambda row: position[(row["model_tag"], row["id"])])
@@ -458,14 +465,38 @@ def system_signatures(cfg, systems, templates: PromptTemplates, data_sha: str, t
     return payloads, signatures, models_info
 
 
+def _set_aside_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.replaced")
+
+
+def _settle_replaced(pred_path: Path, parts) -> None:
+    """--overwrite sets the old predictions aside (`.<name>.replaced`) instead of deleting them; they
+    are dropped once the new run has written a row, and put back when it wrote none (a model that
+    fails to load, a kill before the first batch), so a failed --overwrite leaves them byte for byte."""
+    if not dist.is_main_process():
+        return
+    aside = sorted(pred_path.parent.glob(f".{glob.escape(pred_path.name)}*.replaced"))
+    if not aside:
+        return
+    wrote = any(p.exists() and p.stat().st_size > 0 for p in (pred_path, *parts.leftovers()))
+    if not wrote and pred_path.exists() and _set_aside_name(pred_path) not in aside:
+        pred_path.unlink()               # the old run had no predictions file: none is left either
+    for b in aside:
+        if wrote:
+            b.unlink()
+        else:
+            os.replace(b, b.with_name(b.name[1:-len(".replaced")]))
+
+
 def _open_predictions(cfg, pred_path: Path, parts, signatures: Mapping, payloads: Mapping) -> dict:
     """The rows already in the predictions file ({tag: {id: row}}; none with --overwrite), checked
     against this run's signatures, which its sidecar then records."""
     sidecar_path = Path(f"{pred_path}.signatures.json")
+    _settle_replaced(pred_path, parts)   # a run killed after --overwrite set the old files aside
     if cfg.overwrite and dist.is_main_process():
         for p in (pred_path, sidecar_path, *parts.leftovers()):
             if p.exists():
-                p.unlink()
+                os.replace(p, _set_aside_name(p))
     dist.wait_for_everyone()
     parts.fold_leftovers()  # rows a killed rank finished join the file (and are reused below)
     if dist.is_main_process():
