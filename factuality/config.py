@@ -117,6 +117,11 @@ def _coerce_one(value: Any, tp, where: str):
     if kind in ("int", "float"):
         if isinstance(value, bool):  # YAML `true` for a number is a mistake, never 1
             raise _bad(where, value, f"a number ({kind}); booleans are not numbers")
+        if kind == "int" and isinstance(value, str):
+            try:
+                return int(value.strip())   # exactly: float() would round 99999999999999999999 to 1e20
+            except ValueError:
+                pass
         try:
             num = float(value) if isinstance(value, str) else value
             if not isinstance(num, (int, float)):
@@ -124,8 +129,9 @@ def _coerce_one(value: Any, tp, where: str):
         except (TypeError, ValueError):
             raise _bad(where, value, f"a valid {kind}") from None
         if kind == "int":
-            if isinstance(num, float) and not num.is_integer():
-                raise _bad(where, value, "a whole number")
+            if isinstance(num, float) and (not num.is_integer() or abs(num) >= 2 ** 53):
+                raise _bad(where, value, "a whole number" if not num.is_integer() else
+                           "a whole number written exactly (a float this large is rounded; write its digits)")
             return int(num)
         return float(num)
     if kind == "str":
@@ -146,7 +152,13 @@ def _coerce_one(value: Any, tp, where: str):
     if kind == "list":
         if isinstance(value, str):
             s = value.strip()
-            value = json.loads(s) if s.startswith("[") else [v.strip() for v in s.split(",") if v.strip()]
+            try:
+                value = json.loads(s) if s.startswith("[") else [v.strip() for v in s.split(",") if v.strip()]
+            except ValueError as e:   # JSONDecodeError, or nesting past the recursion limit
+                raise _bad(where, value, f"a list: {e}; write a JSON list with quoted strings, e.g. "
+                                         f"'[\"q_proj\", \"v_proj\"]', or comma-separated values") from None
+            except RecursionError:
+                raise _bad(where, value, "a list (nested too deep)") from None
         if not isinstance(value, (list, tuple)):
             raise _bad(where, value, "a list")
         args = typing.get_args(tp)

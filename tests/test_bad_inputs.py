@@ -141,6 +141,11 @@ CASES = [
     ("build_data", B + ["--n-threads", "-5"], None, "--n-threads: -5 must be >= -1"),
     ("evaluate_sft", ["--predictions", "{d}/p.jsonl", "--temperature", "-1"], lambda d: _preds(d, 1), "--temperature: -1.0 must be > 0"),
     ("evaluate_sft", ["--predictions", "{d}/p.jsonl", "--top-p", "7"], lambda d: _preds(d, 1), "--top-p: 7.0 must be <= 1"),
+    # ---- a broken JSON list in a list option (used to end in a JSONDecodeError traceback); integers read exactly
+    ("train_sft", ["--lora-target-modules", "[q_proj"], None, "--lora-target-modules: '[q_proj' is not a list"),
+    ("evaluate_sft", ["--predictions", "{d}/p.jsonl", "--buckets", "[1,"], lambda d: _preds(d, 1), "--buckets: '[1,' is not a list"),
+    ("prompt_schema", ["render", "--data", "{d}/ex/test.jsonl", "--index", "99999999999999999999999"], None, "--index 99999999999999999999999 is out of range"),
+    ("train_sft", ["--max-steps", "1e30"], None, "--max-steps: '1e30' is not a whole number written exactly"),
     # ---- a key given twice, input nested deeper than Python's recursion limit (used to end in a traceback)
     ("train_sft", ["-c", "{d}/c.yaml"], lambda d: _write(d / "c.yaml", "seed: 1\nlearning_rate: 0.1\nseed: 2\n"), "key 'seed' is given twice (lines 1 and 3)"),
     ("train_sft", ["-c", "{d}/c.yaml"], lambda d: _write(d / "c.yaml", "seed: " + "[" * 6000 + "]" * 6000 + "\n"), "YAML nested deeper than can be read"),
