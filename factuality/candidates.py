@@ -29,6 +29,7 @@ from .records import (
     read_jsonl,
     sha256_file,
     sha256_text,
+    seal,
     write_jsonl,
 )
 
@@ -312,6 +313,7 @@ def open_cache(cache: Path, sig: str, prompt_rows: Sequence[dict], manifest: Map
                                   f"rerun with --overwrite to rebuild this cache")
         else:
             write_jsonl(examples_path, prompt_rows, PROMPT_ROW)
+            seal(examples_path)
         atomic_write_json(cache / "manifest.json", manifest)
     dist.wait_for_everyone()
     parts.fold_leftovers()  # candidates a killed rank finished join the cache (and are reused below)
@@ -345,6 +347,7 @@ def finish_cache(cache: Path, parts: dist.RankParts, prompt_rows: Sequence[dict]
     if len(rows) != len(prompt_rows) * len(origins):
         raise RecordError(f"{gen_path}: {len(rows)} candidates where {len(prompt_rows) * len(origins)} were expected")
     write_jsonl(gen_path, rows, CANDIDATE)
+    seal(gen_path)   # the complete cache: the judge phase refuses it if a byte changes
     return rows
 
 

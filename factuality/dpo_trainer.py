@@ -32,6 +32,8 @@ from .records import (
     SCHEMA_VERSION,
     Contract,
     JsonlAppender,
+    discard_if_tampered,
+    seal,
     atomic_write_json,
     read_jsonl,
     sha256_file,
@@ -241,6 +243,7 @@ def attach_reference_logps(trainer, dataset, rows: Sequence[dict], cache_file: P
     computed = 0
     with dist.main_process_first():
         if dist.is_main_process():
+            discard_if_tampered(cache_file)
             with JsonlAppender(cache_file, REF_LOGPS) as out:  # opening cuts a torn last line
                 have = {r["id"] for r in read_jsonl(cache_file, REF_LOGPS)}
                 todo = [r for r in rows if r["id"] not in have]
@@ -253,6 +256,7 @@ def attach_reference_logps(trainer, dataset, rows: Sequence[dict], cache_file: P
                         out.write({"schema_version": SCHEMA_VERSION, "id": pid, "ref_chosen_logps": c,
                                    "ref_rejected_logps": r})
                     computed += len(batch)
+            seal(cache_file)
         got = {r["id"]: r for r in read_jsonl(cache_file, REF_LOGPS)}
     missing = [r["id"] for r in rows if r["id"] not in got]
     if missing:

@@ -465,3 +465,41 @@ def test_a_pair_whose_answers_are_equal_is_refused_naming_its_line(tmp_path, tok
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(RecordError, match=r"pairs.jsonl:2: rejected: equals chosen"):
         load_pairs(path)
+
+
+def test_tampered_adapter_and_reference_cache(tiny_model_dir, sft_adapter, tmp_path, pairs_file, caplog):
+    """Issue 24, item 7: the DPO run card holds the adapter's sha256 (a changed byte is refused when
+    the adapter loads); a changed reference log-prob cache is discarded and computed again, and
+    the run trains to the same adapter."""
+    from safetensors.torch import load_file
+
+    from factuality.modeling import load_adapter, load_model
+    from factuality.records import RecordError
+
+    args = ("--precompute-ref-log-probs", "true", "--max-steps", "2", "--max-val-pairs", "0")
+    run(dpo_cfg(tiny_model_dir, sft_adapter, tmp_path, *args, run_name="a"))
+    rd = tmp_path / "runs" / "a"
+    card = json.loads((rd / "run_card.json").read_text())
+    assert set(card["output_sha256"]) >= {"adapter_config.json", "adapter_model.safetensors"}
+    w = rd / "adapter_model.safetensors"
+    pristine = w.read_bytes()
+    b = bytearray(pristine)
+    b[-3] ^= 1
+    w.write_bytes(bytes(b))
+    base = load_model(str(tiny_model_dir))
+    with pytest.raises(RecordError, match="adapter_model.safetensors: sha256 .* differs"):
+        load_adapter(base, rd)
+    w.write_bytes(pristine)
+
+    (cache,) = (tmp_path / "refcache").rglob("*.jsonl")
+    text = cache.read_text()
+    row = json.loads(text.splitlines()[0])
+    row["ref_chosen_logps"] += 1.0
+    cache.write_text(json.dumps(row) + "\n" + "\n".join(text.splitlines()[1:]) + "\n")
+    with caplog.at_level("WARNING", logger="factuality.records"):
+        again = run(dpo_cfg(tiny_model_dir, sft_adapter, tmp_path, *args, run_name="b"))
+    assert "The cache is discarded and computed again" in caplog.text
+    assert again["reference"]["cache"]["train"]["computed"] > 0
+    want, got = load_file(w), load_file(tmp_path / "runs" / "b" / "adapter_model.safetensors")
+    for k in want:
+        torch.testing.assert_close(got[k], want[k])

@@ -125,7 +125,8 @@ def test_signature_changes_with_every_input_and_only_then(adapter, data, tiny_mo
 def test_cache_layout_and_reuse(generated, adapter, data, tiny_model_dir, monkeypatch):
     out, manifest = generated["out"], generated["manifest"]
     cache = out / "cache" / manifest["signature"]
-    assert sorted(p.name for p in cache.iterdir()) == ["examples.jsonl", "generations.jsonl", "manifest.json"]
+    assert sorted(p.name for p in cache.iterdir()) == [".examples.jsonl.sha256", ".generations.jsonl.sha256",
+                                                       "examples.jsonl", "generations.jsonl", "manifest.json"]
     rows = read_jsonl(cache / "generations.jsonl", CANDIDATE)
     assert len(rows) == 16 * 2 and Counter(r["origin"] for r in rows) == {"sft": 16, "base": 16}
     assert Counter(r["split"] for r in rows) == {"train": 24, "val": 8}
@@ -449,3 +450,41 @@ def test_a_file_in_both_data_and_val_paths_is_refused(tmp_path):
     f = tmp_path / "train.jsonl"
     with pytest.raises(ConfigError, match="is in both --data-path and --val-path"):
         parse_config(PREFS_SPEC, ["--phase", "generate", "--sft-model", "x", "--data-path", str(f), "--val-path", str(f)])
+
+
+def test_tampered_caches_and_pairs_are_refused_or_recomputed(judged, generated, adapter, data, tiny_model_dir,
+                                                            tmp_path, caplog):
+    """Issue 24, item 7: the pairs file, the complete generation cache (candidates and evidence) and
+    the judge cache are sealed when written: one changed byte in the pairs or the generation cache is
+    refused with one line; a changed judge cache is discarded and judged again, to the same pairs."""
+    import shutil
+
+    from factuality.records import RecordError, check_seal
+
+    pairs = judged["path"]
+    check_seal(pairs)                                             # sealed, and intact
+    out = tmp_path / "prefs"
+    shutil.copytree(generated["out"], out)
+    copy = out / pairs.name
+    text = copy.read_text()
+    copy.write_text(text.replace('"chosen": "', '"chosen": "X', 1))
+    with pytest.raises(RecordError, match=f"{copy.name}: .*edited, damaged or replaced"):
+        read_jsonl(copy, PREFERENCE)
+    cache = out / "cache" / generated["manifest"]["signature"]
+    judge_args = dict(phase="judge", output_mode="rich", min_margin=0.05, hard_pairs_per_prompt=3,
+                      judge_rationale_tokens=4)
+    for name in ("generations.jsonl", "examples.jsonl"):
+        f = cache / name
+        pristine = f.read_bytes()
+        f.write_bytes(pristine.replace(b'"', b"'", 1) if name == "examples.jsonl" else pristine[:-2] + b" }\n")
+        with pytest.raises(RecordError, match=f"{name}: .*edited, damaged or replaced"):
+            run(make_cfg(adapter, data, out, tiny_model_dir, **judge_args))
+        f.write_bytes(pristine)
+    (judge_cache,) = cache.glob("judge_*.jsonl")
+    b = bytearray(judge_cache.read_bytes())
+    b[-10] = ord("9") if b[-10] != ord("9") else ord("8")
+    judge_cache.write_bytes(bytes(b))
+    with caplog.at_level("WARNING", logger="factuality.records"):
+        again = run(make_cfg(adapter, data, out, tiny_model_dir, **judge_args))["judge"]
+    assert "The cache is discarded and computed again" in caplog.text and again["judge"]["scored_now"] > 0
+    assert Path(again["files"]["pairs"]).read_bytes() == pairs.read_bytes()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from factuality.config import ConfigError, parse_config
-from factuality.records import EXAMPLE, PREFERENCE, RecordError, read_jsonl, write_jsonl
+from factuality.records import EXAMPLE, PREFERENCE, RecordError, read_jsonl, seal, seal_path, write_jsonl
 from factuality.testing import make_example
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -572,6 +572,7 @@ def test_a_checkpoint_cannot_turn_on_remote_code(trained, tiny_model_dir, tmp_pa
     cfg = json.loads((planted / "reward_model.json").read_text())
     cfg["trust_remote_code"] = True
     (planted / "reward_model.json").write_text(json.dumps(cfg))
+    seal(planted / "reward_model.json")      # a crafted checkpoint passes the integrity check; the flag still is no permission
     seen = []
     real_tok, real_body = rm_model.load_tokenizer, features.load_model
 
@@ -590,3 +591,53 @@ def test_a_checkpoint_cannot_turn_on_remote_code(trained, tiny_model_dir, tmp_pa
     seen.clear()
     rm_model.load_reward_model(planted, base_model=str(tiny_model_dir), trust_remote_code=True)
     assert seen and all(flag is True for _, flag in seen)
+
+
+def _flip_byte(path: Path, at: int = -20) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_tampered_outputs_are_refused_or_recomputed(trained, tiny_model_dir, tmp_path, caplog):
+    """Every file a later stage reads is checked against the sha256 recorded when it was written
+    (issue 24, item 7): a changed byte in the reward head or its config is refused; a changed
+    feature cache is discarded and computed again (one warning), and the figures still reproduce;
+    a changed chosen answer in a sealed pairs file is refused before training."""
+    import shutil
+
+    from factuality.rm.model import HEAD_WEIGHTS, load_reward_model
+    from factuality.stages.reward import run
+
+    src, _ = trained
+    d = tmp_path / "copy"
+    shutil.copytree(src, d)
+    head = d / "run" / "best" / HEAD_WEIGHTS
+    pristine = head.read_bytes()
+    _flip_byte(head)
+    with pytest.raises(RecordError, match="head.safetensors: differs in its first"):
+        load_reward_model(d / "run" / "best", base_model=str(tiny_model_dir))
+    head.write_bytes(pristine)
+    cfg_path = d / "run" / "best" / "reward_model.json"
+    cfg_path.write_text(cfg_path.read_text().replace(f'"{tiny_model_dir}"', '"another/base"'))   # re-pointed
+    with pytest.raises(RecordError, match="reward_model.json"):
+        load_reward_model(d / "run" / "best")
+    shutil.copy2(src / "run" / "best" / "reward_model.json", cfg_path)
+
+    feats = sorted((d / "cache").glob("*/features.npy"))
+    assert feats and all(seal_path(f).is_file() for f in feats)
+    for f in feats:
+        _flip_byte(f)
+    with caplog.at_level("WARNING", logger="factuality.records"):
+        res = run(tiny_cfg(d, tiny_model_dir, output_dir=str(d / "run3")))   # the same features, from the cache
+    assert caplog.text.count("The cache is discarded and computed again") == len(feats)
+    assert res["report"]["metrics"] == json.loads((src / "run" / "rm_report.json").read_text())["metrics"]
+
+    pairs = d / "prefs" / "preferences_test.jsonl"
+    seal(pairs)                                   # as make_prefs seals what it writes
+    rows = pairs.read_text().splitlines()
+    first = json.loads(rows[0])
+    first["chosen"] = first["chosen"].replace("\"", "'", 1) + " "
+    pairs.write_text("\n".join([json.dumps(first), *rows[1:]]) + "\n")
+    with pytest.raises(RecordError, match="preferences_test.jsonl: .*edited, damaged or replaced"):
+        run(tiny_cfg(d, tiny_model_dir, output_dir=str(d / "run2")))

@@ -33,7 +33,15 @@ from ..modeling import (
     resolve_model_path,
 )
 from ..prompts import tokenize_prompt
-from ..records import atomic_write_bytes, atomic_write_json, fault_point, sha256_json
+from ..records import (
+    atomic_write_bytes,
+    atomic_write_json,
+    discard_if_tampered,
+    fault_point,
+    seal,
+    seal_path,
+    sha256_json,
+)
 
 FEATURE_FORMAT = 1
 
@@ -258,7 +266,7 @@ def cached_features(body, tokens: Tokens, seqs: Sequences, key_payload: Mapping,
         return feats, info
     d = Path(cache_root) / key
     final, meta = d / "features.npy", d / "meta.json"
-    if final.exists() and meta.exists():
+    if final.exists() and meta.exists() and not discard_if_tampered(final):
         feats = np.load(final, allow_pickle=False)
         if feats.shape[0] == len(seqs):
             info.update(hit=True, path=str(d), seconds=round(time.time() - t0, 2))
@@ -269,20 +277,23 @@ def cached_features(body, tokens: Tokens, seqs: Sequences, key_payload: Mapping,
     while start < len(seqs):
         end = min(start + shard_rows, len(seqs))
         shard = d / f"rows-{start:09d}-{end:09d}.npy"
-        if shard.exists():
+        if shard.exists() and not discard_if_tampered(shard):
             parts.append(np.load(shard, allow_pickle=False))
         else:
             arr = extract_features(body, tokens, seqs.prompts[start:end], seqs.responses[start:end], batch_size,
                                    share_prompt_prefix, f"{desc} {start}-{end}/{len(seqs)}")
             _save_npy(shard, arr)
+            seal(shard)
             fault_point(f"rm:features:{end}")
             parts.append(arr)
             info["computed_rows"] += end - start
         start = end
     feats = np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
     _save_npy(final, feats)
+    seal(final)
     atomic_write_json(meta, payload)
     for shard in d.glob("rows-*.npy"):
         shard.unlink()
+        seal_path(shard).unlink(missing_ok=True)
     info.update(path=str(d), seconds=round(time.time() - t0, 2))
     return feats, info

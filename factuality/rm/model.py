@@ -25,7 +25,7 @@ from ..modeling import (
 )
 from ..penalties import PENALTIES, penalty_matrix, weight_vector, weights_from
 from ..prompts import PromptTemplates
-from ..records import atomic_dir, atomic_write_json
+from ..records import atomic_dir, atomic_write_json, check_sealed_dir, seal_dir
 from .features import Tokens, extract_features, load_body
 
 log = logging.getLogger(__name__)
@@ -201,6 +201,7 @@ def save_head_checkpoint(path: Path, config: Mapping, head, init_head=None, metr
         atomic_write_json(tmp / CHECKPOINT_CONFIG, dict(config))
         if metrics is not None:
             atomic_write_json(tmp / "metrics.json", dict(metrics))
+        seal_dir(tmp)   # load_reward_model refuses the set if a byte of any file changes
 
 
 def _model_options_from(config: Mapping) -> ModelOptions:
@@ -215,6 +216,7 @@ def read_checkpoint_config(path: str | Path) -> dict:
     if not p.exists():
         raise FileNotFoundError(f"{p}: not found; {Path(path)} is not a saved reward model (train_rm.py writes "
                                 f"<output_dir>/best and <output_dir>/final)")
+    check_sealed_dir(path)   # the head, its config and the adapter as written, or refused
     config = json.loads(p.read_text(encoding="utf-8"))
     if config.get("format") != CHECKPOINT_FORMAT or config.get("kind") not in ("head", "lora"):
         raise ModelLoadError(f"{p}: format {config.get('format')!r} / kind {config.get('kind')!r} is not a reward model "
@@ -296,3 +298,4 @@ def save_lora_checkpoint(path: Path, model, config: Mapping, metrics: Mapping | 
         atomic_write_json(tmp / CHECKPOINT_CONFIG, dict(config))
         if metrics is not None:
             atomic_write_json(tmp / "metrics.json", dict(metrics))
+        seal_dir(tmp)

@@ -371,6 +371,8 @@ def save_run(cfg, run_dir: Path, resume_from: Path | None, inputs: Inputs, train
         global_step=trainer.state.global_step, train_seconds=trained["train_seconds"],
         train_loss_mean=trained["train_loss_mean"], losses=trained["losses"], rewards=trained["rewards"],
         eval_metrics=trained["eval_metrics"], merged_dir=merged, renamed_config_keys=cfg.renamed,
+        output_sha256={f.name: sha256_file(f) for f in sorted(run_dir.iterdir())   # checked when the adapter loads
+                       if f.is_file() and (f.name.startswith(("adapter_", "model")) or f.name == "config.yaml")},
         tokenizer={"eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token,
                    "end_of_turn": end_of_turn(tokenizer, inputs.templates),
                    "chat_template_sha256": sha_or_none(tokenizer.chat_template)},

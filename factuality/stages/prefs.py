@@ -97,7 +97,7 @@ from ..pairing import (
 )
 from ..paths import PREFS_DIR, TRAIN_FILE
 from ..perturb import KINDS, check_kinds
-from ..records import PREFERENCE, RecordError, atomic_write_json, read_json, write_jsonl
+from ..records import PREFERENCE, RecordError, atomic_write_json, read_json, seal, write_jsonl
 from ..verdicts import (
     add_rationales,
     apply_judge,
@@ -422,6 +422,7 @@ def _write_pairs(cfg, cached, items, records, kept_pairs, drops, judge_info: Map
         raise RecordError(f"no pair has a gap >= --min-margin {cfg.min_margin} ({sum(drops.values())} dropped: "
                           f"{dict(count_by_reason(drops))}); lower --min-margin or check the candidates")
     write_jsonl(pairs_path, records, PREFERENCE)
+    seal(pairs_path)   # train_rm / train_dpo refuse the pairs if a byte changes (records.check_seal)
     stats = pair_statistics(items, kept_pairs, drops, cfg)
     stats.update(files={"pairs": str(pairs_path), "stats": str(stats_path), "cache": str(cached.path)},
                  signature=psig, generation_signature=cached.signature, pairs_payload=payload,

@@ -59,7 +59,9 @@ from ..perturb import KINDS, check_kinds
 from ..prompts import PromptTemplates
 from ..provenance import run_card, set_seed, write_run_card
 from ..records import (
+    RecordError,
     apply_umask,
+    check_sealed_dir,
     atomic_write_json,
     atomic_write_text,
     releasing_claims,
@@ -406,6 +408,7 @@ def run_frozen(cfg, inputs: Inputs, run_dir: Path, resume_from: Path | None) -> 
     from safetensors.torch import load_file
 
     best = new_head(hidden, cfg.run.head_hidden_size, 0)
+    check_sealed_dir(run_dir / "best")
     best.load_state_dict(load_file(str(run_dir / "best" / HEAD_WEIGHTS)))
     best.eval()
 
@@ -555,7 +558,8 @@ def validate(cfg) -> dict:
         saved = json.loads(saved_path.read_text(encoding="utf-8"))
         check = compare_reports(report, saved)
         if saved.get("pairs_sha256") != report["pairs_sha256"]:
-            check.update(reproduced=False, note="the pairs file differs from the one the checkpoint was validated on")
+            check.update(reproduced=None, note="not comparable: the pairs file differs from the one the checkpoint "
+                                               "was validated on")
     else:
         check = {"reproduced": None, "note": f"{saved_path} missing: nothing saved to compare with"}
     report["reproduction"] = check
@@ -567,6 +571,10 @@ def validate(cfg) -> dict:
                             f"(max |diff| {check.get('max_abs_diff')})\n")
     log.info("validated %s in %.1f s: ROC-AUC %s; saved figures reproduced: %s", ckpt, seconds,
              fmt(report["metrics"]["model"]["overall"]["roc_auc"]), check.get("reproduced"))
+    if check.get("reproduced") is False:   # a validation that fails is an error (exit 2), not a line in a report
+        raise RecordError(f"{ckpt}: the saved figures are not reproduced (max |diff| {check.get('max_abs_diff')} at "
+                          f"{check.get('where')}, tolerance {check.get('tolerance')}); the checkpoint, its base model "
+                          f"or the data changed since it was saved; see {out_dir / 'validation.md'}")
     return {"run_dir": str(out_dir), "report": report, "validate_only": True}
 
 
