@@ -8,6 +8,7 @@ imports nothing heavy and each class stays in the module that raises it; `UserEr
 """
 from __future__ import annotations
 
+import errno
 import sys
 
 
@@ -46,8 +47,12 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, UnicodeDecodeError):
         return (f"input is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start} "
                 f"({exc.reason}); re-encode the file as UTF-8")
+    if isinstance(exc, OSError) and exc.strerror:   # never a raw "[Errno N] ...": the path, the reason, the fix
+        where = f"{exc.filename}: " if exc.filename else ""
+        other = f" (and {exc.filename2})" if exc.filename2 else ""
+        return f"{where}{exc.strerror}{other}{_OS_HINTS.get(exc.errno, '')}"
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(exc):
-        return f"{exc.filename}: {exc.strerror or exc}"
+        return f"{exc.filename}: {exc}"
     text = str(exc) or type(exc).__name__
     text = " ".join(text.split()) if "\n" in text and len(text) < 2000 else text.replace("\n", " ")
     if len(text) > MAX_LINE:   # keep where it happened (the start) and what to do (the end)
@@ -57,3 +62,14 @@ def one_line(exc: BaseException) -> str:
 
 
 MAX_LINE = 500   # the longest error line printed
+
+_OS_HINTS = {
+    errno.ENOENT: "; check the path (or run the step that writes it)",
+    errno.EACCES: "; check its permissions, or choose a path you may write",
+    errno.EPERM: "; check its permissions, or choose a path you may write",
+    errno.ENOSPC: "; free disk space and rerun the same command (it resumes)",
+    errno.EISDIR: "; name a file, not a folder",
+    errno.ENOTDIR: "; a part of the path is a file, not a folder",
+    errno.EROFS: "; the file system is read-only: choose another output path",
+    errno.ENAMETOOLONG: "; use a shorter path",
+}

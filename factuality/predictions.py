@@ -65,6 +65,8 @@ EXTERNAL_PREDICTION = Contract("external prediction", EXTERNAL_PREDICTION_SCHEMA
 
 def output_paths(output: str | os.PathLike, predictions_out: str | None = None) -> dict[str, Path]:
     out = Path(output)
+    if out.is_dir():          # --output <a folder>: the files go inside it, not beside it
+        out = out / "eval_results.json"
     stem = out.with_suffix("") if out.suffix == ".json" else out
     return {
         "results": out if out.suffix == ".json" else out.with_suffix(".json"),
@@ -83,7 +85,8 @@ def prediction_row(example: Mapping, tag: str, raw_output: str, prompt_tokens: i
     extra = ({"answer_prob": float(answer_prob), "stated_confidence": stated}
              if use_answer_probability(parsed, answer_prob) else {})
     row = {"schema_version": SCHEMA_VERSION, "id": example["id"], "model_tag": tag, "raw_output": raw_output,
-           "parsed": parsed.to_dict(), "scores": score_example(example, parsed=parsed, output_tokens=output_tokens),
+           "parsed": parsed.to_dict(),
+           "scores": score_example(example, raw_output=raw_output, parsed=parsed, output_tokens=output_tokens),
            "prompt_tokens": int(prompt_tokens), "output_tokens": output_tokens, "signature": sig}
     if stopped is not None:
         row["stopped"] = bool(stopped)

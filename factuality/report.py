@@ -211,7 +211,11 @@ def format_summary(results: Mapping) -> str:
     cfg = results.get("config", {})
     lines = [f"# Grounded-QA evaluation: {cfg.get('model_path') or cfg.get('predictions') or ''}", ""]
     td = results.get("inputs", {}).get("test_data", {})
-    lines.append(f"- test data: `{td.get('path')}` ({td.get('examples')} examples, sha256 {str(td.get('sha256'))[:12]})")
+    splits = td.get("splits") or {}
+    split_note = "" if set(splits) <= {"test"} else (
+        "; **splits: " + ", ".join(f"{k} {v}" for k, v in splits.items()) + " (not only held-out test)**")
+    lines.append(f"- test data: `{td.get('path')}` ({td.get('examples')} examples, sha256 {str(td.get('sha256'))[:12]}"
+                 f"{split_note})")
     for tag, info in results.get("models", {}).items():
         lines.append(f"- {tag}: `{info.get('name')}` (fingerprint {str(info.get('fingerprint_sha256'))[:12]})")
     lines.append(_coverage_line(results))

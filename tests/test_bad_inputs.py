@@ -228,3 +228,17 @@ def test_an_error_line_stays_short_whatever_the_input(workdir, capsys, text):
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert rc == 2 and len(lines) == 1 and "c.yaml: seed" in lines[0]
     assert len(lines[0]) <= len("error: ") + 500, len(lines[0])
+
+
+def test_os_errors_read_as_a_path_a_reason_and_a_fix():
+    """Issue 24, item 14: OS errors used to print as a raw `[Errno N] ...`."""
+    import errno
+
+    from factuality.errors import one_line
+
+    assert one_line(FileNotFoundError(errno.ENOENT, "No such file or directory", "x.json")) == \
+        "x.json: No such file or directory; check the path (or run the step that writes it)"
+    assert one_line(OSError(errno.ENOSPC, "No space left on device")) == \
+        "No space left on device; free disk space and rerun the same command (it resumes)"
+    assert "[Errno" not in one_line(PermissionError(errno.EACCES, "Permission denied", "/root/x", None, "/y"))
+    assert one_line(FileNotFoundError("runs/sft: no adapter here; train first")) == "runs/sft: no adapter here; train first"

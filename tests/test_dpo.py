@@ -467,6 +467,20 @@ def test_a_pair_whose_answers_are_equal_is_refused_naming_its_line(tmp_path, tok
         load_pairs(path)
 
 
+def test_a_pair_citing_support_it_does_not_show_is_refused(tmp_path, tok):
+    """Issue 24, item 10: support / hard-negative ids must be among the pair's evidence ids (the
+    support penalty and the verifiers read them); such pairs used to train silently."""
+    from factuality.records import RecordError
+
+    rows = make_pairs(tok)
+    assert rows[2].get("evidence")
+    rows[2] = dict(rows[2], support_ids=["E99"])
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(RecordError, match=r"pairs.jsonl:3: support_ids: 'E99' is not among the evidence ids"):
+        load_pairs(path)
+
+
 def test_tampered_adapter_and_reference_cache(tiny_model_dir, sft_adapter, tmp_path, pairs_file, caplog):
     """Issue 24, item 7: the DPO run card holds the adapter's sha256 (a changed byte is refused when
     the adapter loads); a changed reference log-prob cache is discarded and computed again, and

@@ -357,3 +357,40 @@ def test_overwrite_with_an_adapter_that_fails_to_load_keeps_the_predictions(full
         evaluate_sft.run(make_cfg(broken, test_file, tmp_path / "eval.json", overwrite=True))
     assert {p: p.read_bytes() for p in (pred, side)} == before
     assert not list(tmp_path.glob(".eval.predictions.jsonl*"))          # no backup left behind
+
+
+def test_a_train_split_is_not_scored_as_test_unless_asked(adapter_dir, tmp_path, examples):
+    """Issue 24, item 10: --test-data holding training examples is refused (it used to be scored and
+    reported as test); --allow-train-split scores them and the results and summary name the split."""
+    train = tmp_path / "train.jsonl"
+    write_jsonl(train, [with_hash({**e, "split": "train"}) for e in examples])
+    with pytest.raises(ConfigError, match="are from the train split"):
+        evaluate_sft.run(make_cfg(adapter_dir, train, tmp_path / "e.json"))
+    res = evaluate_sft.run(make_cfg(adapter_dir, train, tmp_path / "e.json", allow_train_split=True,
+                                    compare_baseline=False, fast=True))
+    assert res["inputs"]["test_data"]["splits"] == {"train": len(examples)}
+    assert "not only held-out test" in (tmp_path / "e.md").read_text()
+
+
+def test_output_naming_a_folder_writes_inside_it(adapter_dir, test_file, tmp_path):
+    """Issue 24, item 14: --output <a folder> used to write <folder>.json etc. beside the folder."""
+    folder = tmp_path / "evals"
+    folder.mkdir()
+    evaluate_sft.run(make_cfg(adapter_dir, test_file, folder, fast=True, compare_baseline=False))
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
+        "eval_results.json", "eval_results.md", "eval_results.predictions.jsonl",
+        "eval_results.predictions.jsonl.signatures.json"]
+    assert not list(tmp_path.glob("evals.*"))
+
+
+def test_a_prediction_rows_scores_see_the_prose_as_the_results_do(examples):
+    """Issue 24, item 14: the per-example scores of a prose output were computed without its raw
+    text, so the lenient measures read 0 in the predictions file while the results counted them."""
+    from factuality.metrics import score_example
+    from factuality.predictions import prediction_row
+
+    e = next(x for x in examples if x["answerable"])
+    prose = f"Going by the passages, the answer is {e['answers'][0]}."
+    row = prediction_row(e, "base", prose, 100, 12, "sig")
+    assert row["scores"]["match"] == 1.0
+    assert row["scores"] == score_example(e, raw_output=prose, output_tokens=12)

@@ -641,3 +641,21 @@ def test_tampered_outputs_are_refused_or_recomputed(trained, tiny_model_dir, tmp
     pairs.write_text("\n".join([json.dumps(first), *rows[1:]]) + "\n")
     with pytest.raises(RecordError, match="preferences_test.jsonl: .*edited, damaged or replaced"):
         run(tiny_cfg(d, tiny_model_dir, output_dir=str(d / "run2")))
+
+
+def test_validate_only_that_does_not_reproduce_is_an_error(trained, tiny_model_dir, tmp_path):
+    """Issue 24, item 10: --validate-only used to print `reproduced: False` and exit 0."""
+    import shutil
+
+    from factuality.stages.reward import run
+
+    src, _ = trained
+    d = tmp_path / "copy"
+    shutil.copytree(src, d)
+    saved = d / "run" / "best" / "report.json"
+    rep = json.loads(saved.read_text())
+    rep["metrics"]["model"]["overall"]["roc_auc"] = 0.123
+    saved.write_text(json.dumps(rep))
+    with pytest.raises(RecordError, match="the saved figures are not reproduced"):
+        run(tiny_cfg(d, tiny_model_dir, "--validate-only", "--checkpoint", "best"))
+    assert json.loads((d / "run" / "validation.json").read_text())["reproduction"]["reproduced"] is False

@@ -192,9 +192,17 @@ PREFERENCE_SCHEMA: dict[str, Any] = {
 }
 def check_pair(rec: dict) -> str | None:
     """Cross-field rules of a preference pair: the two answers differ (a pair of equal answers
-    teaches nothing, and DPO's loss on it is a constant)."""
+    teaches nothing, and DPO's loss on it is a constant); its support and hard-negative ids are
+    among the evidence it shows (the support penalty and the verifiers read them)."""
     if rec["chosen"] == rec["rejected"]:
         return "rejected: equals chosen; a pair must hold two different answers (drop the row or rebuild the pairs)"
+    if isinstance(rec.get("evidence"), list):
+        shown = [c.get("id") for c in rec["evidence"] if isinstance(c, dict)]
+        for key in ("support_ids", "hard_negative_ids"):
+            unknown = [i for i in rec.get(key) or [] if i not in shown]
+            if unknown:
+                return (f"{key}: {unknown[0]!r} is not among the evidence ids the prompt shows "
+                        f"({', '.join(map(str, shown[:8]))}); fix the ids or rebuild the pairs")
     return None
 
 

@@ -101,6 +101,9 @@ class EvalConfig(ModelOptions, BackendOptions):
     base_model: str | None = field(default=None, metadata={
         "help": f"base model id/path; default: the adapter's base_model_name_or_path, else {EMBEDDED_MODEL}"})
     test_data: str = field(default=TEST_FILE, metadata={"help": "processed test split (build_data.py)"})
+    allow_train_split: bool = field(default=False, metadata={
+        "help": "score --test-data examples whose split is train (refused by default: a model scored on what it "
+                "trained on says nothing about held-out quality); the results name the splits scored"})
     compare_baseline: bool = field(default=False, metadata={
         "help": "also run the base model (adapter disabled) on the same examples and report deltas"})
     batch_size: int = field(default=4, metadata={"min": 1, "help": "prompts generated together (length-sorted, left-padded)"})
@@ -324,6 +327,13 @@ def read_test_examples(cfg) -> list[dict]:
         raise RecordError(f"{cfg.test_data}: no test examples; run `python build_data.py` or pass another --test-data")
     if cfg.limit:
         examples = examples[:cfg.limit]
+    splits = {s: sum(e["split"] == s for e in examples) for s in dict.fromkeys(e["split"] for e in examples)}
+    if splits.get("train") and not cfg.allow_train_split:
+        raise ConfigError(f"--test-data {cfg.test_data}: {splits['train']} of {len(examples)} examples are from the "
+                          f"train split; score held-out examples (data/processed/test.jsonl), or pass "
+                          f"--allow-train-split to score training examples knowingly")
+    if set(splits) != {"test"}:
+        log.warning("--test-data %s holds splits %s, not only test; the results name them", cfg.test_data, splits)
     ids_seen: dict[str, int] = {}
     for n, e in enumerate(examples, start=1):
         if e["id"] in ids_seen:
@@ -565,7 +575,9 @@ def write_results(cfg, examples: Sequence[dict], preds: Predictions, paths: Mapp
     scored = compute_metrics(examples, rows_by_tag, preds.prompt_tokens, boundaries, boot,
                              comparisons=preds.comparisons)
     results = run_card("evaluate_sft.py", to_dict(cfg), {"test_data": data_sha}, results_version=RESULTS_VERSION)
-    results["inputs"] = {"test_data": {"path": str(cfg.test_data), "sha256": data_sha, "examples": len(examples)},
+    splits = {s: sum(e["split"] == s for e in examples) for s in dict.fromkeys(e["split"] for e in examples)}
+    results["inputs"] = {"test_data": {"path": str(cfg.test_data), "sha256": data_sha, "examples": len(examples),
+                                       "splits": splits},
                          "predictions": preds.file}
     results["models"] = preds.models
     results["signatures"] = preds.signatures
