@@ -29,7 +29,9 @@ from .records import (
     read_jsonl,
     sha256_file,
     sha256_text,
+    check_seal,
     seal,
+    seal_path,
     write_jsonl,
 )
 
@@ -315,6 +317,7 @@ def open_cache(cache: Path, sig: str, prompt_rows: Sequence[dict], manifest: Map
             write_jsonl(examples_path, prompt_rows, PROMPT_ROW)
             seal(examples_path)
         atomic_write_json(cache / "manifest.json", manifest)
+        seal_path(cache / "manifest.json").unlink(missing_ok=True)   # sealed again once the cache is complete
     dist.wait_for_everyone()
     parts.fold_leftovers()  # candidates a killed rank finished join the cache (and are reused below)
     if dist.is_main_process():
@@ -365,11 +368,32 @@ def _mean(xs: Sequence[float]) -> float | None:
 # --------------------------------------------------------------------------------------------
 # Finding phase 1's cache
 # --------------------------------------------------------------------------------------------
+def read_manifest(path: Path) -> dict:
+    """A generation cache's manifest.json, its shape checked (a truncated or hand-edited one is
+    one error line, never a KeyError), and its seal once the cache is complete."""
+    check_seal(path)
+    m = read_json(path, expected="a generation cache manifest")
+    problem = None
+    if not isinstance(m, dict):
+        problem = "not a JSON object"
+    elif not isinstance(m.get("signature"), str) or not isinstance(m.get("complete"), bool):
+        problem = "signature (string) or complete (true/false) missing"
+    elif not isinstance(m.get("data"), list) or not all(isinstance(d, dict) and isinstance(d.get("path"), str) and
+                                                         isinstance(d.get("sha256"), str) for d in m["data"]):
+        problem = "data: expected a list of {path, sha256}"
+    elif not isinstance(m.get("origins"), list):
+        problem = "origins: expected a list"
+    if problem:
+        raise RecordError(f"{path}: {problem}; not a generation cache manifest this version wrote: delete "
+                          f"{path.parent} and run --phase generate again")
+    return m
+
+
 def _manifests(root: Path) -> list[tuple[Path, dict]]:
     out = []
     for m in sorted(root.glob("*/manifest.json")):
         try:
-            out.append((m.parent, read_json(m, expected="a generation cache manifest")))
+            out.append((m.parent, read_manifest(m)))
         except RecordError as e:
             log.warning("skipping %s: %s", m, e)
     return out
@@ -477,7 +501,7 @@ class CachedCandidates:
 def read_cache(cfg, explicit: set[str]) -> CachedCandidates:
     """Phase 1's complete cache for this judge run (locate_cache), its examples and candidates."""
     cache = locate_cache(cfg, explicit)
-    manifest = read_json(cache / "manifest.json", expected="a generation cache manifest")
+    manifest = read_manifest(cache / "manifest.json")
     if not manifest.get("complete"):
         raise RecordError(f"{cache}: the generation cache is not complete; rerun --phase generate with the same options")
     gen_sig = manifest["signature"]

@@ -22,6 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import sources
+from .errors import UserError
 from .records import SOURCES, atomic_open
 from .sources import RemoteFile
 
@@ -38,7 +39,7 @@ class DownloadConfig:
         "help": "base URL of a mirror holding the same file names (e.g. http://host/datasets/); replaces each "
                 "official URL's folder"})
     force: bool = field(default=False, metadata={"help": "download again even when the target exists"})
-    timeout_s: float = field(default=60.0, metadata={"help": "socket timeout per read, seconds"})
+    timeout_s: float = field(default=60.0, metadata={"gt": 0, "help": "socket timeout per read, seconds"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars"})
 
     def validate(self) -> None:
@@ -47,8 +48,8 @@ class DownloadConfig:
             raise ValueError(f"sources: unknown source {bad[0]!r}; choose from {', '.join(OFFICIAL)}")
 
 
-class DownloadError(RuntimeError):
-    pass
+class DownloadError(UserError, RuntimeError):
+    """A download that failed: the message names the URL, the reason and what to do (one error line)."""
 
 
 def _url(rf: RemoteFile, mirror: str | None) -> str:
@@ -92,12 +93,13 @@ def _unzip(src: Path, dest_dir: Path) -> list[Path]:
     out = []
     try:
         with zipfile.ZipFile(src) as z:
-            for info in z.infolist():
+            members = [i for i in z.infolist() if not i.is_dir()]
+            for info in members:          # every name checked before anything is extracted
                 name = Path(info.filename)
-                if info.is_dir():
-                    continue
-                if name.is_absolute() or ".." in name.parts:
-                    raise DownloadError(f"{src}: unsafe member path {info.filename!r}")
+                if name.is_absolute() or ".." in name.parts or info.filename.startswith(("/", "\\")):
+                    raise DownloadError(f"{src}: unsafe member path {info.filename!r} (it would be written outside "
+                                        f"{dest_dir}); nothing was extracted: get the archive from a trusted copy")
+            for info in members:
                 z.extract(info, tmp_dir)
             for p in sorted(tmp_dir.rglob("*")):
                 if p.is_file():

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError
+from .errors import UserError
 from .prompts import (
     PromptTemplates,
     completion_text,
@@ -100,8 +101,10 @@ def rm_filter(pairs: Sequence[dict], scorer, mode: str = "filter", min_gap: floa
         responses = [p["chosen"] for p in batch] + [p["rejected"] for p in batch]
         scores = [float(s) for s in scorer.score(prompts, responses)]
         if len(scores) != len(responses) or not all(math.isfinite(s) for s in scores):
-            raise ValueError(f"the reward model returned {len(scores)} scores (finite: "
-                             f"{sum(math.isfinite(s) for s in scores)}) for {len(responses)} responses")
+            raise UserError(f"the reward model returned {len(scores)} scores (finite: "
+                            f"{sum(math.isfinite(s) for s in scores)}) for {len(responses)} responses; its "
+                            f"head or base is broken (NaN weights?): train it again or pass another "
+                            f"--rm-checkpoint")
         for i, p in enumerate(batch):
             c, r = scores[i], scores[len(batch) + i]
             gap = c - r

@@ -62,6 +62,20 @@ class ModelLoadError(RuntimeError):
     """A model or tokenizer cannot be loaded as asked; the message says what to do."""
 
 
+def _broken_file_errors() -> tuple[type[BaseException], ...]:
+    """What the libraries raise for a truncated or malformed file in a model folder: JSON errors
+    (ValueError), safetensors' header errors, tokenizers' parse errors (plain Exception, caught only
+    around a tokenizer load), state-dict mismatches (RuntimeError)."""
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, RuntimeError, SafetensorError)
+
+
+def _cannot_load(what: str, where, e: BaseException, fix: str) -> ModelLoadError:
+    detail = " ".join(str(e).split())[:240]
+    return ModelLoadError(f"{where}: cannot load the {what} ({type(e).__name__}: {detail}); {fix}")
+
+
 def _model_config_base():
     """TRL's ModelConfig (loading, quantisation, LoRA options under TRL's names)."""
     from trl import ModelConfig
@@ -379,6 +393,11 @@ def load_tokenizer(name_or_path: str, padding_side: str = "right", trust_remote_
     except OSError as e:
         raise ModelLoadError(f"{name_or_path}: cannot load the tokenizer ({e}); check the id/path "
                              f"(offline: is it in the HF cache?)") from None
+    except Exception as e:  # tokenizers reports a malformed tokenizer.json as a plain Exception
+        if not Path(str(path)).is_dir():
+            raise
+        raise _cannot_load("tokenizer", name_or_path, e, "a tokenizer file there is truncated or malformed: save "
+                           "the tokenizer again or point at a complete copy") from None
     _pick_pad_token(tok)
     tok.padding_side = padding_side
     return tok
@@ -423,7 +442,13 @@ def load_model(opts_or_name, adapter_path: str | os.PathLike | None = None, is_t
         kwargs["device_map"] = device_map
     log.info("loading %s (dtype %s, attention %s%s)", opts.model_name_or_path, str(dtype).replace("torch.", ""),
              attn, ", 4-bit " + opts.bnb_4bit_quant_type if opts.load_in_4bit else (", 8-bit" if opts.load_in_8bit else ""))
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except _broken_file_errors() as e:
+        if not Path(str(path)).is_dir():
+            raise
+        raise _cannot_load("model weights", opts.model_name_or_path, e, "a weights or config file there is "
+                           "truncated or does not fit the config: copy the model again") from None
     if adapter_path is not None:
         model = load_adapter(model, adapter_path, is_trainable=is_trainable)
     if not is_trainable:
@@ -444,10 +469,40 @@ def load_adapter(model, adapter_path: str | os.PathLike, is_trainable: bool = Fa
 
     for f in ("adapter_config.json", "adapter_model.safetensors"):
         check_against_run_card(p / f)  # an adapter swapped or edited after its run card was written is refused
-    if isinstance(model, PeftModel):
-        model.load_adapter(str(p), adapter_name=adapter_name, is_trainable=is_trainable)
-        return model
-    return PeftModel.from_pretrained(model, str(p), adapter_name=adapter_name, is_trainable=is_trainable)
+    check_adapter_files(p)
+    try:
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(p), adapter_name=adapter_name, is_trainable=is_trainable)
+            return model
+        return PeftModel.from_pretrained(model, str(p), adapter_name=adapter_name, is_trainable=is_trainable)
+    except _broken_file_errors() as e:
+        raise _cannot_load("adapter", p, e, "its files are damaged or belong to another base model: train it "
+                           "again or pass the base it was trained on") from None
+
+
+def check_adapter_files(p: Path) -> None:
+    """The adapter folder's own files read before PEFT sees them: its config is a JSON object and
+    its weights file exists with a readable header (a truncated file used to end in a traceback)."""
+    try:
+        cfg = json.loads((p / "adapter_config.json").read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ModelLoadError(f"{p / 'adapter_config.json'}: not valid JSON ({e}); the file is truncated or edited: "
+                             f"train the adapter again or restore the file") from None
+    if not isinstance(cfg, dict):
+        raise ModelLoadError(f"{p / 'adapter_config.json'}: not a JSON object; train the adapter again")
+    weights = [p / n for n in ("adapter_model.safetensors", "adapter_model.bin") if (p / n).is_file()]
+    if not weights:
+        raise ModelLoadError(f"{p}: adapter_config.json but no adapter_model.safetensors; the folder is incomplete "
+                             f"(a run killed before saving?): pass a finished run or one of its checkpoint-* dirs")
+    if weights[0].suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(weights[0]), framework="pt") as f:
+                list(f.keys())
+        except (SafetensorError, OSError) as e:
+            raise ModelLoadError(f"{weights[0]}: not a readable safetensors file ({e}); it is truncated or "
+                                 f"damaged: train the adapter again or restore the file") from None
 
 
 def model_summary(model) -> dict:

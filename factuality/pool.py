@@ -4,7 +4,6 @@ fingerprints and signatures that tie every generated row to the model, settings 
 that made it (a resumed run refuses rows of another signature)."""
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from .modeling import EMBEDDED_MODEL
 from .prompts import PROMPT_FORMAT_VERSION, PromptTemplates
-from .records import JsonlAppender, RecordError, sha256_file, sha256_json
+from .records import JsonlAppender, RecordError, read_json, sha256_file, sha256_json
 
 
 def model_fingerprint(path: str | os.PathLike | None, max_hash_bytes: int = 2 << 30) -> dict:
@@ -59,13 +58,16 @@ def resolve_models(model_path: str, base_model: str | None) -> dict:
     adapter = (p / "adapter_config.json").exists()
     base, base_from = base_model, "--base-model"
     if not base and adapter:
-        acfg = json.loads((p / "adapter_config.json").read_text(encoding="utf-8"))
+        acfg = read_json(p / "adapter_config.json", expected="a PEFT adapter config (JSON object)")
+        if not isinstance(acfg, dict):
+            raise RecordError(f"{p}/adapter_config.json: not a JSON object; train the adapter again")
         base, base_from = acfg.get("base_model_name_or_path"), "adapter_config.json"
         if base and base.startswith(("/", ".", "~")) and not Path(base).expanduser().exists():
             card = p / "run_card.json"
             alt = None
             if card.exists():
-                conf = json.loads(card.read_text(encoding="utf-8")).get("config") or {}
+                card_obj = read_json(card, expected="a run card (JSON object)")
+                conf = (card_obj.get("config") if isinstance(card_obj, dict) else None) or {}
                 alt = (conf.get("model") or conf).get("model_name_or_path")
             if not alt:
                 raise RecordError(f"{p}/adapter_config.json: base model {base!r} does not exist on this machine; "

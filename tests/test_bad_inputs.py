@@ -242,3 +242,63 @@ def test_os_errors_read_as_a_path_a_reason_and_a_fix():
         "No space left on device; free disk space and rerun the same command (it resumes)"
     assert "[Errno" not in one_line(PermissionError(errno.EACCES, "Permission denied", "/root/x", None, "/y"))
     assert one_line(FileNotFoundError("runs/sft: no adapter here; train first")) == "runs/sft: no adapter here; train first"
+
+
+@pytest.fixture(scope="module")
+def model_files(tiny_model_dir, tmp_path_factory) -> dict:
+    """A tiny base model and a LoRA adapter over it, saved as the training scripts save them."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False, task_type="CAUSAL_LM"))
+    model.save_pretrained(d / "adapter")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(d / "adapter")
+    exs = [make_example(i, split=s) for i, s in enumerate(["train"] * 6 + ["test"] * 2)]
+    write_jsonl(d / "train.jsonl", exs[:6], EXAMPLE)
+    write_jsonl(d / "test.jsonl", exs[6:], EXAMPLE)
+    return {"base": Path(tiny_model_dir), "adapter": d / "adapter", "data": d}
+
+
+def _truncate(path: Path, keep: int) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+BROKEN_MODEL_CASES = [   # (what is broken, script, needle): each used to end in a traceback (issue 24, item 1)
+    ("tokenizer.json", "train_sft", "cannot load the tokenizer (JSONDecodeError"),
+    ("model.safetensors", "train_sft", "cannot load the model weights (SafetensorError"),
+    ("adapter_model.safetensors", "evaluate_sft", "adapter_model.safetensors: not a readable safetensors file"),
+    ("adapter_config.json", "evaluate_sft", "adapter_config.json:"),
+    ("no adapter weights", "evaluate_sft", "adapter_config.json but no adapter_model.safetensors"),
+    ("max_length", "train_sft", "train: no example fits max_length 70"),
+]
+
+
+@pytest.mark.parametrize("broken, script, needle", BROKEN_MODEL_CASES, ids=[c[0] for c in BROKEN_MODEL_CASES])
+def test_broken_model_files_give_one_line(model_files, tmp_path, capsys, monkeypatch, broken, script, needle):
+    monkeypatch.chdir(tmp_path)
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    shutil.copytree(model_files["base"], base)
+    shutil.copytree(model_files["adapter"], adapter)
+    if broken == "no adapter weights":
+        (adapter / "adapter_model.safetensors").unlink()
+    elif broken in ("tokenizer.json", "model.safetensors"):
+        _truncate(base / broken, 200)
+    elif broken != "max_length":
+        _truncate(adapter / broken, 40)
+    data = model_files["data"]
+    if script == "train_sft":
+        argv = ["-c", str(ROOT / "configs" / "sft_tiny.yaml"), "--model-name-or-path", str(base), "--train-file",
+                str(data / "train.jsonl"), "--val-file", "", "--output-dir", str(tmp_path / "out")]
+        argv += ["--max-length", "70"] if broken == "max_length" else []
+    else:
+        argv = ["--model-path", str(adapter), "--base-model", str(base), "--test-data", str(data / "test.jsonl"),
+                "--output", str(tmp_path / "out" / "e.json"), "--max-new-tokens", "4", "--fast"]
+    rc = SCRIPTS[script](argv)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert rc == 2 and "Traceback" not in err and len(lines) == 1, err[-1500:]
+    assert needle in lines[0], lines[0]

@@ -109,3 +109,30 @@ def test_cli_download_subcommand(mirror, tmp_path):
     url, _ = mirror
     out = build_data.cli(["download", "--data-dir", str(tmp_path / "d"), "--sources", "hotpotqa", "--mirror", url, "--quiet"])
     assert out["files"] == [str(tmp_path / "d/raw/hotpotqa/hotpot_train_v1.1.json")]
+
+
+def test_download_errors_are_one_line(mirror, tmp_path, capsys):
+    """Issue 24, item 1: an unreachable mirror and a bad --timeout-s used to end in a traceback."""
+    import _data_helpers  # noqa: F401
+
+    import build_data
+    url, _ = mirror
+    cases = [(["--mirror", "http://127.0.0.1:9/x/"], "popQA.tsv: download failed"),
+             (["--mirror", url, "--timeout-s", "0"], "--timeout-s: 0.0 must be > 0"),
+             (["--mirror", url, "--timeout-s", "-1"], "--timeout-s: -1.0 must be > 0")]
+    for extra, needle in cases:
+        rc = build_data.main(["download", "--data-dir", str(tmp_path / "d"), "--sources", "popqa", "--quiet", *extra])
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        assert rc == 2 and "Traceback" not in err and len(lines) == 1 and needle in lines[0], err[-1500:]
+
+
+def test_a_zip_slip_member_is_refused_before_anything_is_extracted(tmp_path):
+    bad = tmp_path / "wiki-pages.zip"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("wiki-pages/ok.jsonl", "{}\n")
+        z.writestr("../../escaped.txt", "x")
+    dest = tmp_path / "raw" / "fever"
+    with pytest.raises(D.DownloadError, match="unsafe member path '../../escaped.txt'.*nothing was extracted"):
+        D._unzip(bad, dest)
+    assert not list(dest.rglob("*")) and not (tmp_path / "escaped.txt").exists()

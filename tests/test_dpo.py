@@ -238,6 +238,8 @@ class LengthScorer:
 
 
 def test_rm_filter_keeps_or_reweights_by_score_gap(tok):
+    from factuality.errors import UserError
+
     pairs = make_pairs(tok, 6, 0)
     swapped = dict(pairs[0], id="swapped#0", chosen=pairs[0]["rejected"], rejected=pairs[0]["chosen"])
     pairs = pairs + [swapped]
@@ -255,8 +257,14 @@ def test_rm_filter_keeps_or_reweights_by_score_gap(tok):
     class Broken:
         def score(self, prompts, responses):
             return [0.0]
-    with pytest.raises(ValueError, match="returned 1 scores"):
+    with pytest.raises(UserError, match="returned 1 scores"):
         rm_filter(pairs, Broken())
+
+    class NaNHead:   # a reward head with NaN weights: one error line (issue 24, item 1), not a traceback
+        def score(self, prompts, responses):
+            return [float("nan")] * len(responses)
+    with pytest.raises(UserError, match=r"finite: 0\) .*NaN weights\?"):
+        rm_filter(pairs, NaNHead())
 
 
 def test_weighted_sampler_follows_weights_and_is_reproducible():

@@ -3,7 +3,6 @@ RewardModel that scores (prompt, response) pairs, and its checkpoints (save, loa
 option's sequence-classification model)."""
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +24,13 @@ from ..modeling import (
 )
 from ..penalties import PENALTIES, penalty_matrix, weight_vector, weights_from
 from ..prompts import PromptTemplates
-from ..records import atomic_dir, atomic_write_json, check_sealed_dir, seal_dir
+from ..records import (
+    atomic_dir,
+    atomic_write_json,
+    check_sealed_dir,
+    read_json,
+    seal_dir,
+)
 from .features import Tokens, extract_features, load_body
 
 log = logging.getLogger(__name__)
@@ -217,7 +222,9 @@ def read_checkpoint_config(path: str | Path) -> dict:
         raise FileNotFoundError(f"{p}: not found; {Path(path)} is not a saved reward model (train_rm.py writes "
                                 f"<output_dir>/best and <output_dir>/final)")
     check_sealed_dir(path)   # the head, its config and the adapter as written, or refused
-    config = json.loads(p.read_text(encoding="utf-8"))
+    config = read_json(p, expected="a reward model config (JSON object)")
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{p}: not a JSON object; {Path(path)} is not a reward model this version reads")
     if config.get("format") != CHECKPOINT_FORMAT or config.get("kind") not in ("head", "lora"):
         raise ModelLoadError(f"{p}: format {config.get('format')!r} / kind {config.get('kind')!r} is not a reward model "
                              f"this version reads (format {CHECKPOINT_FORMAT}, kind head or lora)")

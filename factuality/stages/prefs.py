@@ -71,6 +71,7 @@ from ..candidates import (
     origins_of,
     plan_generation,
     read_cache,
+    read_manifest,
     sample_seed,
     signature_of,
 )
@@ -97,7 +98,7 @@ from ..pairing import (
 )
 from ..paths import PREFS_DIR, TRAIN_FILE
 from ..perturb import KINDS, check_kinds
-from ..records import PREFERENCE, RecordError, atomic_write_json, read_json, seal, write_jsonl
+from ..records import PREFERENCE, RecordError, atomic_write_json, seal, write_jsonl
 from ..verdicts import (
     add_rationales,
     apply_judge,
@@ -295,6 +296,7 @@ def generate_phase(cfg) -> dict:
     manifest.update(complete=True, generated_now=todo_count, generate_seconds=round(time.time() - t0, 1),
                     candidates=candidate_counts(rows, manifest["origins"]))
     atomic_write_json(cache / "manifest.json", manifest)
+    seal(cache / "manifest.json")
     log.info("generation cache %s complete: %d candidates (%d generated now) in %.0f s", cache, len(rows), todo_count,
              time.time() - t0)
     return {**manifest, "reused": False, "cache_dir": str(cache)}
@@ -308,7 +310,7 @@ def _reusable_cache(cfg, cache: Path, sig: str) -> dict | None:
         shutil.rmtree(cache)
     dist.wait_for_everyone()
     if manifest_path.exists():
-        manifest = read_json(manifest_path, expected="a generation cache manifest")
+        manifest = read_manifest(manifest_path)
         if manifest.get("complete"):
             log.info("generation cache %s is complete (signature %s): reused, no model loaded", cache, sig)
             return {**manifest, "reused": True, "cache_dir": str(cache)}

@@ -210,7 +210,7 @@ def build_dataset(examples: list[dict], tokenizer, max_length: int, templates: P
         log.warning("%s: %d examples skipped because the question + answer alone exceed max_length %d (ids: %s); "
                     "raise --max-length", name, stats.too_long, max_length, ", ".join(stats.too_long_ids[:5]))
     if not stats.kept:
-        raise ValueError(f"{name}: no example fits max_length {max_length}; raise --max-length")
+        raise ConfigError(f"{name}: no example fits max_length {max_length}; raise --max-length")
     return Dataset.from_dict(rows), stats
 
 
