@@ -3,16 +3,18 @@ and system), the outputs another system wrote (`--predictions`), where a run's f
 resume rule (a row of another signature is an error, never a silent mix)."""
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .confidence import use_answer_probability
+from .config import ConfigError
 from .metrics import score_example
 from .prompts import parse_output, render_prompt
-from .records import SCHEMA_VERSION, Contract, RecordError, read_jsonl
+from .records import SCHEMA_VERSION, Contract, RecordError, read_examples, read_jsonl
 from .text import approx_tokens
 
 log = logging.getLogger("factuality.stages.evaluate")
@@ -148,3 +150,59 @@ def recorded_prompt_tokens(examples, rows_by_tag, templates) -> tuple[dict[str, 
     else:
         counted_with = "prompt_tokens recorded in the predictions file"
     return prompt_tokens, counted_with
+
+
+def set_aside_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.replaced")
+
+
+def settle_replaced(pred_path: Path, leftovers: Sequence[Path] = ()) -> None:
+    """--overwrite sets the old predictions aside (`.<name>.replaced`) instead of deleting them; they
+    are dropped once the new run has written a row, and put back when it wrote none (a model that
+    fails to load, a kill before the first batch), so a failed --overwrite leaves them byte for byte."""
+    from . import dist
+
+    if not dist.is_main_process():
+        return
+    aside = sorted(pred_path.parent.glob(f".{glob.escape(pred_path.name)}*.replaced"))
+    if not aside:
+        return
+    wrote = any(p.exists() and p.stat().st_size > 0 for p in (pred_path, *leftovers))
+    if not wrote and pred_path.exists() and set_aside_name(pred_path) not in aside:
+        pred_path.unlink()               # the old run had no predictions file: none is left either
+    for b in aside:
+        if wrote:
+            b.unlink()
+        else:
+            os.replace(b, b.with_name(b.name[1:-len(".replaced")]))
+
+
+# ---- the examples an evaluation scores
+def split_counts(examples: Sequence[Mapping]) -> dict[str, int]:
+    """{split: examples}, in order of first appearance."""
+    out: dict[str, int] = {}
+    for e in examples:
+        out[e["split"]] = out.get(e["split"], 0) + 1
+    return out
+
+
+def read_test_examples(cfg) -> list[dict]:
+    """The test examples (the first --limit), each id once."""
+    examples = read_examples(cfg.test_data)
+    if not examples:
+        raise RecordError(f"{cfg.test_data}: no test examples; run `python build_data.py` or pass another --test-data")
+    if cfg.limit:
+        examples = examples[:cfg.limit]
+    splits = split_counts(examples)
+    if splits.get("train") and not cfg.allow_train_split:
+        raise ConfigError(f"--test-data {cfg.test_data}: {splits['train']} of {len(examples)} examples are from the "
+                          f"train split; score held-out examples (data/processed/test.jsonl), or pass "
+                          f"--allow-train-split to score training examples knowingly")
+    if set(splits) != {"test"}:
+        log.warning("--test-data %s holds splits %s, not only test; the results name them", cfg.test_data, splits)
+    ids_seen: dict[str, int] = {}
+    for n, e in enumerate(examples, start=1):
+        if e["id"] in ids_seen:
+            raise RecordError(f"{cfg.test_data}:{n}: id {e['id']!r} also on line {ids_seen[e['id']]}; rebuild the test split")
+        ids_seen[e["id"]] = n
+    return examples

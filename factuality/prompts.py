@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import jsonschema
 
+from .records import EVIDENCE_ID_PATTERN
 from .text import normalize_answer
 
 REFUSAL_ANSWER = "insufficient evidence"
@@ -96,7 +97,7 @@ OUTPUT_SCHEMA: dict[str, Any] = {
         "answer": {"type": "string", "minLength": 1,
                    "description": f"the answer, or exactly {REFUSAL_ANSWER!r} when the evidence does not hold it "
                                   f"(any other refusal wording, e.g. 'Not enough information.', is invalid)"},
-        "citations": {"type": "array", "items": {"type": "string", "pattern": "^E[0-9]+$"}, "uniqueItems": True,
+        "citations": {"type": "array", "items": {"type": "string", "pattern": EVIDENCE_ID_PATTERN}, "uniqueItems": True,
                       "description": "ids of the evidence chunks that support the answer; empty for a refusal"},
         "confidence": {"type": "number", "minimum": 0, "maximum": 1},
     },

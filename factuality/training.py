@@ -217,13 +217,15 @@ def check_run_dir(cfg) -> Path | None:
     return None
 
 
-def clear_run_dir(cfg) -> None:
-    """--overwrite: the main process removes the old run (called once the new inputs passed their checks)."""
+def clear_run_dir(cfg, barrier: bool = True) -> None:
+    """--overwrite: the main process removes the old run (called once the new inputs passed their
+    checks and the model loaded); `barrier=False` where only the main process gets here."""
     run_dir = run_dir_of(cfg)
     if cfg.run.overwrite and run_dir.exists() and dist.is_main_process():
         log.info("--overwrite: removing the previous run in %s", run_dir)
         shutil.rmtree(run_dir)
-    dist.wait_for_everyone()
+    if barrier:
+        dist.wait_for_everyone()
 
 
 def losses_of(log_history: list[dict]) -> dict:

@@ -302,3 +302,20 @@ def test_broken_model_files_give_one_line(model_files, tmp_path, capsys, monkeyp
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert rc == 2 and "Traceback" not in err and len(lines) == 1, err[-1500:]
     assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("bad_id", ["../x", "\u04151", "E1 ", "e1", "1"])
+def test_evidence_ids_follow_the_output_schemas_pattern(tmp_path, bad_id):
+    """Issue 24, item 9: examples accepted any evidence id while citations must match ^E[0-9]+$, so
+    data with ids like `../x` or a Cyrillic `Е1` trained on targets the output schema calls invalid."""
+    from factuality.records import RecordError, read_examples, with_hash
+
+    ex = make_example(0)
+    old = ex["evidence"][0]["id"]
+    ex["evidence"][0]["id"] = bad_id
+    ex["support"] = [dict(s, chunk_id=bad_id) if s["chunk_id"] == old else s for s in ex["support"]]
+    ex["hard_negatives"] = [bad_id if h == old else h for h in ex["hard_negatives"]]
+    path = tmp_path / "test.jsonl"
+    _write(path, json.dumps(with_hash(ex)) + "\n")
+    with pytest.raises(RecordError, match=r"test.jsonl:1: evidence\[0\]\.id"):
+        read_examples(path)

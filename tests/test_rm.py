@@ -164,6 +164,9 @@ def test_bad_pairs_are_refused_with_file_line_and_field(tmp_path, tiny_model_dir
         read_pairs(p)
     bad = [dict(r) for r in rows]
     bad[0]["evidence"] = bad[0]["evidence"][:1]
+    kept = {c["id"] for c in bad[0]["evidence"]}
+    for key in ("support_ids", "hard_negative_ids"):     # ids the pair contract would refuse first
+        bad[0][key] = [i for i in bad[0][key] if i in kept]
     p.write_text("".join(json.dumps(r) + "\n" for r in bad))
     with pytest.raises(RecordError, match=rf"{p}:1: evidence: ids"):
         read_pairs(p)
@@ -659,3 +662,20 @@ def test_validate_only_that_does_not_reproduce_is_an_error(trained, tiny_model_d
     with pytest.raises(RecordError, match="the saved figures are not reproduced"):
         run(tiny_cfg(d, tiny_model_dir, "--validate-only", "--checkpoint", "best"))
     assert json.loads((d / "run" / "validation.json").read_text())["reproduction"]["reproduced"] is False
+
+
+def test_overwrite_that_fails_keeps_the_previous_run(trained, tiny_model_dir, tmp_path):
+    """Issue 24, item 2: --overwrite removed best/ and the report before the features were in hand;
+    a feature cache path that is a regular file now fails with the old run byte for byte."""
+    import shutil
+
+    from factuality.stages.reward import run
+
+    src, _ = trained
+    d = tmp_path / "copy"
+    shutil.copytree(src, d)
+    before = {p.relative_to(d / "run"): p.read_bytes() for p in (d / "run").rglob("*") if p.is_file()}
+    (tmp_path / "not-a-folder").write_text("x")
+    with pytest.raises((FileExistsError, NotADirectoryError)):
+        run(tiny_cfg(d, tiny_model_dir, "--overwrite", feature_cache_dir=str(tmp_path / "not-a-folder")))
+    assert {p.relative_to(d / "run"): p.read_bytes() for p in (d / "run").rglob("*") if p.is_file()} == before

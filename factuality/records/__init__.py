@@ -1,6 +1,7 @@
 """Records: the contracts between the scripts (`contracts`), writing that leaves nothing half-written
 (`files`), and strict line-numbered reading (`reading`). The names other modules use, from one place."""
 from .contracts import (
+    EVIDENCE_ID_PATTERN,
     EXAMPLE,
     PREFERENCE,
     SCHEMA_VERSION,
@@ -57,6 +58,7 @@ from .reading import (
 
 __all__ = [
     "Contract",
+    "EVIDENCE_ID_PATTERN",
     "EXAMPLE",
     "JsonlAppender",
     "KILL_AT_ENV",

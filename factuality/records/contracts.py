@@ -27,11 +27,16 @@ class RecordError(ValueError):
 # --------------------------------------------------------------------------------------------
 # Schemas
 # --------------------------------------------------------------------------------------------
+# The ids a prompt shows its evidence by, and the only strings a citation may be (prompts.OUTPUT_SCHEMA
+# uses the same pattern): data with ids like `../x` or a Cyrillic `Е1` would train on citations the
+# output schema calls invalid.
+EVIDENCE_ID_PATTERN = "^E[0-9]+$"
+
 CHUNK_SCHEMA = {
     "type": "object",
     "required": ["id", "title", "text"],
     "properties": {
-        "id": {"type": "string", "minLength": 1, "description": "short id shown to the model, e.g. 'E3'"},
+        "id": {"type": "string", "pattern": EVIDENCE_ID_PATTERN, "description": "short id shown to the model, e.g. 'E3'"},
         "title": {"type": "string"},
         "text": {"type": "string", "minLength": 1},
         "doc_id": {"type": "string", "description": "stable id of the source passage/sentence"},

@@ -13,7 +13,6 @@ signature differs from this run's is an error, never a silent mix.
 """
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -47,7 +46,11 @@ from ..predictions import (
     output_paths,
     prediction_row,
     read_external,
+    read_test_examples,
     recorded_prompt_tokens,
+    set_aside_name,
+    settle_replaced,
+    split_counts,
 )
 from ..prompts import (
     PromptTemplates,
@@ -320,28 +323,6 @@ def add_selective(cfg, preds: Predictions, examples: Sequence[dict], paths: Mapp
     return True
 
 
-def read_test_examples(cfg) -> list[dict]:
-    """The test examples (the first --limit), each id once."""
-    examples = read_examples(cfg.test_data)
-    if not examples:
-        raise RecordError(f"{cfg.test_data}: no test examples; run `python build_data.py` or pass another --test-data")
-    if cfg.limit:
-        examples = examples[:cfg.limit]
-    splits = {s: sum(e["split"] == s for e in examples) for s in dict.fromkeys(e["split"] for e in examples)}
-    if splits.get("train") and not cfg.allow_train_split:
-        raise ConfigError(f"--test-data {cfg.test_data}: {splits['train']} of {len(examples)} examples are from the "
-                          f"train split; score held-out examples (data/processed/test.jsonl), or pass "
-                          f"--allow-train-split to score training examples knowingly")
-    if set(splits) != {"test"}:
-        log.warning("--test-data %s holds splits %s, not only test; the results name them", cfg.test_data, splits)
-    ids_seen: dict[str, int] = {}
-    for n, e in enumerate(examples, start=1):
-        if e["id"] in ids_seen:
-            raise RecordError(f"{cfg.test_data}:{n}: id {e['id']!r} also on line {ids_seen[e['id']]}; rebuild the test split")
-        ids_seen[e["id"]] = n
-    return examples
-
-
 # ---- re-score outputs that already exist: no model is loaded
 def rescore_predictions(cfg, examples: Sequence[dict], templates: PromptTemplates, templates_from: str) -> Predictions:
     """The rows of --predictions, checked against the test examples, with prompt and output lengths."""
@@ -408,9 +389,9 @@ def generate_predictions(cfg, examples: Sequence[dict], paths: Mapping[str, Path
     try:
         partial = _generate_systems(cfg, systems, examples, tok, prompts, prompt_ids, signatures, existing, parts)
     except BaseException:
-        _settle_replaced(pred_path, parts)   # nothing generated: the set-aside predictions come back
+        settle_replaced(pred_path, parts.leftovers())   # nothing generated: the set-aside predictions come back
         raise
-    _settle_replaced(pred_path, parts)
+    settle_replaced(pred_path, parts.leftovers())
     if dist.world_size() > 1:
         position = {(s["tag"], e["id"]): (k, n) for k, s in enumerate(systems) for n, e in enumerate(examples)}
         parts.merge(order=lambda row: position[(row["model_tag"], row["id"])])
@@ -475,38 +456,15 @@ def system_signatures(cfg, systems, templates: PromptTemplates, data_sha: str, t
     return payloads, signatures, models_info
 
 
-def _set_aside_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.replaced")
-
-
-def _settle_replaced(pred_path: Path, parts) -> None:
-    """--overwrite sets the old predictions aside (`.<name>.replaced`) instead of deleting them; they
-    are dropped once the new run has written a row, and put back when it wrote none (a model that
-    fails to load, a kill before the first batch), so a failed --overwrite leaves them byte for byte."""
-    if not dist.is_main_process():
-        return
-    aside = sorted(pred_path.parent.glob(f".{glob.escape(pred_path.name)}*.replaced"))
-    if not aside:
-        return
-    wrote = any(p.exists() and p.stat().st_size > 0 for p in (pred_path, *parts.leftovers()))
-    if not wrote and pred_path.exists() and _set_aside_name(pred_path) not in aside:
-        pred_path.unlink()               # the old run had no predictions file: none is left either
-    for b in aside:
-        if wrote:
-            b.unlink()
-        else:
-            os.replace(b, b.with_name(b.name[1:-len(".replaced")]))
-
-
 def _open_predictions(cfg, pred_path: Path, parts, signatures: Mapping, payloads: Mapping) -> dict:
     """The rows already in the predictions file ({tag: {id: row}}; none with --overwrite), checked
     against this run's signatures, which its sidecar then records."""
     sidecar_path = Path(f"{pred_path}.signatures.json")
-    _settle_replaced(pred_path, parts)   # a run killed after --overwrite set the old files aside
+    settle_replaced(pred_path, parts.leftovers())   # a run killed after --overwrite set the old files aside
     if cfg.overwrite and dist.is_main_process():
         for p in (pred_path, sidecar_path, *parts.leftovers()):
             if p.exists():
-                os.replace(p, _set_aside_name(p))
+                os.replace(p, set_aside_name(p))
     dist.wait_for_everyone()
     parts.fold_leftovers()  # rows a killed rank finished join the file (and are reused below)
     if dist.is_main_process():
@@ -575,9 +533,8 @@ def write_results(cfg, examples: Sequence[dict], preds: Predictions, paths: Mapp
     scored = compute_metrics(examples, rows_by_tag, preds.prompt_tokens, boundaries, boot,
                              comparisons=preds.comparisons)
     results = run_card("evaluate_sft.py", to_dict(cfg), {"test_data": data_sha}, results_version=RESULTS_VERSION)
-    splits = {s: sum(e["split"] == s for e in examples) for s in dict.fromkeys(e["split"] for e in examples)}
     results["inputs"] = {"test_data": {"path": str(cfg.test_data), "sha256": data_sha, "examples": len(examples),
-                                       "splits": splits},
+                                       "splits": split_counts(examples)},
                          "predictions": preds.file}
     results["models"] = preds.models
     results["signatures"] = preds.signatures

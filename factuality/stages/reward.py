@@ -353,7 +353,6 @@ def run(cfg) -> dict:
     run_dir = run_dir_of(cfg)
     resume_from = check_run_dir(cfg)
     inputs = read_inputs(cfg)
-    clear_run_dir(cfg)
     if cfg.model.use_peft:
         return run_lora(cfg, inputs, run_dir, resume_from)
     if not dist.is_main_process():  # the frozen path is one forward pass per sequence: one process does it
@@ -366,7 +365,6 @@ def run(cfg) -> dict:
 
 def run_frozen(cfg, inputs: Inputs, run_dir: Path, resume_from: Path | None) -> dict:
     t_start = time.time()
-    run_dir.mkdir(parents=True, exist_ok=True)
     body = load_body(cfg.model)
     hidden = body.config.get_text_config().hidden_size
     tokens = Tokens(inputs.tokenizer, cfg.train.max_length, cfg.run.max_response_tokens)
@@ -382,6 +380,8 @@ def run_frozen(cfg, inputs: Inputs, run_dir: Path, resume_from: Path | None) -> 
                                           desc="train features")
     X_eval, eval_info = cached_features(body, tokens, ev.seqs, key, cache_root, bs, cfg.run.share_prompt_prefix,
                                         desc="eval features")
+    clear_run_dir(cfg, barrier=False)   # --overwrite: the old run goes only once the model and features are in hand
+    run_dir.mkdir(parents=True, exist_ok=True)
     log.info("features: train %d sequences (%s, %.1f s), eval %d sequences (%s, %.1f s); %d prompts cut to %d tokens",
              len(train_seqs), "cached" if train_info["hit"] else "computed", train_info["seconds"], len(ev.seqs),
              "cached" if eval_info["hit"] else "computed", eval_info["seconds"], tokens.truncated_prompts,
@@ -485,6 +485,7 @@ def run_lora(cfg, inputs: Inputs, run_dir: Path, resume_from: Path | None) -> di
                             processing_class=inputs.tokenizer, quantization_config=bnb_config(cfg.model),
                             peft_config=lora_config(cfg.model, getattr(mcfg.get_text_config(), "num_hidden_layers", None)),
                             callbacks=[callback])
+    clear_run_dir(cfg)   # --overwrite: the old run goes only once the model loaded
     base_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
     t0 = time.time()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
