@@ -128,7 +128,8 @@ def comparison_rows(results: Mapping, metrics: Sequence[str] = TABLE_METRICS, ce
     """
     tags = _tags(results)
     comps = results.get("comparisons") or []
-    header = ["metric"]
+    spec = (results.get("entailment") or {}).get("spec")
+    header = [f"metric (entailment: {spec})" if spec else "metric"]   # the checker behind every citation measure
     for t in tags:
         header += [t] if comps else [t, "95% CI"]
     for c in comps:

@@ -24,6 +24,7 @@ from typing import Any
 from .. import dist
 from ..bootstrap import BootstrapSpec, bucket_labels, check_boundaries
 from ..confidence import answer_probability
+from ..entailment import support_checker
 from ..config import ConfigError, to_dict
 from ..generation import PREFILL_MODES
 from ..modeling import EMBEDDED_MODEL, ModelOptions
@@ -160,8 +161,19 @@ class EvalConfig(ModelOptions, BackendOptions):
         "help": "held-out examples --selective fits on (build_data.py's val split; no test example may be in it)"})
     plots: bool = field(default=True, metadata={"help": "write PNG plots per bucket and per source"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    entailment: str = field(default="lexical", metadata={
+        "help": "the entailment checker every citation measure uses (entailment.py): lexical (token containment; "
+                "cannot judge FEVER verdicts), nli:<hub id or path> (a sequence-classification NLI model) or "
+                "true:<hub id or path> (a TRUE-style seq2seq model, ALCE's google/t5_xxl_true_nli_mixture)"})
+    entailment_cache: str | None = field(default=None, metadata={
+        "help": "folder of the entailment checker's score cache (default: <output stem>.entailment/ beside the "
+                "results); verified against its sha256 when read"})
+    entailment_batch_size: int = field(default=16, metadata={"min": 1, "help": "premise-hypothesis pairs scored together"})
 
     def validate(self) -> None:
+        from ..entailment import check_spec
+
+        check_spec(self.entailment)
         self.attn_implementation = ATTN_IMPL[self.attn_impl]
         if self.base_model:
             self.model_name_or_path = self.base_model
@@ -531,12 +543,15 @@ def write_results(cfg, examples: Sequence[dict], preds: Predictions, paths: Mapp
 
     boot = BootstrapSpec(n_boot=0 if cfg.fast else cfg.bootstrap_samples, level=cfg.ci_level, seed=cfg.seed)
     rows_by_tag = dict(sorted(preds.rows_by_tag.items(), key=lambda kv: kv[0] != "base"))  # base is the first column
+    checker = entailment_checker(cfg, paths)
     scored = compute_metrics(examples, rows_by_tag, preds.prompt_tokens, boundaries, boot,
-                             comparisons=preds.comparisons)
+                             comparisons=preds.comparisons, checker=support_checker(checker))
+    checker.save()
     results = run_card("evaluate_sft.py", to_dict(cfg), {"test_data": data_sha}, results_version=RESULTS_VERSION)
     results["inputs"] = {"test_data": {"path": str(cfg.test_data), "sha256": data_sha, "examples": len(examples)},
                          "predictions": preds.file}
     results["models"] = preds.models
+    results["entailment"] = checker.describe()
     results["signatures"] = preds.signatures
     results["complete"] = not preds.partial and all(c["missing"] == 0 for c in scored["coverage"].values())
     results["prompt_templates"] = {"from": preds.templates_from, "sha256": templates_hash(preds.templates)}
@@ -558,6 +573,15 @@ def write_results(cfg, examples: Sequence[dict], preds: Predictions, paths: Mapp
     results["prediction_rows"] = sum(len(r) for r in rows_by_tag.values())
     atomic_write_json(paths["results"], results)
     return results
+
+
+def entailment_checker(cfg, paths: Mapping[str, Path]):
+    """The --entailment checker, its cache beside the results unless --entailment-cache names one."""
+    from ..entailment import make_checker
+
+    cache = cfg.entailment_cache or f"{paths['results'].with_suffix('')}.entailment"
+    return make_checker(cfg.entailment, trust_remote_code=cfg.trust_remote_code, cache_dir=cache,
+                        batch_size=cfg.entailment_batch_size)
 
 
 def _comparisons_for(cfg, tags: Sequence[str]) -> list[tuple[str, str]]:
