@@ -99,6 +99,13 @@ OUTPUT_SCHEMA: dict[str, Any] = {
         "citations": {"type": "array", "items": {"type": "string", "pattern": "^E[0-9]+$"}, "uniqueItems": True,
                       "description": "ids of the evidence chunks that support the answer; empty for a refusal"},
         "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        # optional, for long-form answers (ASQA, ELI5): the answer as statements, each with its own citations
+        "statements": {"type": "array", "items": {
+            "type": "object", "required": ["text", "citations"], "additionalProperties": False,
+            "properties": {"text": {"type": "string", "minLength": 1},
+                           "citations": {"type": "array", "items": {"type": "string", "pattern": "^E[0-9]+$"},
+                                         "uniqueItems": True}}},
+            "description": "the answer as statements, each citing the evidence ids that support it"},
     },
     # a refusal in any wording (is_refusal's pattern) must be the canonical form and cite nothing
     "if": {"required": ["answer"], "properties": {"answer": {"type": "string", "pattern": REFUSAL_PATTERN}}},
@@ -238,7 +245,7 @@ def supported_alias(example: dict) -> str:
     return answers[0]
 
 
-OUTPUT_KEYS = ("answer", "citations", "confidence")   # the order targets are written in
+OUTPUT_KEYS = ("answer", "citations", "confidence", "statements")   # the order targets are written in
 
 
 def dump_output(obj: dict) -> str:
@@ -271,6 +278,7 @@ class ParsedOutput:
     reason: str | None = None
     unknown_ids: list[str] = field(default_factory=list)
     extra_text: bool = False
+    statements: list[dict] = field(default_factory=list)   # [{text, citations}] of a long-form answer
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -358,6 +366,15 @@ def _parse_output(text: Any, evidence_ids: Sequence[str] | None) -> ParsedOutput
         out.citations = list(dict.fromkeys(str(c) for c in cites))
     elif isinstance(cites, str):
         out.citations = [cites]
+    stmts = obj.get("statements")
+    if isinstance(stmts, list):
+        for st in stmts:
+            if isinstance(st, dict) and isinstance(st.get("text"), str):
+                sc = st.get("citations")
+                sc = [str(c) for c in sc] if isinstance(sc, list) else ([sc] if isinstance(sc, str) else [])
+                out.statements.append({"text": st["text"], "citations": list(dict.fromkeys(sc))})
+        # the answer cites what its statements cite
+        out.citations = list(dict.fromkeys(out.citations + [c for st in out.statements for c in st["citations"]]))
     conf = obj.get("confidence")
     if isinstance(conf, (int, float)) and not isinstance(conf, bool):
         out.confidence = float(conf)

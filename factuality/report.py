@@ -207,6 +207,33 @@ def _coverage_line(results: Mapping) -> str:
     return f"- every column, delta and interval is over the {results.get('shared', 'n/a')} examples every system has ({lacks})"
 
 
+PUBLISHED_ROWS = (
+    ("alce", ("citation_rec", "citation_prec", "str_em", "str_hit", "claims_nli", "qampari_f1_top5", "length")),
+    ("trust_eval", ("trust_score", "macro_f1", "calib_str_em_f1", "calib_claims_nli_f1", "answered_citation_f1",
+                    "parametric_str_em", "refuse_f1", "answerable_f1")),
+)
+
+
+def format_published(results: Mapping) -> str:
+    """Markdown: ALCE's and Trust-Eval's measures (x 100) per source and system, the checker in the header."""
+    pub = results["published"]
+    spec = pub.get("entailment")
+    out = [f"## ALCE and Trust-Eval measures (x 100; entailment: {spec})", "",
+           "Their names and definitions (factuality/alce.py, factuality/trusteval.py); comparable with published "
+           "figures only on their data with their entailment model (README, \"Comparing with published numbers\").", ""]
+    for bench, names in PUBLISHED_ROWS:
+        table = pub.get(bench) or {}
+        rows = []
+        for tag, by_source in table.items():
+            for source, m in by_source.items():
+                rows.append([source, tag, str(m.get("n", m.get("num_samples", 0)))] + [
+                    _fmt(m.get(k), digits=1) if k in m else "-" for k in names])
+        if rows:
+            out += [f"### {'ALCE' if bench == 'alce' else 'Trust-Eval'} (entailment: {spec})", "",
+                    _markdown(["source", "model", "n", *names], rows, left=2), ""]
+    return "\n".join(out)
+
+
 def format_summary(results: Mapping) -> str:
     """The Markdown report: inputs, the headline table, per-bucket and per-source tables."""
     cfg = results.get("config", {})
@@ -239,6 +266,8 @@ def format_summary(results: Mapping) -> str:
     if results.get("error_types"):
         lines += ["## What the outputs are (error_types.py; the first two are the good ones)", "",
                   format_error_types(results, markdown=True), ""]
+    if results.get("published"):
+        lines += [format_published(results), ""]
     lines += ["## By prompt-length bucket (prompt tokens)", "", _cell_table(results, "by_bucket"), ""]
     lines += ["## By source", "", _cell_table(results, "by_source"), ""]
     lines += ["Metric definitions: factuality/metrics.py (docstring).", ""]

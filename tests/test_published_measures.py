@@ -107,3 +107,55 @@ def test_refusal_rule_is_fuzzywuzzys_partial_ratio():
     assert trusteval.is_refusal({"output": "I apologize, but I couldn't find an answer to that [1]."})
     assert not trusteval.is_refusal({"output": "The Eiffel Tower was completed in 1889 [1]."})
     assert not trusteval.is_refusal({"output": "I apologize, but I couldn't find an answer.", "refusal": False})
+
+
+def test_our_outputs_become_items_with_inline_citations():
+    from factuality.published import as_item
+    from factuality.testing import make_example
+
+    ex = make_example(0)   # the gold chunk is E2, the second shown
+    one = as_item(ex, '{"answer": "Linda Davis", "citations": ["E2"], "confidence": 0.9}')
+    assert one["output"] == "Linda Davis [2]." and one["refusal"] is False
+    assert [d["answers_found"] for d in one["docs"]] == [[0], [1], [0]]
+    long = as_item(ex, json.dumps({"answer": "Linda Davis sang it with Reba", "citations": [], "confidence": 0.5,
+                                   "statements": [{"text": "Linda Davis sang it.", "citations": ["E2"]},
+                                                  {"text": "Reba sang too", "citations": ["E1", "E3"]}]}))
+    assert long["output"] == "Linda Davis sang it [2]. Reba sang too [1][3]."
+    from factuality.prompts import parse_output
+
+    parsed = parse_output(json.dumps({"answer": "x", "citations": ["E1"], "confidence": 0.5,
+                                      "statements": [{"text": "x", "citations": ["E2"]}]}), ["E1", "E2", "E3"])
+    assert parsed.valid and parsed.citations == ["E1", "E2"] and parsed.statements[0]["citations"] == ["E2"]
+    bad = parse_output(json.dumps({"answer": "x", "citations": ["E1"], "confidence": 0.5,
+                                   "statements": [{"text": "x", "citations": ["E9"]}]}), ["E1", "E2"])
+    assert not bad.valid and "E9" in bad.reason
+    refused = as_item(ex, '{"answer": "insufficient evidence", "citations": [], "confidence": 0.0}')
+    assert refused["refusal"] is True and "[" not in refused["output"]
+    free = as_item(ex, "Linda Davis sang it [2].")
+    assert free["output"] == "Linda Davis sang it [2]." and free["refusal"] is None
+
+
+def test_evaluate_results_carry_alce_and_trust_eval_beside_ours(tmp_path):
+    import evaluate_sft
+    from factuality.config import parse_config
+    from factuality.records import write_jsonl
+    from factuality.testing import make_example
+
+    exs = [make_example(i, answerable=i % 3 != 2) for i in range(6)]
+    write_jsonl(tmp_path / "test.jsonl", exs)
+    good = '{"answer": "Linda Davis", "citations": ["E2"], "confidence": 0.9}'
+    refuse = '{"answer": "insufficient evidence", "citations": [], "confidence": 0.0}'
+    rows = [{"id": e["id"], "raw_output": good if e["answerable"] else refuse} for e in exs]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = parse_config(evaluate_sft.EvalConfig, [], predictions=str(tmp_path / "p.jsonl"),
+                       test_data=str(tmp_path / "test.jsonl"), output=str(tmp_path / "r.json"),
+                       bootstrap_samples=0, plots=False, progress=False, buckets=[300, 400])
+    res = evaluate_sft.main(cfg)
+    pub = json.loads((tmp_path / "r.json").read_text())["published"]
+    assert pub["entailment"] == "lexical"
+    te = pub["trust_eval"]["sft"]["nq"]
+    assert te["macro_f1"] == 100.0 and te["calib_str_em_f1"] == 100.0   # right refusals, right answers
+    assert te["answered_citation_rec"] == 100.0   # lexical: every word of "Linda Davis." is in the cited chunk
+    assert pub["alce"]["sft"]["nq"]["str_em"] == pytest.approx(100 * 4 / 6)
+    assert "ALCE and Trust-Eval measures" in (tmp_path / "r.md").read_text()
+    assert res["metrics"]["sft"]["overall"]["metrics"]["trust_score"]["value"] == 1.0   # ours, beside theirs

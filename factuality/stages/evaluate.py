@@ -25,6 +25,7 @@ from .. import dist
 from ..bootstrap import BootstrapSpec, bucket_labels, check_boundaries
 from ..confidence import answer_probability
 from ..entailment import support_checker
+from ..published import published_measures
 from ..config import ConfigError, to_dict
 from ..generation import PREFILL_MODES
 from ..modeling import EMBEDDED_MODEL, ModelOptions
@@ -546,6 +547,7 @@ def write_results(cfg, examples: Sequence[dict], preds: Predictions, paths: Mapp
     checker = entailment_checker(cfg, paths)
     scored = compute_metrics(examples, rows_by_tag, preds.prompt_tokens, boundaries, boot,
                              comparisons=preds.comparisons, checker=support_checker(checker))
+    published = published_measures(examples, rows_by_tag, checker.entails)   # ALCE's and Trust-Eval's, x 100
     checker.save()
     results = run_card("evaluate_sft.py", to_dict(cfg), {"test_data": data_sha}, results_version=RESULTS_VERSION)
     results["inputs"] = {"test_data": {"path": str(cfg.test_data), "sha256": data_sha, "examples": len(examples)},
@@ -561,6 +563,9 @@ def write_results(cfg, examples: Sequence[dict], preds: Predictions, paths: Mapp
         f"{boot.level:.0%} percentile bootstrap over examples, {boot.n_boot} resamples, seed {boot.seed}; "
         f"deltas by paired bootstrap (same resample for both models)" if boot.n_boot else "none (--fast or 0 resamples)")}
     results.update(scored)
+    results["published"] = {**published, "entailment": checker.spec, "about": (
+        "ALCE's (factuality/alce.py) and Trust-Eval's (factuality/trusteval.py) measures under their own names "
+        "and definitions, x 100, per system and source (QA sources; FEVER is left out)")}
     results["selective"] = preds.selective
     results.setdefault("deltas", {})
     results["files"] = {"results": str(paths["results"]), "predictions": preds.file, "summary": str(paths["summary"])}

@@ -1,0 +1,89 @@
+"""Our examples and outputs as ALCE / Trust-Eval items, and their measures beside ours.
+
+`as_item(example, raw_output)` turns one (example, output) into the item alce.py and trusteval.py
+score:
+- `output`: text with inline citations `[n]`, n the 1-based position of the cited chunk in the
+  evidence shown (ALCE's convention). A JSON output with `statements` becomes one sentence per
+  statement, "<text> [n][m]."; one without becomes "<answer> [n][m]."; a refusal becomes its
+  answer without citations. A text that holds no JSON object (an ALCE / Trust-Eval output file
+  read by `--predictions`) is taken as written.
+- `docs`: the evidence shown, `{title, text, answers_found}`. `answers_found` is the file's own
+  when the example came from an ALCE / Trust-Eval data file (`meta.answers_found`), else one flag:
+  1 for the gold support chunks of an answerable example.
+- `qa_pairs` (ASQA, `meta.qa_pairs`, else one pair of the example's answers), `claims` (ELI5,
+  `meta.claims`), `answers` (Trust-Eval's gold list: the qa_pairs' short answers, or the claims).
+- `refusal`: our refusal rule (prompts.is_refusal on the JSON answer) for a JSON output; for
+  free text, Trust-Eval's fuzzy rule decides (trusteval.is_refusal).
+FEVER examples are left out: neither benchmark scores verdicts.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Mapping, Sequence
+
+from . import alce, trusteval
+from .prompts import parse_output
+
+
+def _cites(ids: Sequence[str], position: Mapping[str, int]) -> str:
+    return "".join(f"[{position[c]}]" for c in ids if c in position)
+
+
+def output_text(example: Mapping, raw_output: str) -> tuple[str, bool | None]:
+    """(ALCE-style text, refusal or None when the text is free and Trust-Eval's rule decides)."""
+    position = {c["id"]: i + 1 for i, c in enumerate(example["evidence"])}
+    parsed = parse_output(raw_output, list(position))
+    if parsed.answer is None and not parsed.statements:
+        return (raw_output or "").strip(), None
+    if parsed.refusal:
+        return parsed.answer or "", True
+    parts = parsed.statements or [{"text": parsed.answer or "", "citations": parsed.citations}]
+    sents = []
+    for st in parts:
+        text = st["text"].strip().rstrip(".")
+        cites = _cites(st["citations"], position)
+        sents.append(f"{text} {cites}." if cites else f"{text}.")
+    return " ".join(sents), False
+
+
+def as_item(example: Mapping, raw_output: str) -> dict:
+    meta = example.get("meta") or {}
+    text, refusal = output_text(example, raw_output)
+    gold = {s["chunk_id"] for s in example.get("support", [])}
+    found = meta.get("answers_found")
+    docs = []
+    for i, c in enumerate(example["evidence"]):
+        flags = found[i] if found and i < len(found) else [int(bool(example["answerable"]) and c["id"] in gold)]
+        docs.append({"title": c.get("title") or "", "text": c["text"], "answers_found": list(flags)})
+    item = {"id": example["id"], "question": example["question"], "output": text, "docs": docs, "refusal": refusal}
+    if meta.get("claims"):
+        item["claims"] = list(meta["claims"])
+        item["answers"] = [[c] for c in meta["claims"]]
+    else:
+        pairs = meta.get("qa_pairs") or [{"short_answers": list(example["answers"])}]
+        item["qa_pairs"] = [{"short_answers": list(p["short_answers"])} for p in pairs]
+        item["answers"] = [list(p["short_answers"]) for p in pairs]
+    n = len(item["answers"])
+    for d in docs:   # a flag list per document, one flag per gold answer
+        d["answers_found"] = (d["answers_found"] + [0] * n)[:n]
+    return item
+
+
+def published_measures(examples: Sequence[Mapping], rows_by_tag: Mapping[str, Mapping[str, Mapping]],
+                       entails) -> dict:
+    """{"alce": {tag: {source: measures}}, "trust_eval": {tag: {source: measures}}} over the QA
+    examples every tag has, per source (a source is one benchmark's setting: str-em or claims)."""
+    out: dict = {"alce": {}, "trust_eval": {}}
+    tags = [t for t, rows in rows_by_tag.items() if rows]
+    shared = [e for e in examples if e.get("source") != "fever" and all(e["id"] in rows_by_tag[t] for t in tags)]
+    for tag in tags:
+        by_source: dict[str, list[dict]] = defaultdict(list)
+        for e in shared:
+            by_source[e["source"]].append(as_item(e, rows_by_tag[tag][e["id"]]["raw_output"]))
+        out["alce"][tag], out["trust_eval"][tag] = {}, {}
+        for source, items in by_source.items():
+            claims = all(it.get("claims") for it in items)
+            out["alce"][tag][source] = alce.alce_measures(items, entails, qampari=source == "qampari")
+            out["trust_eval"][tag][source] = trusteval.trust_eval_measures(items, entails,
+                                                                           kind="cm" if claims else "em")
+    return out
