@@ -8,10 +8,11 @@ score:
   answer without citations. A text that holds no JSON object (an ALCE / Trust-Eval output file
   read by `--predictions`) is taken as written.
 - `docs`: the evidence shown, `{title, text, answers_found}`. `answers_found` is the file's own
-  when the example came from an ALCE / Trust-Eval data file (`meta.answers_found`), else one flag:
-  1 for the gold support chunks of an answerable example.
-- `qa_pairs` (ASQA, `meta.qa_pairs`, else one pair of the example's answers), `claims` (ELI5,
-  `meta.claims`), `answers` (Trust-Eval's gold list: the qa_pairs' short answers, or the claims).
+  when the example came from an ALCE / Trust-Eval data file (`meta.answers_found`, per doc id), else one flag:
+  1 for the gold support chunks of an answerable example (keyed by the chunk's `doc_id`).
+- `qa_pairs` (one per alias list of `meta.answer_groups`: ASQA's short answers, QAMPARI's answers;
+  else one pair of the example's answers), `claims` (ELI5, `meta.claims`), `answers`
+  (Trust-Eval's gold list: those alias lists, or the claims).
 - `refusal`: our refusal rule (prompts.is_refusal on the JSON answer) for a JSON output; for
   free text, Trust-Eval's fuzzy rule decides (trusteval.is_refusal).
 FEVER examples are left out: neither benchmark scores verdicts.
@@ -50,19 +51,19 @@ def as_item(example: Mapping, raw_output: str) -> dict:
     meta = example.get("meta") or {}
     text, refusal = output_text(example, raw_output)
     gold = {s["chunk_id"] for s in example.get("support", [])}
-    found = meta.get("answers_found")
+    found = meta.get("answers_found") if isinstance(meta.get("answers_found"), dict) else {}
     docs = []
-    for i, c in enumerate(example["evidence"]):
-        flags = found[i] if found and i < len(found) else [int(bool(example["answerable"]) and c["id"] in gold)]
+    for c in example["evidence"]:
+        flags = found.get(c.get("doc_id")) or [int(bool(example["answerable"]) and c["id"] in gold)]
         docs.append({"title": c.get("title") or "", "text": c["text"], "answers_found": list(flags)})
     item = {"id": example["id"], "question": example["question"], "output": text, "docs": docs, "refusal": refusal}
     if meta.get("claims"):
         item["claims"] = list(meta["claims"])
         item["answers"] = [[c] for c in meta["claims"]]
     else:
-        pairs = meta.get("qa_pairs") or [{"short_answers": list(example["answers"])}]
-        item["qa_pairs"] = [{"short_answers": list(p["short_answers"])} for p in pairs]
-        item["answers"] = [list(p["short_answers"]) for p in pairs]
+        groups = meta.get("answer_groups") or [list(example["answers"])]
+        item["qa_pairs"] = [{"short_answers": list(g)} for g in groups]
+        item["answers"] = [list(g) for g in groups]
     n = len(item["answers"])
     for d in docs:   # a flag list per document, one flag per gold answer
         d["answers_found"] = (d["answers_found"] + [0] * n)[:n]
