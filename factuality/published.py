@@ -88,3 +88,68 @@ def published_measures(examples: Sequence[Mapping], rows_by_tag: Mapping[str, Ma
             out["trust_eval"][tag][source] = trusteval.trust_eval_measures(items, entails,
                                                                            kind="cm" if claims else "em")
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Their output files, read by evaluate_sft.py --predictions
+# --------------------------------------------------------------------------------------------
+def is_their_output_file(path) -> bool:
+    """A JSON document (not JSONL) holding `data: [{question, output, ...}]` or such an array: ALCE's
+    and Trust-Eval's output files."""
+    import json
+    from pathlib import Path
+
+    text = Path(path).read_text(encoding="utf-8", errors="replace").lstrip()
+    if not text.startswith(("{", "[")):
+        return False
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return False    # JSONL: one object a line
+    items = obj.get("data") if isinstance(obj, dict) else obj
+    return isinstance(items, list) and bool(items) and isinstance(items[0], dict) and "output" in items[0]
+
+
+def _key(question: str) -> str:
+    return " ".join(question.lower().split())
+
+
+def read_their_outputs(path, examples: Sequence[Mapping], tag: str) -> dict[str, dict[str, dict]]:
+    """{tag: {example id: row}} from an ALCE / Trust-Eval output file. Items are matched to the test
+    examples by question; each inline citation [n] (n-th document of the item) is renumbered to the
+    position of the same document (title and text) in the example's evidence, and one the example
+    does not show becomes out of range (ALCE then scores its sentence 0)."""
+    import json
+    import re
+
+    from .records import RecordError
+
+    obj = json.loads(open(path, encoding="utf-8").read())
+    items = obj.get("data") if isinstance(obj, dict) else obj
+    by_q = {_key(e["question"]): e for e in examples}
+    rows: dict[str, dict] = {}
+    for i, it in enumerate(items):
+        for field in ("question", "output"):
+            if not isinstance(it.get(field), str):
+                raise RecordError(f"{path}[{i}]: {field}: missing or not a string; expected ALCE's output items "
+                                  f"{{question, output, docs}}")
+        ex = by_q.get(_key(it["question"]))
+        if ex is None:
+            raise RecordError(f"{path}[{i}]: question: {it['question'][:60]!r} is not a question of the test data; "
+                              f"score against the test file built (build_data.py --sources asqa|qampari|eli5) from "
+                              f"the data these outputs answer")
+        if ex["id"] in rows:
+            raise RecordError(f"{path}[{i}]: question: {it['question'][:60]!r} appears twice")
+        where = {(c.get("title") or "", c["text"].strip()): n for n, c in enumerate(ex["evidence"], start=1)}
+        docs = it.get("docs") or []
+        out_of_range = len(ex["evidence"]) + 1
+
+        def renumber(m, docs=docs, where=where, out_of_range=out_of_range):
+            n = int(m.group(1))
+            if not 1 <= n <= len(docs) or not isinstance(docs[n - 1], dict):
+                return f"[{out_of_range}"
+            d = docs[n - 1]
+            return f"[{where.get(((d.get('title') or ''), str(d.get('text', '')).strip()), out_of_range)}"
+
+        rows[ex["id"]] = {"id": ex["id"], "raw_output": re.sub(r"\[(\d+)", renumber, it["output"]), "model_tag": tag}
+    return {tag: rows}

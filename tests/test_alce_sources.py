@@ -126,3 +126,37 @@ def test_asqa_built_trained_and_scored_with_alce_and_trust_eval(tmp_path, tiny_m
     assert te["answerable_num"] == sum(e["answerable"] for e in splits["test"])
     assert saved["entailment"]["spec"] == "lexical" and res["published"]["entailment"] == "lexical"
     assert "trust_score" in saved["metrics"]["sft"]["overall"]["metrics"]   # ours, beside theirs
+
+
+def test_their_output_file_is_scored_with_citations_renumbered(tmp_path):
+    items = asqa_items()
+    data = write_raw(tmp_path, "asqa", items)
+    splits = build_it(data, "asqa", split_fractions=[0.5, 0.0, 0.5])
+    test_q = {e["question"] for e in splits["test"]}
+    outs = []
+    for i, it in enumerate(items):
+        if it["question"] not in test_q:
+            continue
+        who, year = PEOPLE[i % len(PEOPLE)], str(1980 + i)
+        text = (f"The duet number {i} was sung by {who} [2]. It was released in {year} [4]." if i % 4 != 3
+                else "I apologize, but I couldn't find an answer.")
+        outs.append({**it, "output": text})
+    (tmp_path / "alce_out.json").write_text(json.dumps({"args": {}, "data": outs}))
+    cfg = parse_config(evaluate_sft.EvalConfig, [], predictions=str(tmp_path / "alce_out.json"),
+                       test_data=str(data / "processed" / "test.jsonl"), output=str(tmp_path / "r.json"),
+                       bootstrap_samples=0, plots=False, progress=False, buckets=[300, 400])
+    evaluate_sft.main(cfg)
+    pub = json.loads((tmp_path / "r.json").read_text())["published"]
+    alce, te = pub["alce"]["sft"]["asqa"], pub["trust_eval"]["sft"]["asqa"]
+    answerable = [e for e in splits["test"] if e["answerable"]]
+    share = len(answerable) / len(splits["test"])
+    # the file's [2] and [4] point at the documents holding the answers wherever the build put them
+    assert alce["citation_rec"] == pytest.approx(100 * share)
+    assert alce["str_em"] == pytest.approx(100 * share)
+    assert te["answered_citation_rec"] == 100.0 and te["macro_f1"] == 100.0
+    bad = tmp_path / "other.json"
+    bad.write_text(json.dumps({"data": [{"question": "Not a test question?", "output": "x", "docs": []}]}))
+    with pytest.raises(RecordError, match=r"other\.json\[0\]: question: 'Not a test question\?' is not a question"):
+        evaluate_sft.main(parse_config(evaluate_sft.EvalConfig, [], predictions=str(bad),
+                                       test_data=str(data / "processed" / "test.jsonl"), output=str(tmp_path / "s.json"),
+                                       bootstrap_samples=0, plots=False, progress=False, buckets=[300, 400]))

@@ -115,7 +115,9 @@ class EvalConfig(ModelOptions, BackendOptions):
     predictions_out: str | None = field(default=None, metadata={
         "help": "predictions JSONL (default: <output stem>.predictions.jsonl); a rerun resumes from it"})
     predictions: str | None = field(default=None, metadata={
-        "help": "score this JSONL of existing outputs ({id, raw_output[, model_tag]} a line) without loading a model"})
+        "help": "score this JSONL of existing outputs ({id, raw_output[, model_tag]} a line), or an ALCE / Trust-Eval "
+                "output file ({data: [{question, output, docs}]}: free text citing [1][2]; matched to the test "
+                "examples by question), without loading a model"})
     tokenizer: str | None = field(default=None, metadata={
         "help": "tokenizer for prompt lengths when scoring --predictions (default: lengths recorded in the file, "
                 "else characters/4); with a model: overrides the evaluated model's tokenizer"})
@@ -346,8 +348,13 @@ def read_test_examples(cfg) -> list[dict]:
 # ---- re-score outputs that already exist: no model is loaded
 def rescore_predictions(cfg, examples: Sequence[dict], templates: PromptTemplates, templates_from: str) -> Predictions:
     """The rows of --predictions, checked against the test examples, with prompt and output lengths."""
+    from ..published import is_their_output_file, read_their_outputs
+
     by_id = {e["id"]: e for e in examples}
-    rows_by_tag = read_external(cfg.predictions, cfg.model_tag)
+    if is_their_output_file(cfg.predictions):   # ALCE's / Trust-Eval's {data: [{question, output, docs}]}
+        rows_by_tag = read_their_outputs(cfg.predictions, examples, cfg.model_tag)
+    else:
+        rows_by_tag = read_external(cfg.predictions, cfg.model_tag)
     if not rows_by_tag:
         raise RecordError(f"{cfg.predictions}: no predictions; expected one {{id, raw_output[, model_tag]}} "
                           f"object a line")
