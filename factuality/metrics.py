@@ -44,8 +44,14 @@ raise to the gold system's 1.0 (tests/test_report.py builds each one):
   the answer is supported by its citations, else 0; so 0 for an answer on an unanswerable example)
   and grounded citation recall (mean over answerable examples of |C∩G|/|G| when answered and
   supported, else 0).
-- trust_score: mean of grounded_refusal_f1, answer_correctness_f1 and grounded_citation_f1
-  (Trust-Score, Trust-Align, ICLR 2025).
+- trust_score: mean of grounded_refusal_f1, answer_correctness_f1 and grounded_citation_f1.
+  Shaped like Trust-Align's Trust-Score (ICLR 2025) but NOT Trust-Eval's measure, and not
+  comparable with its published figures: its citation term is overlap with the gold chunk ids
+  gated by the support rule (lexical unless --entailment names a model), where Trust-Eval's is
+  ALCE's entailment-judged citation recall / precision; its correctness term is exact match of
+  one answer, where Trust-Eval's is string-EM recall of the gold answers the documents hold;
+  answerability is our `answerable` flag. Trust-Eval's own measures, under their names, are in
+  factuality/trusteval.py and in every results file's `published.trust_eval`.
 
 Trust-Score family (an F1 is 2PR/(P+R); a P or R with no member counts as 0 in it, so a system
 that answers nothing scores 0; an F1 with neither is undefined):
@@ -363,9 +369,9 @@ MEASURES: dict[str, Measure] = {
     "correct_grounded_f1": Measure("Correct & grounded F1", True, "f1", ("correct_grounded_precision", "correct_grounded")),
     "grounded_citation_f1": Measure("Grounded citation F1", True, "f1",
                                     ("grounded_citation_precision", "grounded_citation_recall")),
-    "trust_score": Measure("Trust-Score", True, "avg",
+    "trust_score": Measure("Trust-Score (ours; not Trust-Eval's)", True, "avg",
                            ("grounded_refusal_f1", "answer_correctness_f1", "grounded_citation_f1")),
-    # Trust-Score family
+    # Trust-Score family (ours; Trust-Eval's own: trusteval.py)
     "correct_grounded": _mean("Correct & grounded (of answerable)"),
     "correct_grounded_precision": _mean("Correct & grounded (of answers)"),
     "answered_precision": _mean("Answered precision"),

@@ -141,15 +141,21 @@ def read_their_outputs(path, examples: Sequence[Mapping], tag: str) -> dict[str,
         if ex["id"] in rows:
             raise RecordError(f"{path}[{i}]: question: {it['question'][:60]!r} appears twice")
         where = {(c.get("title") or "", c["text"].strip()): n for n, c in enumerate(ex["evidence"], start=1)}
+        by_doc = {c.get("doc_id"): n for n, c in enumerate(ex["evidence"], start=1)}
+        orig = (ex.get("meta") or {}).get("original_id")
         docs = it.get("docs") or []
         out_of_range = len(ex["evidence"]) + 1
 
-        def renumber(m, docs=docs, where=where, out_of_range=out_of_range):
+        def renumber(m, docs=docs, where=where, by_doc=by_doc, orig=orig, out_of_range=out_of_range):
             n = int(m.group(1))
             if not 1 <= n <= len(docs) or not isinstance(docs[n - 1], dict):
                 return f"[{out_of_range}"
             d = docs[n - 1]
-            return f"[{where.get(((d.get('title') or ''), str(d.get('text', '')).strip()), out_of_range)}"
+            # the document id the build gave it (alce_format: its own id, else <question id>:doc<index>),
+            # else the same title and text
+            doc_id = str(d["id"]) if d.get("id") not in (None, "") else f"{orig}:doc{n - 1}"
+            pos = by_doc.get(doc_id) or where.get(((d.get("title") or ""), str(d.get("text", "")).strip()))
+            return f"[{pos or out_of_range}"
 
         rows[ex["id"]] = {"id": ex["id"], "raw_output": re.sub(r"\[(\d+)", renumber, it["output"]), "model_tag": tag}
     return {tag: rows}
