@@ -178,7 +178,9 @@ def _cell_table(results: Mapping, group: str, metrics: Sequence[str] = CELL_METR
     keys: list[str] = []
     for t in tags:
         keys += [k for k in results["metrics"][t][group] if k not in keys]
-    header = [group.replace("by_", ""), "model", "n"] + [METRICS[m][0] for m in metrics]
+    spec = (results.get("entailment") or {}).get("spec")
+    header = [group.replace("by_", ""), f"model (entailment: {spec})" if spec else "model", "n"] + [
+        METRICS[m][0] for m in metrics]
     rows = []
     for k in keys:
         for t in tags:

@@ -189,3 +189,24 @@ def test_evaluate_with_a_tiny_nli_model_records_it_and_scores_differently(nli_di
     assert saved["entailment"]["spec"] == f"nli:{nli_dir}" and saved["entailment"]["cache"]
     assert Path(saved["entailment"]["cache"]).exists()
     assert f"metric (entailment: nli:{nli_dir})" in (tmp_path / "nli.md").read_text()
+
+
+def test_remote_code_is_not_run_unless_asked(tmp_path, nli_dir):
+    """A model whose config points at its own code: loading it without --trust-remote-code is one
+    clear error, and the code never runs."""
+    import shutil
+
+    from factuality.modeling import ModelLoadError
+
+    model = tmp_path / "custom"
+    shutil.copytree(nli_dir, model)
+    marker = tmp_path / "ran.txt"
+    (model / "modeling_custom.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["auto_map"] = {"AutoConfig": "modeling_custom.CustomConfig",
+                       "AutoModelForSequenceClassification": "modeling_custom.CustomModel"}
+    cfg["model_type"] = "custom-nli"
+    (model / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises((ModelLoadError, ConfigError)):
+        make_checker(f"nli:{model}")
+    assert not marker.exists()

@@ -13,6 +13,7 @@ signature differs from this run's is an error, never a silent mix.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -317,8 +318,10 @@ def add_selective(cfg, preds: Predictions, examples: Sequence[dict], paths: Mapp
     cal = generate_predictions(sub, val, cal_paths, val_sha, preds.templates, preds.templates_from)
     if cal is None:
         return False
+    checker = support_checker(entailment_checker(cfg, paths))   # the same support rule as the test scores
+    score = functools.partial(rescore, checker=checker)
     for tag in cfg.selective:
-        fitted = fit_selective(val, cal.rows_by_tag.get(tag, {}), rescore)
+        fitted = fit_selective(val, cal.rows_by_tag.get(tag, {}), score)
         preds.rows_by_tag[tag + SELECTIVE_SUFFIX] = selective_rows(preds.rows_by_tag[tag], fitted["fit"],
                                                                    fitted["threshold"])
         preds.models[tag + SELECTIVE_SUFFIX] = {**preds.models[tag], "selective_of": tag}
@@ -587,13 +590,21 @@ def write_results(cfg, examples: Sequence[dict], preds: Predictions, paths: Mapp
     return results
 
 
+_CHECKERS: dict[tuple, Any] = {}
+
+
 def entailment_checker(cfg, paths: Mapping[str, Path]):
-    """The --entailment checker, its cache beside the results unless --entailment-cache names one."""
+    """The --entailment checker (loaded once per run), its cache beside the results unless
+    --entailment-cache names one."""
     from ..entailment import make_checker
 
     cache = cfg.entailment_cache or f"{paths['results'].with_suffix('')}.entailment"
-    return make_checker(cfg.entailment, trust_remote_code=cfg.trust_remote_code, cache_dir=cache,
-                        batch_size=cfg.entailment_batch_size)
+    key = (cfg.entailment, bool(cfg.trust_remote_code), str(cache), cfg.entailment_batch_size)
+    if key not in _CHECKERS:
+        _CHECKERS.clear()   # one model in memory at a time
+        _CHECKERS[key] = make_checker(cfg.entailment, trust_remote_code=cfg.trust_remote_code, cache_dir=cache,
+                                      batch_size=cfg.entailment_batch_size)
+    return _CHECKERS[key]
 
 
 def _comparisons_for(cfg, tags: Sequence[str]) -> list[tuple[str, str]]:
