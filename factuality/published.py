@@ -85,8 +85,8 @@ def published_measures(examples: Sequence[Mapping], rows_by_tag: Mapping[str, Ma
         for source, items in by_source.items():
             claims = all(it.get("claims") for it in items)
             out["alce"][tag][source] = alce.alce_measures(items, entails, qampari=source == "qampari")
-            out["trust_eval"][tag][source] = trusteval.trust_eval_measures(items, entails,
-                                                                           kind="cm" if claims else "em")
+            kind = "cm" if claims else ("em5" if source == "qampari" else "em")
+            out["trust_eval"][tag][source] = trusteval.trust_eval_measures(items, entails, kind=kind)
     return out
 
 

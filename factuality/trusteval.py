@@ -26,7 +26,13 @@ and whose `docs` each carry `answers_found`: one 0/1 per gold answer, 1 when the
   one change: a citation that is not needed by the leave-one-out test still counts as needed when
   it holds a gold answer that one of the other cited documents also holds. regular_citation_* over
   all outputs, answered_citation_* over answers; *_f1 is the harmonic mean of the two means.
-- trust_score = mean(calib_str_em_f1 (cm: calib_claims_nli_f1), macro_f1, answered_citation_f1).
+- em5 (QAMPARI): the output's comma-separated predictions against the gold alias lists
+  (alce.qampari_scores' rules), regular_ / answered_ / calib_answered_ / calib_answerable_
+  qampari_{prec, rec, rec_top5, f1, f1_top5}, calib_qampari_em_f1 (harmonic mean of the calibrated
+  f1_top5), parametric_qampari_rec_top5, qampari_presence / qampari_absence; citations are judged
+  per prediction, the question prefixed (ALCE's QAMPARI rule).
+- trust_score = mean(calib_str_em_f1 (em5: calib_qampari_em_f1; cm: calib_claims_nli_f1), macro_f1,
+  answered_citation_f1).
 All x 100, as Trust-Eval reports them.
 """
 from __future__ import annotations
@@ -138,6 +144,75 @@ def correctness_scores(items: Sequence[Mapping], entails: Entails | None = None,
     return res
 
 
+def _qampari_one(item: Mapping, calib: bool, parametric: bool) -> dict:
+    """One QAMPARI output's prec / rec / rec_top5 / f1 / f1_top5 (Trust-Eval's compute_qampari_f1);
+    `output` is already without citations."""
+    preds = [p for p in (normalize_answer(x.strip()) for x in item["output"].rstrip().rstrip(".").rstrip(",")
+                         .split(",")) if p]
+    sup = supported_answers(item)
+    if calib:
+        if any(sup) and not is_refusal(item, cited=False):
+            answers = [[normalize_answer(x) for x in ans] for ans, s in zip(item["answers"], sup) if s == 1]
+        else:
+            answers = [[""]]
+    else:
+        answers = [[normalize_answer(x) for x in ans] for ans in item["answers"]]
+    flat = [a for group in answers for a in group]
+    hits = sum(any(x in preds for x in group) for group in answers)
+    denom = len(sup) if calib and parametric else len(answers)
+    prec = sum(p in flat for p in preds) / len(preds) if preds else 0.0
+    rec, rec5 = hits / denom, min(5, hits) / min(5, denom)
+    return {"num_preds": len(preds), "qampari_prec": prec, "qampari_rec": rec, "qampari_rec_top5": rec5,
+            "qampari_f1": _f1(prec, rec), "qampari_f1_top5": _f1(prec, rec5)}
+
+
+def _qampari_scores(items: Sequence[Mapping], prefix: str, calib: bool = False, parametric: bool = False) -> dict:
+    keys = ("num_preds", "qampari_prec", "qampari_rec", "qampari_rec_top5", "qampari_f1", "qampari_f1_top5")
+    if not items:
+        return {prefix + k: 0.0 for k in keys}
+    rows = [_qampari_one(it, calib, parametric) for it in items]
+    return {prefix + k: (1 if k == "num_preds" else 100) * float(np.mean([r[k] for r in rows])) for k in keys}
+
+
+def incorrect_frequency(answered: Sequence[Mapping]) -> dict:
+    """Of the wrong predictions (items in an answer's comma-separated list that match no gold answer the
+    documents hold), the share that do occur in a shown document (`qampari_presence`) and that do not
+    (`qampari_absence`): mean over answers that have a wrong prediction; NaN when none has."""
+    if not answered:
+        return {"qampari_presence": 0.0, "qampari_absence": 0.0}
+    presence, absence = [], []
+    for it in answered:
+        sup = supported_answers(it)
+        truths = [ans for ans, s in zip(it["answers"], sup) if s == 1]
+        preds = [p for p in (x.strip() for x in it["output"].rstrip().rstrip(".").rstrip(",").split(",")) if p]
+        correct = np.array([any(exact_presence(gts, p) for gts in truths) for p in preds])
+        exists = np.array([any(exact_presence([p], d["text"]) for d in it["docs"]) for p in preds])
+        if len(preds) and any(correct == 0):
+            wrong = correct == 0
+            presence.append(np.sum(wrong & (exists == 1)) / wrong.sum())
+            absence.append(np.sum(wrong & (exists == 0)) / wrong.sum())
+    mean = lambda xs: 100 * float(np.mean(xs)) if xs else float("nan")
+    return {"qampari_presence": mean(presence), "qampari_absence": mean(absence)}
+
+
+def qampari_measures(items: Sequence[Mapping]) -> dict:
+    """Trust-Eval's em5 family (QAMPARI): regular_ / answered_ / calib_answered_ / calib_answerable_
+    qampari_* over the outputs without citations, calib_qampari_em_f1 (harmonic mean of the two
+    calibrated f1_top5), parametric_qampari_rec_top5, qampari_presence / _absence."""
+    norm = [{**it, "output": remove_citations(it["output"])} for it in items]
+    answered = [n for it, n in zip(items, norm) if not is_refusal(it)]
+    answerable = [n for n in norm if is_answerable(n)]
+    res = incorrect_frequency(answered)
+    res.update(_qampari_scores(norm, "regular_"))
+    res.update(_qampari_scores(answered, "answered_"))
+    res.update(_qampari_scores(answered, "calib_answered_", calib=True))
+    res.update(_qampari_scores(answerable, "calib_answerable_", calib=True))
+    res["calib_qampari_em_f1"] = _hmean(res["calib_answered_qampari_f1_top5"], res["calib_answerable_qampari_f1_top5"])
+    res["parametric_qampari_rec_top5"] = res["answered_qampari_rec_top5"] - _qampari_scores(
+        answered, "p_", calib=True, parametric=True)["p_qampari_rec_top5"]
+    return res
+
+
 def _shares_a_found_answer(item: Mapping, ref, psg: int, others) -> bool:
     """Trust-Eval's veto: `psg` holds a gold answer one of `others` also holds."""
     docs = item["docs"]
@@ -146,10 +221,10 @@ def _shares_a_found_answer(item: Mapping, ref, psg: int, others) -> bool:
 
 
 def citation_measures(items: Sequence[Mapping], entails: Entails,
-                      at_most_citations: int | None = AT_MOST_CITATIONS) -> dict:
+                      at_most_citations: int | None = AT_MOST_CITATIONS, qampari: bool = False) -> dict:
     regular, answered = [], []
     for it in items:
-        c = citation_scores(it, entails, at_most_citations, needed=_shares_a_found_answer)
+        c = citation_scores(it, entails, at_most_citations, qampari=qampari, needed=_shares_a_found_answer)
         if c is None:
             continue
         regular.append(c)
@@ -167,16 +242,17 @@ def citation_measures(items: Sequence[Mapping], entails: Entails,
 def trust_eval_measures(items: Sequence[Mapping], entails: Entails, kind: str = "em",
                         at_most_citations: int | None = AT_MOST_CITATIONS) -> dict:
     """Trust-Eval's report (module docstring) over `items`; kind em (ASQA, NQ-like short answers) or cm (ELI5)."""
-    if kind not in ("em", "cm"):
-        raise ValueError(f"kind {kind!r}: expected em (short answers) or cm (claims)")
+    if kind not in ("em", "em5", "cm"):
+        raise ValueError(f"kind {kind!r}: expected em (short answers), em5 (QAMPARI's lists) or cm (claims)")
     res: dict = {"num_samples": len(items), "eval_type": kind}
     if not items:
         return res
     res["answered_num"] = sum(not is_refusal(it) for it in items)
     res["answerable_num"] = sum(is_answerable(it) for it in items)
     res.update(macro_scores(items))
-    res.update(correctness_scores(items, entails, kind))
-    res.update(citation_measures(items, entails, at_most_citations))
-    correctness = res["calib_str_em_f1"] if kind == "em" else res["calib_claims_nli_f1"]
+    res.update(qampari_measures(items) if kind == "em5" else correctness_scores(items, entails, kind))
+    res.update(citation_measures(items, entails, at_most_citations, qampari=kind == "em5"))
+    correctness = {"em": "calib_str_em_f1", "em5": "calib_qampari_em_f1", "cm": "calib_claims_nli_f1"}[kind]
+    correctness = res[correctness]
     res["trust_score"] = float(np.mean([correctness, res["macro_f1"], res["answered_citation_f1"]]))
     return res

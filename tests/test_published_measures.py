@@ -42,7 +42,7 @@ def te_args():
 
 def test_fixture_has_the_edge_cases():
     cases = " | ".join(it["case"] for it in ASQA)
-    assert len(ASQA) + len(ELI5) >= 20
+    assert len(ASQA) + len(ELI5) + len(FIXTURE["qampari"]) >= 20
     for needed in ("no citation", "out-of-range", "after the full stop", "redundant second citation"):
         assert needed in cases
 
@@ -159,3 +159,26 @@ def test_evaluate_results_carry_alce_and_trust_eval_beside_ours(tmp_path):
     assert pub["alce"]["sft"]["nq"]["str_em"] == pytest.approx(100 * 4 / 6)
     assert "ALCE and Trust-Eval measures" in (tmp_path / "r.md").read_text()
     assert res["metrics"]["sft"]["overall"]["metrics"]["trust_score"]["value"] == 1.0   # ours, beside theirs
+
+
+QAMPARI = FIXTURE["qampari"]
+
+
+def test_alce_qampari_measures_equal_alces_eval():
+    ours = alce.alce_measures(QAMPARI, lambda p, h: bool(stub_nli(p, h)), qampari=True)
+    theirs = alce_eval.main([{**it, "qa_pairs": None} for it in QAMPARI], stub_nli, recorded_split, qampari=True)
+    keys = ("num_preds", "qampari_prec", "qampari_rec", "qampari_rec_top5", "qampari_f1", "qampari_f1_top5",
+            "citation_rec", "citation_prec", "length")
+    for key in keys:
+        assert ours[key] == pytest.approx(float(theirs[key]), abs=1e-9), key
+    assert 0 < ours["citation_rec"] < 100 and 0 < ours["qampari_f1"] < 100
+
+
+def test_trust_eval_qampari_measures_equal_trust_evals():
+    ours = trusteval.trust_eval_measures(QAMPARI, lambda p, h: bool(stub_nli(p, h)), kind="em5")
+    theirs = trust_eval_metrics.evaluate(QAMPARI, te_args(), eval_type="em5")
+    keys = [k for k in theirs if k != "num_samples"]
+    assert len(keys) >= 30
+    for key in keys:
+        assert ours[key] == pytest.approx(float(theirs[key]), abs=1e-9), key
+    assert 0 < ours["trust_score"] < 100 and ours["qampari_presence"] > 0

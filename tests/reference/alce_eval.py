@@ -132,6 +132,47 @@ def compute_autoais(data, run_nli, sent_tokenize, qampari=False, at_most_citatio
     return {"citation_rec": 100 * np.mean(ais_scores), "citation_prec": 100 * np.mean(ais_scores_prec)}
 
 
+def compute_qampari_f1(data, cot=False):
+    prec = []
+    rec = []
+    rec_top5 = []
+    f1 = []
+    f1_top5 = []
+    num_preds = []
+    for item in data:
+        if cot:
+            if ":" in item['output']:
+                o = ':'.join(item['output'].split(":")[1:])
+            else:
+                o = ""
+        else:
+            o = item['output']
+        preds = [normalize_answer(x.strip()) for x in o.rstrip().rstrip(".").rstrip(",").split(",")]
+        preds = [p for p in preds if len(p) > 0]
+        num_preds.append(len(preds))
+        answers = [[normalize_answer(x) for x in ans] for ans in item['answers']]
+        flat_answers = [item for sublist in answers for item in sublist]
+        prec.append(sum([p in flat_answers for p in preds]) / len(preds) if len(preds) > 0 else 0)
+        rec.append(sum([any([x in preds for x in a]) for a in answers]) / len(answers))
+        rec_top5.append(min(5, sum([any([x in preds for x in a]) for a in answers])) / min(5, len(answers)))
+        if (prec[-1] + rec[-1]) == 0:
+            f1.append(0)
+        else:
+            f1.append(2 * prec[-1] * rec[-1] / (prec[-1] + rec[-1]))
+        if (prec[-1] + rec_top5[-1]) == 0:
+            f1_top5.append(0)
+        else:
+            f1_top5.append(2 * prec[-1] * rec_top5[-1] / (prec[-1] + rec_top5[-1]))
+    return {
+        "num_preds": np.mean(num_preds),
+        "qampari_prec": 100 * np.mean(prec),
+        "qampari_rec": 100 * np.mean(rec),
+        "qampari_rec_top5": 100 * np.mean(rec_top5),
+        "qampari_f1": 100 * np.mean(f1),
+        "qampari_f1_top5": 100 * np.mean(f1_top5),
+    }
+
+
 def main(data, run_nli, sent_tokenize, at_most_citations=3, claims_nli=False, qampari=False):
     """ALCE's main() after the file is read: first line only, citations removed for all but AutoAIS."""
     data = copy.deepcopy(data)
@@ -144,6 +185,8 @@ def main(data, run_nli, sent_tokenize, at_most_citations=3, claims_nli=False, qa
     result = {}
     result['length'] = compute_len(normalized_data)
     result['str_em'], result['str_hit'] = compute_str_em(normalized_data)
+    if qampari:
+        result.update(compute_qampari_f1(normalized_data))
     result.update(compute_autoais(data, run_nli, sent_tokenize, qampari=qampari, at_most_citations=at_most_citations))
     if claims_nli:
         result["claims_nli"] = compute_claims(normalized_data, run_nli)

@@ -202,6 +202,97 @@ def compute_citation_metrics(data, args, is_qampari=False, at_most_citations=Non
     }
 
 
+def compute_qampari_f1(data, args, cot=False, prefix="", calib=False, parametric=False):
+    if len(data) == 0:
+        return {prefix + "num_preds": 0, prefix + "qampari_prec": 0, prefix + "qampari_rec": 0,
+                prefix + "qampari_rec_top5": 0, prefix + "qampari_f1": 0, prefix + "qampari_f1_top5": 0}
+    prec = []
+    rec = []
+    rec_top5 = []
+    f1 = []
+    f1_top5 = []
+    num_preds = []
+    for item in data:
+        o = item["output"]
+        preds = [normalize_answer(x.strip()) for x in o.rstrip().rstrip(".").rstrip(",").split(",")]
+        preds = [p for p in preds if len(p) > 0]
+        num_preds.append(len(preds))
+        if calib:
+            supported_claims = np.bitwise_or.reduce([doc["answers_found"] for doc in item["docs"]]).tolist()
+            if _is_answerable(supported_claims) and (not _is_refusal(item, args)):
+                answers = [[normalize_answer(x) for x in ans] for i, ans in enumerate(item["answers"])
+                           if supported_claims[i] == 1]
+            else:
+                answers = [[""]]
+        else:
+            answers = [[normalize_answer(x) for x in ans] for ans in item["answers"]]
+        flat_answers = [item for sublist in answers for item in sublist]
+        if calib and parametric:
+            prec.append(sum([p in flat_answers for p in preds]) / len(preds) if len(preds) > 0 else 0)
+            rec.append(sum([any([x in preds for x in a]) for a in answers]) / len(supported_claims))
+            rec_top5.append(min(5, sum([any([x in preds for x in a]) for a in answers])) / min(5, len(supported_claims)))
+        else:
+            prec.append(sum([p in flat_answers for p in preds]) / len(preds) if len(preds) > 0 else 0)
+            rec.append(sum([any([x in preds for x in a]) for a in answers]) / len(answers))
+            rec_top5.append(min(5, sum([any([x in preds for x in a]) for a in answers])) / min(5, len(answers)))
+        if (prec[-1] + rec[-1]) == 0:
+            f1.append(0)
+        else:
+            f1.append(2 * prec[-1] * rec[-1] / (prec[-1] + rec[-1]))
+        if (prec[-1] + rec_top5[-1]) == 0:
+            f1_top5.append(0)
+        else:
+            f1_top5.append(2 * prec[-1] * rec_top5[-1] / (prec[-1] + rec_top5[-1]))
+    return {
+        prefix + "num_preds": np.mean(num_preds),
+        prefix + "qampari_prec": 100 * np.mean(prec),
+        prefix + "qampari_rec": 100 * np.mean(rec),
+        prefix + "qampari_rec_top5": 100 * np.mean(rec_top5),
+        prefix + "qampari_f1": 100 * np.mean(f1),
+        prefix + "qampari_f1_top5": 100 * np.mean(f1_top5),
+    }
+
+
+def _compute_incorrect_frequency(answered_data):
+    if len(answered_data) == 0:
+        return {"qampari_presence": 0.0, "qampari_absence": 0.0}
+    presence_list = []
+    absence_list = []
+    for item in answered_data:
+        supported_claims = np.bitwise_or.reduce([doc["answers_found"] for doc in item["docs"]]).tolist()
+        calib_ground_truths = []
+        for i, ans in enumerate(item["answers"]):
+            if supported_claims[i] == 1:
+                calib_ground_truths.append(ans)
+        o = item["output"]
+        preds = [x.strip() for x in o.rstrip().rstrip(".").rstrip(",").split(",")]
+        preds = [p for p in preds if len(p) > 0]
+        ans_correctness_ls = [any([_exact_presence(gts, p) for gts in calib_ground_truths]) for p in preds]
+        ans_existence_ls = [any([_exact_presence([p], doc["text"]) for doc in item["docs"]]) for p in preds]
+        ans_correctness = np.array(ans_correctness_ls)
+        ans_existence = np.array(ans_existence_ls)
+        if any(ans_correctness == 0):
+            presence_list.append(np.sum((ans_correctness == 0) & (ans_existence == 1)) / sum(ans_correctness == 0))
+            absence_list.append(np.sum((ans_correctness == 0) & (ans_existence == 0)) / sum(ans_correctness == 0))
+    return {"qampari_presence": 100 * np.mean(presence_list), "qampari_absence": 100 * np.mean(absence_list)}
+
+
+def get_all_em5_scores(data, normalized_data, normalized_answered_data, normalized_answerable_data, args):
+    result = {}
+    result.update(_compute_incorrect_frequency(normalized_answered_data))
+    result.update(compute_qampari_f1(normalized_data, args, prefix="regular_"))
+    result.update(compute_qampari_f1(normalized_answered_data, args, prefix="answered_"))
+    result.update(compute_qampari_f1(normalized_answered_data, args, prefix="calib_answered_", calib=True))
+    result.update(compute_qampari_f1(normalized_answerable_data, args, prefix="calib_answerable_", calib=True))
+    result["calib_qampari_em_f1"] = stats.hmean([result["calib_answered_qampari_f1_top5"],
+                                                 result["calib_answerable_qampari_f1_top5"]])
+    result["parametric_qampari_rec_top5"] = (
+        result["answered_qampari_rec_top5"]
+        - compute_qampari_f1(normalized_answered_data, args, prefix="parametric_", calib=True,
+                             parametric=True)["parametric_qampari_rec_top5"])
+    return result
+
+
 def compute_macro_metrics(data, args):
     refuse_rec_num = refuse_rec = refuse_prec_num = refuse_prec = 0
     ans_rec_num = ans_rec = ans_prec_num = ans_prec = 0
@@ -259,11 +350,17 @@ def evaluate(eval_data, args, eval_type="em"):
     if eval_type == "em":
         result.update(get_all_em_scores(eval_data, normalized_data, normalized_answered_data,
                                         normalized_answerable_data, args))
+    elif eval_type == "em5":
+        result.update(get_all_em5_scores(eval_data, normalized_data, normalized_answered_data,
+                                         normalized_answerable_data, args))
     else:
         result.update(compute_claim_match(normalized_data, args))
-    result.update(compute_citation_metrics(eval_data, args, is_qampari=False, at_most_citations=args.at_most_citations))
+    result.update(compute_citation_metrics(eval_data, args, is_qampari=eval_type == "em5",
+                                           at_most_citations=args.at_most_citations))
     if eval_type == "em":
         result["trust_score"] = np.mean([result["calib_str_em_f1"], result["macro_f1"], result["answered_citation_f1"]])
+    elif eval_type == "em5":
+        result["trust_score"] = np.mean([result["calib_qampari_em_f1"], result["macro_f1"], result["answered_citation_f1"]])
     else:
         result["trust_score"] = np.mean([result["calib_claims_nli_f1"], result["macro_f1"], result["answered_citation_f1"]])
     return result
