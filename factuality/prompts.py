@@ -177,12 +177,21 @@ def format_evidence(chunks: Sequence[dict], templates: PromptTemplates = DEFAULT
     return "\n\n".join(templates.chunk.format(id=c["id"], title=c.get("title", ""), text=c["text"]) for c in chunks)
 
 
+# Sources whose answers are long-form (several facts): their prompt also asks for statements.
+LONG_FORM_SOURCES = ("asqa", "eli5")
+STATEMENTS_INSTRUCTION = ('The answer has several parts: also give them as "statements": [{"text": "<one fact>", '
+                          '"citations": ["<evidence id>", ...]}, ...], each citing the passages that support it.')
+
+
 def build_messages(example: dict, templates: PromptTemplates = DEFAULT_TEMPLATES,
                    evidence: Sequence[dict] | None = None) -> list[dict]:
-    """System + user messages for one example (`evidence` overrides the example's chunks)."""
+    """System + user messages for one example (`evidence` overrides the example's chunks); a
+    long-form source's question also asks for statements (STATEMENTS_INSTRUCTION)."""
     chunks = example["evidence"] if evidence is None else evidence
     user_t = templates.claim if example.get("source") == "fever" else templates.question
     user = user_t.format(evidence=format_evidence(chunks, templates), question=example["question"])
+    if example.get("source") in LONG_FORM_SOURCES:
+        user += "\n" + STATEMENTS_INSTRUCTION
     return [{"role": "system", "content": templates.system}, {"role": "user", "content": user}]
 
 
@@ -227,7 +236,28 @@ def gold_output(example: dict) -> dict:
             cited.append(span["chunk_id"])
     order = {c["id"]: i for i, c in enumerate(example["evidence"])}
     cited.sort(key=lambda cid: order.get(cid, 1 << 30))
-    return {"answer": supported_alias(example), "citations": cited, "confidence": 1.0}
+    out = {"answer": supported_alias(example), "citations": cited, "confidence": 1.0}
+    statements = gold_statements(example)
+    if statements:
+        out["statements"] = statements
+        out["citations"] = sorted(set(cited) | {c for st in statements for c in st["citations"]},
+                                  key=lambda cid: order.get(cid, 1 << 30))
+    return out
+
+
+def gold_statements(example: dict) -> list[dict]:
+    """A long-form source's gold statements: one per gold answer some shown chunk holds (its first
+    alias, or the claim), citing the chunks that hold it (`meta.answers_found`, per document id)."""
+    meta = example.get("meta") or {}
+    groups, found = meta.get("answer_groups"), meta.get("answers_found")
+    if example.get("source") not in LONG_FORM_SOURCES or not groups or not isinstance(found, dict):
+        return []
+    out = []
+    for i, group in enumerate(groups):
+        cites = [c["id"] for c in example["evidence"] if (found.get(c.get("doc_id")) or [0] * len(groups))[i] == 1]
+        if cites:
+            out.append({"text": group[0], "citations": cites})
+    return out
 
 
 def supported_alias(example: dict) -> str:

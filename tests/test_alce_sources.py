@@ -160,3 +160,23 @@ def test_their_output_file_is_scored_with_citations_renumbered(tmp_path):
         evaluate_sft.main(parse_config(evaluate_sft.EvalConfig, [], predictions=str(bad),
                                        test_data=str(data / "processed" / "test.jsonl"), output=str(tmp_path / "s.json"),
                                        bootstrap_samples=0, plots=False, progress=False, buckets=[300, 400]))
+
+
+def test_long_form_prompt_asks_for_statements_and_the_target_has_them(tmp_path):
+    from factuality.prompts import STATEMENTS_INSTRUCTION, gold_target, parse_output, render_prompt
+
+    data = write_raw(tmp_path, "asqa", asqa_items())
+    recs = [r for s in build_it(data, "asqa").values() for r in s]
+    ex = next(r for r in recs if r["answerable"])
+    assert STATEMENTS_INSTRUCTION in render_prompt(ex, None)
+    target = json.loads(gold_target(ex))
+    by_id = {c["id"]: c["text"] for c in ex["evidence"]}
+    q = int(ex["meta"]["original_id"][1:])
+    who, year = PEOPLE[q % len(PEOPLE)], str(1980 + q)
+    assert [st["text"] for st in target["statements"]] == [who, year]
+    for st in target["statements"]:
+        assert len(st["citations"]) == 1 and st["text"] in by_id[st["citations"][0]]
+    assert set(target["citations"]) == {c for st in target["statements"] for c in st["citations"]}
+    assert parse_output(gold_target(ex), list(by_id)).valid
+    refusal = json.loads(gold_target(next(r for r in recs if not r["answerable"])))
+    assert "statements" not in refusal and refusal["citations"] == []
