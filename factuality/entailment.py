@@ -274,7 +274,7 @@ def make_checker(spec: str | EntailmentChecker | None = "lexical", *, trust_remo
     if isinstance(spec, EntailmentChecker):
         return spec
     spec = (spec or "lexical").strip()
-    kind, sep, target = spec.partition(":")
+    kind, _, target = spec.partition(":")
     if spec == "lexical":
         return LexicalEntailment(cache_dir=None, batch_size=batch_size)
     if kind == "nli" and target:

@@ -124,7 +124,9 @@ def read_their_outputs(path, examples: Sequence[Mapping], tag: str) -> dict[str,
 
     from .records import RecordError
 
-    obj = json.loads(open(path, encoding="utf-8").read())
+    from pathlib import Path
+
+    obj = json.loads(Path(path).read_text(encoding="utf-8"))
     items = obj.get("data") if isinstance(obj, dict) else obj
     by_q = {_key(e["question"]): e for e in examples}
     rows: dict[str, dict] = {}

@@ -210,3 +210,31 @@ def test_remote_code_is_not_run_unless_asked(tmp_path, nli_dir):
     with pytest.raises((ModelLoadError, ConfigError)):
         make_checker(f"nli:{model}")
     assert not marker.exists()
+
+
+def test_a_flipped_fever_verdict_loses_its_support_only_with_a_checker(monkeypatch):
+    from factuality import entailment
+    from factuality.penalties import PenaltyOptions, compute_penalties
+    from factuality.prompts import render_prompt
+
+    ex = make_example(0, source="fever", question="Linda Davis sang a duet with Reba McEntire.")
+    prompt = render_prompt(ex, None)
+    sup = '{"answer": "SUPPORTS", "citations": ["E2"], "confidence": 0.9}'
+    ref = '{"answer": "REFUTES", "citations": ["E2"], "confidence": 0.9}'
+    lex = PenaltyOptions()
+    assert compute_penalties(prompt, sup, lex).support == compute_penalties(prompt, ref, lex).support > 0
+    monkeypatch.setitem(entailment._LOADED, ("nli:stub-entails", False),
+                        support_checker(Constant(1.0, contradiction=0.0)))
+    opts = PenaltyOptions(entailment="nli:stub-entails")
+    assert compute_penalties(prompt, sup, opts).support > 0
+    assert compute_penalties(prompt, ref, opts).support == 0.0   # the flipped verdict is now unsupported
+
+
+def test_make_prefs_verifiers_use_the_checker():
+    from factuality.judge import verifier_score
+
+    ex = make_example(0)
+    out = '{"answer": "Linda Davis", "citations": ["E2"], "confidence": 0.9}'
+    lexical, _ = verifier_score(ex, out)
+    no, parts = verifier_score(ex, out, checker=support_checker(Constant(0.0)))
+    assert no < lexical and parts["supported"] == 0.0
