@@ -345,3 +345,16 @@ def support_checker_for(spec: str, trust_remote_code: bool = False):
     if key not in _LOADED:
         _LOADED[key] = support_checker(make_checker(spec, trust_remote_code=trust_remote_code))
     return _LOADED[key]
+
+
+_RUN: dict[tuple, EntailmentChecker] = {}
+
+
+def run_checker(spec: str, trust_remote_code: bool, cache_dir: str | Path, batch_size: int = 16) -> EntailmentChecker:
+    """`make_checker` for one evaluation run, loaded once (the selective column and the scores share
+    it); one model in memory at a time."""
+    key = (spec, bool(trust_remote_code), str(cache_dir), batch_size)
+    if key not in _RUN:
+        _RUN.clear()
+        _RUN[key] = make_checker(spec, trust_remote_code=trust_remote_code, cache_dir=cache_dir, batch_size=batch_size)
+    return _RUN[key]

@@ -341,3 +341,14 @@ def write_plots(results: Mapping, out_dir: Path) -> list[str]:
         plt.close(fig)
         written.append(str(path))
     return written
+
+
+def format_run_summary(results: Mapping) -> str:
+    """What evaluate_sft.py prints at the end: coverage, the comparison table, the files written."""
+    cov = ", ".join(f"{t} {c['scored']}/{c['scored'] + c['missing']}" for t, c in results["coverage"].items())
+    lines = [f"\nscored: {cov} examples; prompt lengths: {results['prompt_length']['counted_with']}",
+             format_comparison_table(results)]
+    if not results["complete"]:
+        lines.append("PARTIAL run: rerun the same command to continue where it stopped")
+    lines.append(f"wrote {results['files']['results']}, {results['files']['summary']}, {results['files']['predictions']}")
+    return "\n".join(lines)

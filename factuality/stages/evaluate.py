@@ -37,7 +37,6 @@ from ..pool import (
     fingerprint_hash,
     fingerprint_model,
     model_fingerprint,
-    resolve_models,
     signature,
     templates_hash,
 )
@@ -66,11 +65,12 @@ from ..records import (
 )
 from ..report import (
     compute_metrics,
-    format_comparison_table,
     format_summary,
     write_plots,
 )
 from ..selective import SELECTIVE_SUFFIX, fit_selective, selective_rows
+from ..systems import comparisons_for as _comparisons_for
+from ..systems import plan_systems
 from ..text import approx_tokens
 from ..vllm_backend import BackendOptions
 
@@ -165,13 +165,10 @@ class EvalConfig(ModelOptions, BackendOptions):
         "help": "held-out examples --selective fits on (build_data.py's val split; no test example may be in it)"})
     plots: bool = field(default=True, metadata={"help": "write PNG plots per bucket and per source"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
-    entailment: str = field(default="lexical", metadata={
-        "help": "the entailment checker every citation measure uses (entailment.py): lexical (token containment; "
-                "cannot judge FEVER verdicts), nli:<hub id or path> (a sequence-classification NLI model) or "
-                "true:<hub id or path> (a TRUE-style seq2seq model, ALCE's google/t5_xxl_true_nli_mixture)"})
-    entailment_cache: str | None = field(default=None, metadata={
-        "help": "folder of the entailment checker's score cache (default: <output stem>.entailment/ beside the "
-                "results); verified against its sha256 when read"})
+    entailment: str = field(default="lexical", metadata={"help": "the checker every citation measure uses "
+        "(entailment.py): lexical (cannot judge FEVER verdicts), nli:<hub id or path>, true:<hub id or path>"})
+    entailment_cache: str | None = field(default=None, metadata={"help": "the entailment score cache's folder "
+        "(default: <output stem>.entailment/), sha256-checked when read"})
     entailment_batch_size: int = field(default=16, metadata={"min": 1, "help": "premise-hypothesis pairs scored together"})
 
     def validate(self) -> None:
@@ -223,43 +220,6 @@ RESULTS_VERSION = 1
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
-def plan_systems(cfg) -> tuple[list[dict], list[tuple[str, str]]]:
-    """The systems of one run, in column order (base first), and the comparisons (new, old).
-
-    --model-path (tag --model-tag) and --compare-baseline are the notebook's two-system form;
-    --systems tag=path,... adds any number; 'base' is the base model itself (adapters disabled)."""
-    specs: list[tuple[str, str | None]] = []
-    if cfg.model_path:
-        specs.append((cfg.model_tag, cfg.model_path))
-    for item in cfg.systems:
-        tag, _, path = item.partition("=")
-        specs.append((tag, path or None))
-    if cfg.compare_baseline and "base" not in [t for t, _ in specs]:
-        specs.append(("base", None))
-    tags = [t for t, _ in specs]
-    dup = sorted({t for t in tags if tags.count(t) > 1})
-    if dup:
-        raise ConfigError(f"system tag {dup[0]!r} is given twice; give each system its own tag")
-    resolved = {tag: resolve_models(path, cfg.base_model) for tag, path in specs if path is not None}
-    base_names = {who["base"] for who in resolved.values()}
-    if "base" in tags and len(base_names) > 1:
-        raise ConfigError(f"the systems have different bases ({', '.join(sorted(base_names))}); a 'base' column "
-                          f"needs one: pass --base-model or evaluate them in separate runs")
-    systems = []
-    for tag, path in specs:  # generation runs in the order given; the report puts base first
-        if path is not None:
-            systems.append({"tag": tag, **resolved[tag]})
-            continue
-        name = next(iter(base_names)) if base_names else (cfg.base_model or EMBEDDED_MODEL)
-        from_ = next(iter(resolved.values()))["base_from"] if resolved else "--base-model"
-        systems.append({"tag": "base", "adapter": None, "evaluated": name, "base": name, "base_from": from_,
-                        "is_base": True})
-    order = sorted([s["tag"] for s in systems] + [t + SELECTIVE_SUFFIX for t in cfg.selective],
-                   key=lambda t: t != "base")
-    pairs = _comparisons_for(cfg, order)
-    return systems, pairs
-
-
 @dataclass
 class Predictions:
     """The rows one run scores, per system tag, and how they were obtained."""
@@ -590,45 +550,18 @@ def write_results(cfg, examples: Sequence[dict], preds: Predictions, paths: Mapp
     return results
 
 
-_CHECKERS: dict[tuple, Any] = {}
-
-
 def entailment_checker(cfg, paths: Mapping[str, Path]):
-    """The --entailment checker (loaded once per run), its cache beside the results unless
-    --entailment-cache names one."""
-    from ..entailment import make_checker
+    """The --entailment checker, its cache beside the results unless --entailment-cache names one."""
+    from ..entailment import run_checker
 
-    cache = cfg.entailment_cache or f"{paths['results'].with_suffix('')}.entailment"
-    key = (cfg.entailment, bool(cfg.trust_remote_code), str(cache), cfg.entailment_batch_size)
-    if key not in _CHECKERS:
-        _CHECKERS.clear()   # one model in memory at a time
-        _CHECKERS[key] = make_checker(cfg.entailment, trust_remote_code=cfg.trust_remote_code, cache_dir=cache,
-                                      batch_size=cfg.entailment_batch_size)
-    return _CHECKERS[key]
-
-
-def _comparisons_for(cfg, tags: Sequence[str]) -> list[tuple[str, str]]:
-    """--compare pairs checked against the tags present, else every tag against base (or the one before)."""
-    if cfg.compare:
-        pairs = [tuple(p.split(":", 1)) for p in cfg.compare]
-        for new, old in pairs:
-            for t in (new, old):
-                if t not in tags:
-                    raise ConfigError(f"--compare {new}:{old}: no system tagged {t!r} (systems: {', '.join(tags)})")
-        return pairs
-    if "base" in tags:
-        return [(t, "base") for t in tags if t != "base"]
-    return list(zip(tags[1:], tags[:-1]))
+    return run_checker(cfg.entailment, cfg.trust_remote_code,
+                       cfg.entailment_cache or f"{paths['results'].with_suffix('')}.entailment", cfg.entailment_batch_size)
 
 
 def summarize(results: Mapping) -> str:
-    cov = ", ".join(f"{t} {c['scored']}/{c['scored'] + c['missing']}" for t, c in results["coverage"].items())
-    lines = [f"\nscored: {cov} examples; prompt lengths: {results['prompt_length']['counted_with']}",
-             format_comparison_table(results)]
-    if not results["complete"]:
-        lines.append("PARTIAL run: rerun the same command to continue where it stopped")
-    lines.append(f"wrote {results['files']['results']}, {results['files']['summary']}, {results['files']['predictions']}")
-    return "\n".join(lines)
+    from ..report import format_run_summary
+
+    return format_run_summary(results)
 
 
 def _stage():
