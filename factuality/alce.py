@@ -146,6 +146,31 @@ def citation_scores(item: Mapping, entails: Entails, at_most_citations: int | No
             "sentences": len(sents), "citations": total}
 
 
+def entailment_pairs(item: Mapping, at_most_citations: int | None = AT_MOST_CITATIONS,
+                     qampari: bool = False) -> list[tuple[str, str]]:
+    """Every (premise, hypothesis) `citation_scores` and `claims_recall` may ask about one output, so a
+    checker can score them in batches first (a superset: the leave-one-out passages of every
+    sentence with several citations)."""
+    out = []
+    docs = item.get("docs") or []
+    for sent in (_sentences(item, qampari) if docs else []):
+        ref = citation_refs(sent)
+        if not ref or any(r >= len(docs) for r in ref):
+            continue
+        ref = ref[:at_most_citations] if at_most_citations is not None else ref
+        target = remove_citations(sent).strip()
+        out.append(("\n".join(format_document(docs[r]) for r in ref), target))
+        if len(ref) > 1:
+            for psg in ref:
+                others = list(ref)
+                others.remove(psg)
+                out.append((format_document(docs[psg]), target))
+                out.append(("\n".join(format_document(docs[r]) for r in others), target))
+    if item.get("claims"):
+        out += [(remove_citations(item["output"]), c) for c in item["claims"]]
+    return out
+
+
 def exact_presence(short_answers: Sequence[str], context: str) -> bool:
     ctx = normalize_answer(context)
     return any(normalize_answer(a) in ctx for a in short_answers)

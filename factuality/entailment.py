@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 THRESHOLD = 0.5           # a hypothesis is entailed when P(entailment) >= this (ALCE: the TRUE model's "1")
 KINDS = ("lexical", "nli", "true")
-NEGATION = "It is not true that {claim}"   # the REFUTES check of a checker without a contradiction label
+NEGATION = "It is not true that {claim}"
+TRUE_MAX_TOKENS = 4096    # a TRUE-style model's input is cut only past this   # the REFUTES check of a checker without a contradiction label
 
 
 class EntailmentCacheError(UserError):
@@ -257,8 +258,9 @@ class TrueEntailment(_HubChecker):
         import torch
 
         texts = [f"premise: {p} hypothesis: {h}" for p, h in pairs]
-        enc = self.tok(texts, return_tensors="pt", padding=True, truncation=True,
-                       max_length=min(getattr(self.tok, "model_max_length", 2048) or 2048, 2048))
+        # no cut at the tokenizer's nominal 512: ALCE feeds the whole joined passage (T5's relative
+        # positions take it); only a premise past TRUE_MAX_TOKENS is cut
+        enc = self.tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=TRUE_MAX_TOKENS)
         dec = torch.full((len(texts), 1), self.start, dtype=torch.long)
         with torch.inference_mode():
             logits = self.model(**{k: v.to(self.device) for k, v in enc.items()},

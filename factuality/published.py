@@ -70,10 +70,18 @@ def as_item(example: Mapping, raw_output: str) -> dict:
     return item
 
 
+def prep(item: Mapping) -> dict:
+    """The item as ALCE scores it (its output cut at the first line); Trust-Eval scores it as it is."""
+    return {**item, "output": alce.prepare_output(item["output"])}
+
+
 def published_measures(examples: Sequence[Mapping], rows_by_tag: Mapping[str, Mapping[str, Mapping]],
-                       entails) -> dict:
+                       checker) -> dict:
     """{"alce": {tag: {source: measures}}, "trust_eval": {tag: {source: measures}}} over the QA
-    examples every tag has, per source (a source is one benchmark's setting: str-em or claims)."""
+    examples every tag has, per source (a source is one benchmark's setting: str-em or claims).
+    `checker`: an entailment.EntailmentChecker (its pairs are scored in batches first), or a
+    function (premise, hypothesis) -> bool."""
+    entails = checker.entails if hasattr(checker, "entails") else checker
     out: dict = {"alce": {}, "trust_eval": {}}
     tags = [t for t, rows in rows_by_tag.items() if rows]
     shared = [e for e in examples if e.get("source") != "fever" and all(e["id"] in rows_by_tag[t] for t in tags)]
@@ -82,6 +90,12 @@ def published_measures(examples: Sequence[Mapping], rows_by_tag: Mapping[str, Ma
         for e in shared:
             by_source[e["source"]].append(as_item(e, rows_by_tag[tag][e["id"]]["raw_output"]))
         out["alce"][tag], out["trust_eval"][tag] = {}, {}
+        if hasattr(checker, "probabilities"):   # batched first; the measures then read the cache
+            pairs = [p for source, items in by_source.items() for it in items
+                     for p in alce.entailment_pairs(prep(it), qampari=source == "qampari")]
+            pairs += [p for source, items in by_source.items() for it in items
+                      for p in alce.entailment_pairs(it, qampari=source == "qampari")]
+            checker.probabilities(list(dict.fromkeys(pairs)))
         for source, items in by_source.items():
             claims = all(it.get("claims") for it in items)
             out["alce"][tag][source] = alce.alce_measures(items, entails, qampari=source == "qampari")

@@ -182,3 +182,32 @@ def test_trust_eval_qampari_measures_equal_trust_evals():
     for key in keys:
         assert ours[key] == pytest.approx(float(theirs[key]), abs=1e-9), key
     assert 0 < ours["trust_score"] < 100 and ours["qampari_presence"] > 0
+
+
+def test_batched_prefetch_covers_every_question_the_measures_ask():
+    """published_measures scores alce.entailment_pairs in batches first; the measures then ask
+    nothing new of the checker."""
+    from factuality.entailment import EntailmentChecker
+
+    class Counting(EntailmentChecker):
+        spec = "stub"
+
+        def __init__(self):
+            self.batches = []
+            super().__init__()
+
+        def _score(self, pairs, kind):
+            self.batches.append(len(pairs))
+            return [float(stub_nli(p, h)) for p, h in pairs]
+
+    for items, qampari in ((ASQA, False), (ELI5, False), (QAMPARI, True)):
+        c = Counting()
+        from factuality.published import prep
+
+        pairs = [p for it in items for p in alce.entailment_pairs(prep(it), qampari=qampari)]
+        pairs += [p for it in items for p in alce.entailment_pairs(it, qampari=qampari)]
+        c.probabilities(list(dict.fromkeys(pairs)))
+        n = len(c.batches)
+        alce.alce_measures(items, c.entails, qampari=qampari)
+        trusteval.trust_eval_measures(items, c.entails, kind="em5" if qampari else ("cm" if items is ELI5 else "em"))
+        assert len(c.batches) == n, "a measure asked a pair the prefetch missed"

@@ -517,7 +517,7 @@ def write_results(cfg, examples: Sequence[dict], preds: Predictions, paths: Mapp
     checker = entailment_checker(cfg, paths)
     scored = compute_metrics(examples, rows_by_tag, preds.prompt_tokens, boundaries, boot,
                              comparisons=preds.comparisons, checker=support_checker(checker))
-    published = published_measures(examples, rows_by_tag, checker.entails)   # ALCE's and Trust-Eval's, x 100
+    published = published_measures(examples, rows_by_tag, checker)   # ALCE's and Trust-Eval's, x 100
     checker.save()
     results = run_card("evaluate_sft.py", to_dict(cfg), {"test_data": data_sha}, results_version=RESULTS_VERSION)
     results["inputs"] = {"test_data": {"path": str(cfg.test_data), "sha256": data_sha, "examples": len(examples)},
