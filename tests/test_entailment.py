@@ -189,6 +189,10 @@ def test_evaluate_with_a_tiny_nli_model_records_it_and_scores_differently(nli_di
     assert saved["entailment"]["spec"] == f"nli:{nli_dir}" and saved["entailment"]["cache"]
     assert Path(saved["entailment"]["cache"]).exists()
     assert f"metric (entailment: nli:{nli_dir})" in (tmp_path / "nli.md").read_text()
+    # ALCE's and Trust-Eval's citation measures go through the same checker
+    assert lex["published"]["alce"]["sft"]["nq"]["citation_rec"] == 100.0
+    assert nli["published"]["alce"]["sft"]["nq"]["citation_rec"] == 0.0
+    assert nli["published"]["trust_eval"]["sft"]["nq"]["answered_citation_f1"] == 0.0
 
 
 def test_remote_code_is_not_run_unless_asked(tmp_path, nli_dir):
