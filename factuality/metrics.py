@@ -28,7 +28,11 @@ An answer is supported by the chunks it cites (ids of the evidence shown; unknow
   (title and text). An answer with no tokens is never supported.
 The check is pluggable: any callable `(answer, cited_chunk_texts, *, source, question) -> bool`
 (an NLI model, say), passed as `checker=` (the callable or a name given to
-`register_support_checker`). The default is "lexical", the rule above.
+`register_support_checker`). The default is "lexical", the rule above, which cannot judge a
+verdict: a wrong FEVER verdict citing a chunk is "supported". `entailment.support_checker` builds
+the checker of an entailment model (--entailment nli:... / true:...): a QA answer is supported when
+the cited chunks entail "<question> <answer>", a SUPPORTS verdict when they entail the claim, a
+REFUTES verdict when they contradict it.
 
 Correct: a QA answer exact-matches a gold alias (em = 1); a FEVER answer's label equals the gold
 label: answers[0] when answerable, NOT ENOUGH INFO when not (the evidence shown decides nothing, even
