@@ -211,8 +211,8 @@ def _coverage_line(results: Mapping) -> str:
 
 PUBLISHED_ROWS = (
     ("alce", ("citation_rec", "citation_prec", "str_em", "str_hit", "claims_nli", "qampari_f1_top5", "length")),
-    ("trust_eval", ("trust_score", "macro_f1", "calib_str_em_f1", "calib_claims_nli_f1", "answered_citation_f1",
-                    "parametric_str_em", "refuse_f1", "answerable_f1")),
+    ("trust_eval", ("trust_score", "macro_f1", "calib_str_em_f1", "calib_qampari_em_f1", "calib_claims_nli_f1",
+                    "answered_citation_f1", "parametric_str_em", "refuse_f1", "answerable_f1")),
 )
 
 
