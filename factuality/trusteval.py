@@ -232,6 +232,9 @@ def citation_measures(items: Sequence[Mapping], entails: Entails,
             answered.append(c)
     res = {}
     for prefix, cs in (("regular_", regular), ("answered_", answered)):
+        if prefix == "regular_" and not cs:   # Trust-Eval: the mean of nothing (NaN); None in our JSON
+            res.update({"regular_citation_rec": None, "regular_citation_prec": None, "regular_citation_f1": 0.0})
+            continue
         rec = 100 * _mean([c["recall"] for c in cs])
         prec = 100 * _mean([c["precision"] for c in cs])
         res.update({prefix + "citation_rec": rec, prefix + "citation_prec": prec,

@@ -79,6 +79,25 @@ def test_alce_numbers_move_with_the_entailment_function():
     assert no["citation_rec"] == 0 and yes["citation_rec"] > stub["citation_rec"] > 0
 
 
+def _same(ours, theirs) -> bool:
+    """Equal numbers; ours None where theirs is NaN (the mean of nothing, which JSON cannot hold)."""
+    theirs = float(theirs)
+    if theirs != theirs:
+        return ours is None or ours != ours
+    return ours is not None and abs(ours - theirs) <= 1e-9
+
+
+@pytest.mark.parametrize("kind,items", [("em", ASQA), ("cm", ELI5), ("em5", FIXTURE["qampari"])])
+def test_trust_eval_measures_equal_trust_evals_case_by_case(kind, items):
+    entails = lambda p, h: bool(stub_nli(p, h))
+    for it in items:
+        ours = trusteval.trust_eval_measures([it], entails, kind=kind)
+        theirs = trust_eval_metrics.evaluate([it], te_args(), eval_type=kind)
+        for key, value in theirs.items():
+            if key != "num_samples":
+                assert _same(ours[key], value), (it["case"], key, ours[key], value)
+
+
 @pytest.mark.parametrize("kind,items", [("em", ASQA), ("cm", ELI5)])
 def test_trust_eval_measures_equal_trust_evals(kind, items):
     ours = trusteval.trust_eval_measures(items, lambda p, h: bool(stub_nli(p, h)), kind=kind)
@@ -211,3 +230,18 @@ def test_batched_prefetch_covers_every_question_the_measures_ask():
         alce.alce_measures(items, c.entails, qampari=qampari)
         trusteval.trust_eval_measures(items, c.entails, kind="em5" if qampari else ("cm" if items is ELI5 else "em"))
         assert len(c.batches) == n, "a measure asked a pair the prefetch missed"
+
+
+def test_alce_claims_and_qampari_equal_alces_eval_case_by_case():
+    entails = lambda p, h: bool(stub_nli(p, h))
+    for it in ELI5:
+        ours = alce.alce_measures([it], entails)
+        theirs = alce_eval.main([{**it, "qa_pairs": None}], stub_nli, recorded_split, claims_nli=True)
+        for key in ("claims_nli", "citation_rec", "citation_prec", "length"):
+            assert _same(ours[key], theirs[key]), (it["case"], key)
+    for it in QAMPARI:
+        ours = alce.alce_measures([it], entails, qampari=True)
+        theirs = alce_eval.main([{**it, "qa_pairs": None}], stub_nli, recorded_split, qampari=True)
+        for key in ("num_preds", "qampari_prec", "qampari_rec", "qampari_rec_top5", "qampari_f1",
+                    "qampari_f1_top5", "citation_rec", "citation_prec", "length"):
+            assert _same(ours[key], theirs[key]), (it["case"], key)
