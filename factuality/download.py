@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from . import sources
 from .errors import UserError
-from .records import SOURCES, atomic_open
+from .records import DEFAULT_SOURCES, SOURCES, atomic_open
 from .sources import RemoteFile
 
 OFFICIAL: dict[str, list[RemoteFile]] = {name: sources.downloads(name) for name in sources.REGISTRY}
@@ -32,7 +32,7 @@ OFFICIAL: dict[str, list[RemoteFile]] = {name: sources.downloads(name) for name 
 @dataclass
 class DownloadConfig:
     data_dir: str = field(default="data", metadata={"help": "files go to {data_dir}/raw/<source>/..."})
-    sources: list[str] = field(default_factory=lambda: list(SOURCES), metadata={
+    sources: list[str] = field(default_factory=lambda: list(DEFAULT_SOURCES), metadata={
         "help": "datasets to fetch, comma separated (fever,hotpotqa,nq,popqa); nq and popqa share the "
                 "13 GB DPR passage corpus psgs_w100.tsv"})
     mirror: str | None = field(default=None, metadata={
@@ -46,6 +46,11 @@ class DownloadConfig:
         bad = [s for s in self.sources if s not in OFFICIAL]
         if bad:
             raise ValueError(f"sources: unknown source {bad[0]!r}; choose from {', '.join(OFFICIAL)}")
+        by_hand = [s for s in self.sources if not OFFICIAL[s]]
+        if by_hand:
+            raise ValueError(f"sources: {by_hand[0]!r} has no single-file download (ALCE ships its data as one "
+                             f"tarball, Trust-Eval through its own tool): place its JSON files under "
+                             f"{self.data_dir}/raw/{by_hand[0]}/ and run build_data.py --sources {by_hand[0]}")
 
 
 class DownloadError(UserError, RuntimeError):

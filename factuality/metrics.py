@@ -28,7 +28,11 @@ An answer is supported by the chunks it cites (ids of the evidence shown; unknow
   (title and text). An answer with no tokens is never supported.
 The check is pluggable: any callable `(answer, cited_chunk_texts, *, source, question) -> bool`
 (an NLI model, say), passed as `checker=` (the callable or a name given to
-`register_support_checker`). The default is "lexical", the rule above.
+`register_support_checker`). The default is "lexical", the rule above, which cannot judge a
+verdict: a wrong FEVER verdict citing a chunk is "supported". `entailment.support_checker` builds
+the checker of an entailment model (--entailment nli:... / true:...): a QA answer is supported when
+the cited chunks entail "<question> <answer>", a SUPPORTS verdict when they entail the claim, a
+REFUTES verdict when they contradict it.
 
 Correct: a QA answer exact-matches a gold alias (em = 1); a FEVER answer's label equals the gold
 label: answers[0] when answerable, NOT ENOUGH INFO when not (the evidence shown decides nothing, even
@@ -44,8 +48,14 @@ raise to the gold system's 1.0 (tests/test_report.py builds each one):
   the answer is supported by its citations, else 0; so 0 for an answer on an unanswerable example)
   and grounded citation recall (mean over answerable examples of |C∩G|/|G| when answered and
   supported, else 0).
-- trust_score: mean of grounded_refusal_f1, answer_correctness_f1 and grounded_citation_f1
-  (Trust-Score, Trust-Align, ICLR 2025).
+- trust_score: mean of grounded_refusal_f1, answer_correctness_f1 and grounded_citation_f1.
+  Shaped like Trust-Align's Trust-Score (ICLR 2025) but NOT Trust-Eval's measure, and not
+  comparable with its published figures: its citation term is overlap with the gold chunk ids
+  gated by the support rule (lexical unless --entailment names a model), where Trust-Eval's is
+  ALCE's entailment-judged citation recall / precision; its correctness term is exact match of
+  one answer, where Trust-Eval's is string-EM recall of the gold answers the documents hold;
+  answerability is our `answerable` flag. Trust-Eval's own measures, under their names, are in
+  factuality/trusteval.py and in every results file's `published.trust_eval`.
 
 Trust-Score family (an F1 is 2PR/(P+R); a P or R with no member counts as 0 in it, so a system
 that answers nothing scores 0; an F1 with neither is undefined):
@@ -363,9 +373,9 @@ MEASURES: dict[str, Measure] = {
     "correct_grounded_f1": Measure("Correct & grounded F1", True, "f1", ("correct_grounded_precision", "correct_grounded")),
     "grounded_citation_f1": Measure("Grounded citation F1", True, "f1",
                                     ("grounded_citation_precision", "grounded_citation_recall")),
-    "trust_score": Measure("Trust-Score", True, "avg",
+    "trust_score": Measure("Trust-Score (ours; not Trust-Eval's)", True, "avg",
                            ("grounded_refusal_f1", "answer_correctness_f1", "grounded_citation_f1")),
-    # Trust-Score family
+    # Trust-Score family (ours; Trust-Eval's own: trusteval.py)
     "correct_grounded": _mean("Correct & grounded (of answerable)"),
     "correct_grounded_precision": _mean("Correct & grounded (of answers)"),
     "answered_precision": _mean("Answered precision"),

@@ -162,21 +162,24 @@ def example_candidates(cfg, cached) -> list[tuple[dict, dict, list[Candidate]]]:
     """(prompt row, example with its fitted evidence, candidates) per cached example: the model
     candidates, the gold output and the hard candidates, each with its verifier score; perturbation
     kinds are balanced across the run."""
+    from .entailment import support_checker_for
+
     usage: Counter = Counter()
     items = []
+    checker = support_checker_for(getattr(cfg, "entailment", "lexical"), getattr(cfg, "trust_remote_code", False))
     for row in cached.prompt_rows:
         if row["id"] not in cached.examples:
             raise RecordError(f"{cached.path}/examples.jsonl: example {row['id']!r} is not in the data files")
         ex = {**cached.examples[row["id"]], "evidence": row["evidence"]}
         model_cands = [Candidate(origin=r["origin"], text=r["raw_output"]) for r in cached.by_example[row["id"]]]
         for c in model_cands:
-            c.verifier, c.breakdown = verifier_score(ex, c.text, cfg.verifier_weights)
+            c.verifier, c.breakdown = verifier_score(ex, c.text, cfg.verifier_weights, checker)
         goods = good_sources(ex, model_cands)
         gold = Candidate(origin="gold", text=goods[0][2])
         hard = hard_candidates(ex, goods, cfg.perturb_kinds, cfg.hard_pairs_per_prompt, cfg.seed, usage)
         cands = model_cands + [gold] + hard
         for c in [gold] + hard:
-            c.verifier, c.breakdown = verifier_score(ex, c.text, cfg.verifier_weights)
+            c.verifier, c.breakdown = verifier_score(ex, c.text, cfg.verifier_weights, checker)
         items.append((row, ex, cands))
     return items
 

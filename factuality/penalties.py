@@ -80,6 +80,14 @@ class PenaltyOptions:
         "min": 0, "help": "weight of the support-mismatch penalty (1 - support of the answer by its cited chunks)"})
     max_answer_words: int = field(default=12, metadata={
         "min": 1, "help": "answers up to this many words cost nothing; the length penalty reaches 1 at twice as many"})
+    entailment: str = field(default="lexical", metadata={
+        "help": "the entailment checker behind the support the span, confidence and over-citation penalties read "
+                "(entailment.py: lexical, nli:<hub id or path>, true:<hub id or path>; no remote code)"})
+
+    def __post_init__(self):
+        from .entailment import check_spec
+
+        check_spec(self.entailment)
 
     def weights(self) -> dict[str, float]:
         return {name: float(getattr(self, attr)) for name, attr in WEIGHT_FIELDS.items()}
@@ -303,6 +311,10 @@ def compute_penalties(prompt: str, response: str, options: PenaltyOptions | None
                       templates: PromptTemplates = DEFAULT_TEMPLATES, checker=None) -> PenaltyValues:
     """The five penalties of `response` to `prompt` (ranges and definitions: module docstring)."""
     options = options or PenaltyOptions()
+    if checker is None and options.entailment != "lexical":
+        from .entailment import support_checker_for
+
+        checker = support_checker_for(options.entailment)
     view = parse_prompt(prompt, templates)
     parsed = parse_output(response, view.ids)
     cited = _cited(parsed)
@@ -324,6 +336,11 @@ def penalty_matrix(prompts: Sequence[str], responses: Sequence[str], options: Pe
 
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; pass one response per prompt")
+    options = options or PenaltyOptions()
+    if checker is None and options.entailment != "lexical":
+        from .entailment import support_checker_for
+
+        checker = support_checker_for(options.entailment)   # loaded once, not per row
     rows = [compute_penalties(p, r, options, templates, checker).values for p, r in zip(prompts, responses)]
     return np.array([[row[k] for k in PENALTIES] for row in rows], dtype=np.float64).reshape(len(rows), len(PENALTIES))
 

@@ -100,6 +100,13 @@ OUTPUT_SCHEMA: dict[str, Any] = {
         "citations": {"type": "array", "items": {"type": "string", "pattern": EVIDENCE_ID_PATTERN}, "uniqueItems": True,
                       "description": "ids of the evidence chunks that support the answer; empty for a refusal"},
         "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        # optional, for long-form answers (ASQA, ELI5): the answer as statements, each with its own citations
+        "statements": {"type": "array", "items": {
+            "type": "object", "required": ["text", "citations"], "additionalProperties": False,
+            "properties": {"text": {"type": "string", "minLength": 1},
+                           "citations": {"type": "array", "items": {"type": "string", "pattern": "^E[0-9]+$"},
+                                         "uniqueItems": True}}},
+            "description": "the answer as statements, each citing the evidence ids that support it"},
     },
     # a refusal in any wording (is_refusal's pattern) must be the canonical form and cite nothing
     "if": {"required": ["answer"], "properties": {"answer": {"type": "string", "pattern": REFUSAL_PATTERN}}},
@@ -171,12 +178,21 @@ def format_evidence(chunks: Sequence[dict], templates: PromptTemplates = DEFAULT
     return "\n\n".join(templates.chunk.format(id=c["id"], title=c.get("title", ""), text=c["text"]) for c in chunks)
 
 
+# Sources whose answers are long-form (several facts): their prompt also asks for statements.
+LONG_FORM_SOURCES = ("asqa", "eli5")
+STATEMENTS_INSTRUCTION = ('The answer has several parts: also give them as "statements": [{"text": "<one fact>", '
+                          '"citations": ["<evidence id>", ...]}, ...], each citing the passages that support it.')
+
+
 def build_messages(example: dict, templates: PromptTemplates = DEFAULT_TEMPLATES,
                    evidence: Sequence[dict] | None = None) -> list[dict]:
-    """System + user messages for one example (`evidence` overrides the example's chunks)."""
+    """System + user messages for one example (`evidence` overrides the example's chunks); a
+    long-form source's question also asks for statements (STATEMENTS_INSTRUCTION)."""
     chunks = example["evidence"] if evidence is None else evidence
     user_t = templates.claim if example.get("source") == "fever" else templates.question
     user = user_t.format(evidence=format_evidence(chunks, templates), question=example["question"])
+    if example.get("source") in LONG_FORM_SOURCES:
+        user += "\n" + STATEMENTS_INSTRUCTION
     return [{"role": "system", "content": templates.system}, {"role": "user", "content": user}]
 
 
@@ -221,7 +237,28 @@ def gold_output(example: dict) -> dict:
             cited.append(span["chunk_id"])
     order = {c["id"]: i for i, c in enumerate(example["evidence"])}
     cited.sort(key=lambda cid: order.get(cid, 1 << 30))
-    return {"answer": supported_alias(example), "citations": cited, "confidence": 1.0}
+    out = {"answer": supported_alias(example), "citations": cited, "confidence": 1.0}
+    statements = gold_statements(example)
+    if statements:
+        out["statements"] = statements
+        out["citations"] = sorted(set(cited) | {c for st in statements for c in st["citations"]},
+                                  key=lambda cid: order.get(cid, 1 << 30))
+    return out
+
+
+def gold_statements(example: dict) -> list[dict]:
+    """A long-form source's gold statements: one per gold answer some shown chunk holds (its first
+    alias, or the claim), citing the chunks that hold it (`meta.answers_found`, per document id)."""
+    meta = example.get("meta") or {}
+    groups, found = meta.get("answer_groups"), meta.get("answers_found")
+    if example.get("source") not in LONG_FORM_SOURCES or not groups or not isinstance(found, dict):
+        return []
+    out = []
+    for i, group in enumerate(groups):
+        cites = [c["id"] for c in example["evidence"] if (found.get(c.get("doc_id")) or [0] * len(groups))[i] == 1]
+        if cites:
+            out.append({"text": group[0], "citations": cites})
+    return out
 
 
 def supported_alias(example: dict) -> str:
@@ -239,7 +276,7 @@ def supported_alias(example: dict) -> str:
     return answers[0]
 
 
-OUTPUT_KEYS = ("answer", "citations", "confidence")   # the order targets are written in
+OUTPUT_KEYS = ("answer", "citations", "confidence", "statements")   # the order targets are written in
 
 
 def dump_output(obj: dict) -> str:
@@ -272,6 +309,7 @@ class ParsedOutput:
     reason: str | None = None
     unknown_ids: list[str] = field(default_factory=list)
     extra_text: bool = False
+    statements: list[dict] = field(default_factory=list)   # [{text, citations}] of a long-form answer
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -359,6 +397,15 @@ def _parse_output(text: Any, evidence_ids: Sequence[str] | None) -> ParsedOutput
         out.citations = list(dict.fromkeys(str(c) for c in cites))
     elif isinstance(cites, str):
         out.citations = [cites]
+    stmts = obj.get("statements")
+    if isinstance(stmts, list):
+        for st in stmts:
+            if isinstance(st, dict) and isinstance(st.get("text"), str):
+                sc = st.get("citations")
+                sc = [str(c) for c in sc] if isinstance(sc, list) else ([sc] if isinstance(sc, str) else [])
+                out.statements.append({"text": st["text"], "citations": list(dict.fromkeys(sc))})
+        # the answer cites what its statements cite
+        out.citations = list(dict.fromkeys(out.citations + [c for st in out.statements for c in st["citations"]]))
     conf = obj.get("confidence")
     if isinstance(conf, (int, float)) and not isinstance(conf, bool):
         out.confidence = float(conf)

@@ -128,7 +128,8 @@ def comparison_rows(results: Mapping, metrics: Sequence[str] = TABLE_METRICS, ce
     """
     tags = _tags(results)
     comps = results.get("comparisons") or []
-    header = ["metric"]
+    spec = (results.get("entailment") or {}).get("spec")
+    header = [f"metric (entailment: {spec})" if spec else "metric"]   # the checker behind every citation measure
     for t in tags:
         header += [t] if comps else [t, "95% CI"]
     for c in comps:
@@ -177,7 +178,9 @@ def _cell_table(results: Mapping, group: str, metrics: Sequence[str] = CELL_METR
     keys: list[str] = []
     for t in tags:
         keys += [k for k in results["metrics"][t][group] if k not in keys]
-    header = [group.replace("by_", ""), "model", "n"] + [METRICS[m][0] for m in metrics]
+    spec = (results.get("entailment") or {}).get("spec")
+    header = [group.replace("by_", ""), f"model (entailment: {spec})" if spec else "model", "n"] + [
+        METRICS[m][0] for m in metrics]
     rows = []
     for k in keys:
         for t in tags:
@@ -204,6 +207,33 @@ def _coverage_line(results: Mapping) -> str:
     lacks = ", ".join(f"{t} lacks {c['missing']}" + (f" (and {c['left_out']} of its own left out)" if c.get("left_out") else "")
                       for t, c in cov.items())
     return f"- every column, delta and interval is over the {results.get('shared', 'n/a')} examples every system has ({lacks})"
+
+
+PUBLISHED_ROWS = (
+    ("alce", ("citation_rec", "citation_prec", "str_em", "str_hit", "claims_nli", "qampari_f1_top5", "length")),
+    ("trust_eval", ("trust_score", "macro_f1", "calib_str_em_f1", "calib_qampari_em_f1", "calib_claims_nli_f1",
+                    "answered_citation_f1", "parametric_str_em", "refuse_f1", "answerable_f1")),
+)
+
+
+def format_published(results: Mapping) -> str:
+    """Markdown: ALCE's and Trust-Eval's measures (x 100) per source and system, the checker in the header."""
+    pub = results["published"]
+    spec = pub.get("entailment")
+    out = [f"## ALCE and Trust-Eval measures (x 100; entailment: {spec})", "",
+           "Their names and definitions (factuality/alce.py, factuality/trusteval.py); comparable with published "
+           "figures only on their data with their entailment model (README, \"Comparing with published numbers\").", ""]
+    for bench, names in PUBLISHED_ROWS:
+        table = pub.get(bench) or {}
+        rows = []
+        for tag, by_source in table.items():
+            for source, m in by_source.items():
+                rows.append([source, tag, str(m.get("n", m.get("num_samples", 0)))] + [
+                    _fmt(m.get(k), digits=1) if k in m else "-" for k in names])
+        if rows:
+            out += [f"### {'ALCE' if bench == 'alce' else 'Trust-Eval'} (entailment: {spec})", "",
+                    _markdown(["source", "model", "n", *names], rows, left=2), ""]
+    return "\n".join(out)
 
 
 def format_summary(results: Mapping) -> str:
@@ -242,6 +272,8 @@ def format_summary(results: Mapping) -> str:
     if results.get("error_types"):
         lines += ["## What the outputs are (error_types.py; the first two are the good ones)", "",
                   format_error_types(results, markdown=True), ""]
+    if results.get("published"):
+        lines += [format_published(results), ""]
     lines += ["## By prompt-length bucket (prompt tokens)", "", _cell_table(results, "by_bucket"), ""]
     lines += ["## By source", "", _cell_table(results, "by_source"), ""]
     lines += ["Metric definitions: factuality/metrics.py (docstring).", ""]
@@ -313,3 +345,14 @@ def write_plots(results: Mapping, out_dir: Path) -> list[str]:
         plt.close(fig)
         written.append(str(path))
     return written
+
+
+def format_run_summary(results: Mapping) -> str:
+    """What evaluate_sft.py prints at the end: coverage, the comparison table, the files written."""
+    cov = ", ".join(f"{t} {c['scored']}/{c['scored'] + c['missing']}" for t, c in results["coverage"].items())
+    lines = [f"\nscored: {cov} examples; prompt lengths: {results['prompt_length']['counted_with']}",
+             format_comparison_table(results)]
+    if not results["complete"]:
+        lines.append("PARTIAL run: rerun the same command to continue where it stopped")
+    lines.append(f"wrote {results['files']['results']}, {results['files']['summary']}, {results['files']['predictions']}")
+    return "\n".join(lines)

@@ -95,6 +95,50 @@ def make_tiny_model(path: str | Path, seed: int = 0, arch: str = "llama", **conf
     return path
 
 
+def make_tiny_nli_model(path: str | Path, seed: int = 0,
+                        id2label: dict | None = None) -> Path:
+    """A tiny random sequence-classification model (Llama-shaped, 3 labels) + the tiny tokenizer: an
+    `nli:<path>` entailment checker for tests. The default labels put entailment last, so a checker
+    that assumed index 0 would read the wrong column."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    path = Path(path)
+    if (path / "config.json").exists():
+        return path
+    tok = make_tiny_tokenizer()
+    labels = id2label or {0: "CONTRADICTION", 1: "NEUTRAL", 2: "ENTAILMENT"}
+    cfg = tiny_config(len(tok), num_labels=len(labels), id2label=labels,
+                      label2id={v: k for k, v in labels.items()}, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(cfg)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def make_tiny_true_model(path: str | Path, seed: int = 0) -> Path:
+    """A tiny random T5 (seq2seq) + the tiny tokenizer, whose byte-level vocabulary has "1" and "0"
+    as single tokens: a `true:<path>` (TRUE-style) entailment checker for tests."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    path = Path(path)
+    if (path / "config.json").exists():
+        return path
+    tok = make_tiny_tokenizer()
+    cfg = T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1,
+                   num_heads=2, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                   decoder_start_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(cfg)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 GEMMA2_VOCAB = 256_000
 
 

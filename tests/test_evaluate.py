@@ -190,10 +190,10 @@ def test_base_and_two_adapters_in_one_run(adapter_dir, tiny_model_dir, test_file
     assert outs["sft"] != outs["base"], "the sft adapter really applied, the base really bare"
     assert outs["dpo"] != outs["base"], "the dpo adapter really applied"  # (sft and dpo both emit junk bytes here)
     header = next(ln for ln in printed.splitlines() if ln.startswith("metric")).split()
-    assert header[:6] == ["metric", "base", "sft", "dpo", "sft-base", "95%"] and "dpo-sft" in header
+    assert header[:8] == ["metric", "(entailment:", "lexical)", "base", "sft", "dpo", "sft-base", "95%"] and "dpo-sft" in header
     md = (tmp_path / "three.md").read_text()
     md_header = next(ln for ln in md.splitlines() if ln.startswith("| metric"))
-    assert [c.strip() for c in md_header.strip("|").split("|")][:4] == ["metric", "base", "sft", "dpo"]
+    assert [c.strip() for c in md_header.strip("|").split("|")][:4] == ["metric (entailment: lexical)", "base", "sft", "dpo"]
     assert md_header.count("sft-base") == 1 and md_header.count("dpo-sft") == 1
     plots = sorted((tmp_path / "three_plots").glob("*.png"))
     assert plots and all(p.stat().st_size > 0 for p in plots)

@@ -254,7 +254,7 @@ def test_rescoring_a_predictions_file_prints_the_new_table(tmp_path, capsys):
     assert res["tags"] == ["gold", "banana"]
     lines = printed.splitlines()
     header_at = next(i for i, x in enumerate(lines) if x.startswith("metric"))
-    assert lines[header_at].split()[:4] == ["metric", "gold", "banana", "banana-gold"]  # no base: each against the one before
+    assert lines[header_at].split()[:6] == ["metric", "(entailment:", "lexical)", "gold", "banana", "banana-gold"]  # no base: each against the one before
     assert lines[header_at + 2].split()[:5] == ["Correct", "&", "grounded", "F1", "1.000"]
     saved = json.loads((tmp_path / "re.json").read_text())
     assert saved["metrics"]["gold"]["overall"]["metrics"]["trust_score"]["value"] == 1.0

@@ -144,7 +144,8 @@ def test_registry_one_module_per_dataset_with_its_inputs_downloads_and_task():
     assert list(S.REGISTRY) == list(SOURCES)
     for name, mod in S.REGISTRY.items():
         assert mod.NAME == name and mod.__name__ == f"factuality.sources.{name}"
-        assert set(mod.READERS) <= set(mod.INPUTS) and mod.DOWNLOADS and callable(mod.draft)
+        assert set(mod.READERS) <= set(mod.INPUTS) and callable(mod.draft)
+        assert mod.DOWNLOADS or name in ("asqa", "qampari", "eli5")   # ALCE's data: one tarball, placed by hand
     assert S.prompt_task("fever") == "claim" and {S.prompt_task(s) for s in ("hotpotqa", "nq", "popqa")} == {"question"}
     assert S.input_globs(["popqa"]) == {"popqa": "popqa/*.tsv", "popqa_json": "popqa/*.json",
                                         "popqa_jsonl": "popqa/*.jsonl", "popqa_gz": "popqa/*.gz", "corpus": "corpus/*.tsv"}

@@ -13,7 +13,8 @@ from typing import Any, Callable
 import jsonschema
 
 SCHEMA_VERSION = 1
-SOURCES = ("fever", "hotpotqa", "nq", "popqa")   # the datasets the suite ships readers for
+SOURCES = ("fever", "hotpotqa", "nq", "popqa", "asqa", "qampari", "eli5")   # the datasets the suite ships readers for
+DEFAULT_SOURCES = ("fever", "hotpotqa", "nq", "popqa")   # built / downloaded when --sources is not given
 # A source of one's own (build_data.py --sources NAME, see factuality/sources/own.py) goes under
 # its own name: lower-case letters, digits and underscores, so that `<source>:<id>` stays parseable.
 SOURCE_NAME = r"[a-z][a-z0-9_]{0,39}"

@@ -91,8 +91,9 @@ def probe_summary(report: Mapping) -> list[str]:
     table = report["probes"]["by_trick"]
     if not table:
         return []
+    on = f"penalties on (entailment: {report['entailment']})" if report.get("entailment") else "penalties on"
     lines = [f"## Gaming probes ({report['probes']['examples']} held-out examples): share where the honest "
-             "answer scores higher", "", "| trick | n | penalties on | penalties off | penalties alone |",
+             "answer scores higher", "", f"| trick | n | {on} | penalties off | penalties alone |",
              "|---|---:|---:|---:|---:|"]
     for trick, row in table.items():
         lines.append(f"| {trick} | {row['n']} | {fmt(row['honest_wins_with_penalties'])} | "

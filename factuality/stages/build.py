@@ -44,6 +44,7 @@ from ..records import (
     EXAMPLE,
     RUN_CARD_NAME,
     SCHEMA_VERSION,
+    DEFAULT_SOURCES,
     SOURCE_NAME,
     SOURCES,
     SPLITS,
@@ -75,8 +76,9 @@ class BuildConfig:
         "help": "raw-data root to read instead of {data_dir}/raw (same layout: hotpotqa/, fever/, "
                 "fever/wiki-pages/, nq/, popqa/, corpus/)"})
     out_dir: str | None = field(default=None, metadata={"help": "output folder; default {data_dir}/processed"})
-    sources: list[str] = field(default_factory=lambda: list(SOURCES), metadata={
-        "help": "datasets to build, comma separated (fever,hotpotqa,nq,popqa); any other name (lower-case letters, "
+    sources: list[str] = field(default_factory=lambda: list(DEFAULT_SOURCES), metadata={
+        "help": "datasets to build, comma separated (default fever,hotpotqa,nq,popqa; also asqa, qampari, eli5: ALCE / "
+                "Trust-Eval data files under {raw root}/<name>/); any other name (lower-case letters, "
                 "digits, _) is a dataset of your own, read from {raw root}/<name>/: retrieval results in the ctxs "
                 "format, or a knowledge base plus question/answer pairs (README, 'Bring your own data')"})
     seed: int = field(default=42, metadata={

@@ -13,6 +13,7 @@ signature differs from this run's is an error, never a silent mix.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -25,6 +26,8 @@ from typing import Any
 from .. import dist
 from ..bootstrap import BootstrapSpec, bucket_labels, check_boundaries
 from ..confidence import answer_probability
+from ..entailment import support_checker
+from ..published import published_measures
 from ..config import ConfigError, to_dict
 from ..generation import PREFILL_MODES
 from ..modeling import EMBEDDED_MODEL, ModelOptions
@@ -35,7 +38,6 @@ from ..pool import (
     fingerprint_hash,
     fingerprint_model,
     model_fingerprint,
-    resolve_models,
     signature,
     templates_hash,
 )
@@ -68,11 +70,12 @@ from ..records import (
 )
 from ..report import (
     compute_metrics,
-    format_comparison_table,
     format_summary,
     write_plots,
 )
 from ..selective import SELECTIVE_SUFFIX, fit_selective, selective_rows
+from ..systems import comparisons_for as _comparisons_for
+from ..systems import plan_systems
 from ..text import approx_tokens
 from ..vllm_backend import BackendOptions
 
@@ -121,7 +124,9 @@ class EvalConfig(ModelOptions, BackendOptions):
     predictions_out: str | None = field(default=None, metadata={
         "help": "predictions JSONL (default: <output stem>.predictions.jsonl); a rerun resumes from it"})
     predictions: str | None = field(default=None, metadata={
-        "help": "score this JSONL of existing outputs ({id, raw_output[, model_tag]} a line) without loading a model"})
+        "help": "score this JSONL of existing outputs ({id, raw_output[, model_tag]} a line), or an ALCE / Trust-Eval "
+                "output file ({data: [{question, output, docs}]}: free text citing [1][2]; matched to the test "
+                "examples by question), without loading a model"})
     tokenizer: str | None = field(default=None, metadata={
         "help": "tokenizer for prompt lengths when scoring --predictions (default: lengths recorded in the file, "
                 "else characters/4); with a model: overrides the evaluated model's tokenizer"})
@@ -168,8 +173,16 @@ class EvalConfig(ModelOptions, BackendOptions):
         "help": "held-out examples --selective fits on (build_data.py's val split; no test example may be in it)"})
     plots: bool = field(default=True, metadata={"help": "write PNG plots per bucket and per source"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    entailment: str = field(default="lexical", metadata={"help": "the checker every citation measure uses "
+        "(entailment.py): lexical (cannot judge FEVER verdicts), nli:<hub id or path>, true:<hub id or path>"})
+    entailment_cache: str | None = field(default=None, metadata={"help": "the entailment score cache's folder "
+        "(default: <output stem>.entailment/), sha256-checked when read"})
+    entailment_batch_size: int = field(default=16, metadata={"min": 1, "help": "premise-hypothesis pairs scored together"})
 
     def validate(self) -> None:
+        from ..entailment import check_spec
+
+        check_spec(self.entailment)
         self.attn_implementation = ATTN_IMPL[self.attn_impl]
         if self.base_model:
             self.model_name_or_path = self.base_model
@@ -215,43 +228,6 @@ RESULTS_VERSION = 1
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
-def plan_systems(cfg) -> tuple[list[dict], list[tuple[str, str]]]:
-    """The systems of one run, in column order (base first), and the comparisons (new, old).
-
-    --model-path (tag --model-tag) and --compare-baseline are the notebook's two-system form;
-    --systems tag=path,... adds any number; 'base' is the base model itself (adapters disabled)."""
-    specs: list[tuple[str, str | None]] = []
-    if cfg.model_path:
-        specs.append((cfg.model_tag, cfg.model_path))
-    for item in cfg.systems:
-        tag, _, path = item.partition("=")
-        specs.append((tag, path or None))
-    if cfg.compare_baseline and "base" not in [t for t, _ in specs]:
-        specs.append(("base", None))
-    tags = [t for t, _ in specs]
-    dup = sorted({t for t in tags if tags.count(t) > 1})
-    if dup:
-        raise ConfigError(f"system tag {dup[0]!r} is given twice; give each system its own tag")
-    resolved = {tag: resolve_models(path, cfg.base_model) for tag, path in specs if path is not None}
-    base_names = {who["base"] for who in resolved.values()}
-    if "base" in tags and len(base_names) > 1:
-        raise ConfigError(f"the systems have different bases ({', '.join(sorted(base_names))}); a 'base' column "
-                          f"needs one: pass --base-model or evaluate them in separate runs")
-    systems = []
-    for tag, path in specs:  # generation runs in the order given; the report puts base first
-        if path is not None:
-            systems.append({"tag": tag, **resolved[tag]})
-            continue
-        name = next(iter(base_names)) if base_names else (cfg.base_model or EMBEDDED_MODEL)
-        from_ = next(iter(resolved.values()))["base_from"] if resolved else "--base-model"
-        systems.append({"tag": "base", "adapter": None, "evaluated": name, "base": name, "base_from": from_,
-                        "is_base": True})
-    order = sorted([s["tag"] for s in systems] + [t + SELECTIVE_SUFFIX for t in cfg.selective],
-                   key=lambda t: t != "base")
-    pairs = _comparisons_for(cfg, order)
-    return systems, pairs
-
-
 @dataclass
 class Predictions:
     """The rows one run scores, per system tag, and how they were obtained."""
@@ -310,8 +286,10 @@ def add_selective(cfg, preds: Predictions, examples: Sequence[dict], paths: Mapp
     cal = generate_predictions(sub, val, cal_paths, val_sha, preds.templates, preds.templates_from)
     if cal is None:
         return False
+    checker = support_checker(entailment_checker(cfg, paths))   # the same support rule as the test scores
+    score = functools.partial(rescore, checker=checker)
     for tag in cfg.selective:
-        fitted = fit_selective(val, cal.rows_by_tag.get(tag, {}), rescore)
+        fitted = fit_selective(val, cal.rows_by_tag.get(tag, {}), score)
         preds.rows_by_tag[tag + SELECTIVE_SUFFIX] = selective_rows(preds.rows_by_tag[tag], fitted["fit"],
                                                                    fitted["threshold"])
         preds.models[tag + SELECTIVE_SUFFIX] = {**preds.models[tag], "selective_of": tag}
@@ -326,8 +304,13 @@ def add_selective(cfg, preds: Predictions, examples: Sequence[dict], paths: Mapp
 # ---- re-score outputs that already exist: no model is loaded
 def rescore_predictions(cfg, examples: Sequence[dict], templates: PromptTemplates, templates_from: str) -> Predictions:
     """The rows of --predictions, checked against the test examples, with prompt and output lengths."""
+    from ..published import is_their_output_file, read_their_outputs
+
     by_id = {e["id"]: e for e in examples}
-    rows_by_tag = read_external(cfg.predictions, cfg.model_tag)
+    if is_their_output_file(cfg.predictions):   # ALCE's / Trust-Eval's {data: [{question, output, docs}]}
+        rows_by_tag = read_their_outputs(cfg.predictions, examples, cfg.model_tag)
+    else:
+        rows_by_tag = read_external(cfg.predictions, cfg.model_tag)
     if not rows_by_tag:
         raise RecordError(f"{cfg.predictions}: no predictions; expected one {{id, raw_output[, model_tag]}} "
                           f"object a line")
@@ -530,13 +513,17 @@ def write_results(cfg, examples: Sequence[dict], preds: Predictions, paths: Mapp
 
     boot = BootstrapSpec(n_boot=0 if cfg.fast else cfg.bootstrap_samples, level=cfg.ci_level, seed=cfg.seed)
     rows_by_tag = dict(sorted(preds.rows_by_tag.items(), key=lambda kv: kv[0] != "base"))  # base is the first column
+    checker = entailment_checker(cfg, paths)
     scored = compute_metrics(examples, rows_by_tag, preds.prompt_tokens, boundaries, boot,
-                             comparisons=preds.comparisons)
+                             comparisons=preds.comparisons, checker=support_checker(checker))
+    published = published_measures(examples, rows_by_tag, checker)   # ALCE's and Trust-Eval's, x 100
+    checker.save()
     results = run_card("evaluate_sft.py", to_dict(cfg), {"test_data": data_sha}, results_version=RESULTS_VERSION)
     results["inputs"] = {"test_data": {"path": str(cfg.test_data), "sha256": data_sha, "examples": len(examples),
                                        "splits": split_counts(examples)},
                          "predictions": preds.file}
     results["models"] = preds.models
+    results["entailment"] = checker.describe()
     results["signatures"] = preds.signatures
     results["complete"] = not preds.partial and all(c["missing"] == 0 for c in scored["coverage"].values())
     results["prompt_templates"] = {"from": preds.templates_from, "sha256": templates_hash(preds.templates)}
@@ -546,6 +533,9 @@ def write_results(cfg, examples: Sequence[dict], preds: Predictions, paths: Mapp
         f"{boot.level:.0%} percentile bootstrap over examples, {boot.n_boot} resamples, seed {boot.seed}; "
         f"deltas by paired bootstrap (same resample for both models)" if boot.n_boot else "none (--fast or 0 resamples)")}
     results.update(scored)
+    results["published"] = {**published, "entailment": checker.spec, "about": (
+        "ALCE's (factuality/alce.py) and Trust-Eval's (factuality/trusteval.py) measures under their own names "
+        "and definitions, x 100, per system and source (QA sources; FEVER is left out)")}
     results["selective"] = preds.selective
     results.setdefault("deltas", {})
     results["files"] = {"results": str(paths["results"]), "predictions": preds.file, "summary": str(paths["summary"])}
@@ -560,28 +550,18 @@ def write_results(cfg, examples: Sequence[dict], preds: Predictions, paths: Mapp
     return results
 
 
-def _comparisons_for(cfg, tags: Sequence[str]) -> list[tuple[str, str]]:
-    """--compare pairs checked against the tags present, else every tag against base (or the one before)."""
-    if cfg.compare:
-        pairs = [tuple(p.split(":", 1)) for p in cfg.compare]
-        for new, old in pairs:
-            for t in (new, old):
-                if t not in tags:
-                    raise ConfigError(f"--compare {new}:{old}: no system tagged {t!r} (systems: {', '.join(tags)})")
-        return pairs
-    if "base" in tags:
-        return [(t, "base") for t in tags if t != "base"]
-    return list(zip(tags[1:], tags[:-1]))
+def entailment_checker(cfg, paths: Mapping[str, Path]):
+    """The --entailment checker, its cache beside the results unless --entailment-cache names one."""
+    from ..entailment import run_checker
+
+    return run_checker(cfg.entailment, cfg.trust_remote_code,
+                       cfg.entailment_cache or f"{paths['results'].with_suffix('')}.entailment", cfg.entailment_batch_size)
 
 
 def summarize(results: Mapping) -> str:
-    cov = ", ".join(f"{t} {c['scored']}/{c['scored'] + c['missing']}" for t, c in results["coverage"].items())
-    lines = [f"\nscored: {cov} examples; prompt lengths: {results['prompt_length']['counted_with']}",
-             format_comparison_table(results)]
-    if not results["complete"]:
-        lines.append("PARTIAL run: rerun the same command to continue where it stopped")
-    lines.append(f"wrote {results['files']['results']}, {results['files']['summary']}, {results['files']['predictions']}")
-    return "\n".join(lines)
+    from ..report import format_run_summary
+
+    return format_run_summary(results)
 
 
 def _stage():

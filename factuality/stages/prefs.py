@@ -199,6 +199,9 @@ class PrefsOptions(ModelOptions, BackendOptions):
         "min": 0, "max": 1, "help": "share of the judge in the final score with --judge-mode both"})
     verifier_weights: dict = field(default_factory=lambda: dict(VERIFIER_WEIGHTS), metadata={
         "help": f"weights of the verifiers ({', '.join(VERIFIERS)}) in the verifier score; JSON on the command line"})
+    entailment: str = field(default="lexical", metadata={
+        "help": "the entailment checker behind the 'supported' verifier (entailment.py): lexical (cannot judge FEVER "
+                "verdicts), nli:<hub id or path> or true:<hub id or path>"})
     judge_rationale_tokens: int = field(default=0, metadata={
         "min": 0, "help": "--output-mode rich: also generate the judge's explanation of each kept candidate, up to "
                           "this many tokens (0: none; the scores never come from it)"})
@@ -246,6 +249,9 @@ class PrefsOptions(ModelOptions, BackendOptions):
                               "use --n-generations 1 for the SFT answer alone, or --temperature > 0 for samples")
         check_kinds(self.perturb_kinds, "--perturb-kinds")
         self.verifier_weights = check_weights(self.verifier_weights)
+        from ..entailment import check_spec
+
+        check_spec(self.entailment)
         if self.judge_use_8bit and self.judge_use_4bit:
             raise ConfigError("--judge-use-8bit and --judge-use-4bit are exclusive; choose one")
         if self.load_in_8bit and self.load_in_4bit:

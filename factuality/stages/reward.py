@@ -415,7 +415,7 @@ def run_frozen(cfg, inputs: Inputs, run_dir: Path, resume_from: Path | None) -> 
     val_set = ScoredSet(head_scores(best, X_eval), P_eval, head_scores(init_head, X_eval), ev.length, ev.verifier)
     train_set, train_pairs_idx = baseline_train_set(inputs.train_pairs, inputs.templates, tokens, cfg.penalties)
     report = build_report(val_set, ev.pairs, train_set, train_pairs_idx, ev.probes, ev.probe_rows)
-    report.update(checkpoint="best", best=history["best"], **inputs.sources())
+    report.update(checkpoint="best", best=history["best"], entailment=cfg.penalties.entailment, **inputs.sources())
     atomic_write_json(run_dir / "best" / "report.json", report)  # the figures --validate-only must reproduce
     return finish_run(cfg, inputs, run_dir, history, report, {
         "features": {"train": train_info, "eval": eval_info, "prompts_truncated": tokens.truncated_prompts,
@@ -518,7 +518,7 @@ def finish_lora_run(cfg, inputs: Inputs, run_dir: Path, history: dict, ev: EvalI
                            trust_remote_code=cfg.model.trust_remote_code)
     train_set, train_idx = baseline_train_set(inputs.train_pairs, inputs.templates, tokens, cfg.penalties)
     report = build_report(score_inputs(rm, ev), ev.pairs, train_set, train_idx, ev.probes, ev.probe_rows)
-    report.update(checkpoint="best", best=history["best"], **inputs.sources())
+    report.update(checkpoint="best", best=history["best"], entailment=cfg.penalties.entailment, **inputs.sources())
     atomic_write_json(run_dir / "best" / "report.json", report)
     return finish_run(cfg, inputs, run_dir, history, report, extra, resume_from)
 
@@ -553,7 +553,7 @@ def validate(cfg) -> dict:
     t0 = time.time()
     report = build_report(score_inputs(rm, ev), ev.pairs, train_set, train_idx, ev.probes, ev.probe_rows)
     seconds = time.time() - t0
-    report.update(checkpoint=str(ckpt), **inputs.sources())
+    report.update(checkpoint=str(ckpt), entailment=rm.penalty_options.entailment, **inputs.sources())
     saved_path = ckpt / "report.json"
     if saved_path.exists():
         saved = json.loads(saved_path.read_text(encoding="utf-8"))

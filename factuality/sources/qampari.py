@@ -1,0 +1,26 @@
+"""QAMPARI (questions with many answers, listed) in ALCE's format: factuality/sources/alce_format.py reads and drafts it.
+
+Raw files: `<raw root>/qampari/*.json` (ALCE: `qampari_eval_gtr_top100.json` and the like, from its
+download script; Trust-Eval: `qampari_eval_top100_calibrated.json`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import alce_format
+from .base import BadRecords, DraftContext
+
+NAME = "qampari"
+TASK = "question"
+INPUTS = {"qampari": "qampari/*.json"}
+DOWNLOADS: list = []   # ALCE's data come from its download script (a tarball of many files): place them by hand
+
+
+def read(path: Path, bad: BadRecords):
+    return alce_format.read_items(path, bad, NAME)
+
+
+READERS = {"qampari": read}
+
+
+def draft(exs, ctx: DraftContext):
+    return alce_format.draft_items(exs, ctx, NAME)
