@@ -415,12 +415,20 @@ def test_resume_from_the_final_checkpoint_trains_no_further_step(tiny_model_dir,
     same adapter (it used to train step 4 of 3)."""
     from safetensors.torch import load_file
 
+    from factuality.records import KILL_AT_ENV
+
     mid_epoch = ("--max-steps", "3")          # 4 steps an epoch: the run ends mid epoch, at checkpoint-3
     full = run(dpo_cfg(tiny_model_dir, sft_adapter, tmp_path, *mid_epoch, run_name="full"))
     want = load_file(tmp_path / "runs" / "full" / "adapter_model.safetensors")
-    run(dpo_cfg(tiny_model_dir, sft_adapter, tmp_path, *mid_epoch, run_name="cut"))
     rd = tmp_path / "runs" / "cut"
-    (rd / "run_card.json").unlink()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           KILL_AT_ENV: "dpo:adapter_saved"}
+    out = subprocess.run([sys.executable, str(ROOT / "train_dpo.py"), "-c", str(TINY_YAML), *mid_epoch,
+                          "--model-name-or-path", str(tiny_model_dir), "--sft-adapter", str(sft_adapter),
+                          "--pairs-file", str(pairs_file), "--ref-cache-dir", str(tmp_path / "refcache"),
+                          "--output-dir", str(rd)], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == -9, out.stderr[-2000:]       # SIGKILL between the final adapter and the run card
+    assert (rd / "adapter_model.safetensors").exists() and not (rd / "run_card.json").exists()
     assert find_last_checkpoint(rd).name == "checkpoint-3"
     resumed = run(dpo_cfg(tiny_model_dir, sft_adapter, tmp_path, *mid_epoch, "--resume", run_name="cut"))
     assert resumed["global_step"] == full["global_step"] == 3

@@ -165,8 +165,10 @@ def test_resume_from_the_final_checkpoint_trains_no_further_step(setup):
     args = args + ["--max-steps", "4", "--save-steps", "2"]     # stops mid epoch: checkpoint-4 is the last step
     full = run(parse_config(SFT_SPEC, args + ["--output-dir", str(tmp_path / "full")]))
     cut = tmp_path / "cut"
-    run(parse_config(SFT_SPEC, args + ["--output-dir", str(cut)]))
-    (cut / "run_card.json").unlink()                      # killed between the adapter and the run card
+    out = subprocess.run([sys.executable, str(ROOT / "train_sft.py"), *args, "--output-dir", str(cut)],
+                         env={**ENV, KILL_AT_ENV: "sft:adapter_saved"}, capture_output=True, text=True, timeout=300)
+    assert out.returncode == -9, out.stderr[-2000:]       # SIGKILL between the final adapter and the run card
+    assert (cut / "adapter_model.safetensors").exists() and not (cut / "run_card.json").exists()
     resumed = run(parse_config(SFT_SPEC, args + ["--output-dir", str(cut), "--resume"]))
     assert resumed["global_step"] == full["global_step"] == 4
     want, got = weights(tmp_path / "full"), weights(cut)

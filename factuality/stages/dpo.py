@@ -62,7 +62,7 @@ from ..modeling import (
 )
 from ..prompts import PromptTemplates
 from ..provenance import run_card, set_seed, write_run_card
-from ..records import apply_umask, atomic_write_text, releasing_claims, sha256_file
+from ..records import apply_umask, atomic_write_text, fault_point, releasing_claims, sha256_file
 from ..training import (
     TRAINING_DEFAULTS,
     RunFolderOptions,
@@ -330,6 +330,7 @@ def train_and_evaluate(trainer, resume_from: Path | None, run_dir: Path, evaluat
     train_s = time.time() - t0
     eval_metrics = trainer.evaluate() if evaluate else {}
     trainer.save_model(str(run_dir))  # adapter + tokenizer; main process only
+    fault_point("dpo:adapter_saved")   # tests kill here: the final adapter is written, the run card not yet
     losses = losses_of(trainer.state.log_history)
     if eval_metrics.get("eval_loss") is not None:
         losses["final_eval_loss"] = eval_metrics["eval_loss"]

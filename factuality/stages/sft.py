@@ -49,6 +49,7 @@ from ..provenance import run_card, set_seed, write_run_card
 from ..records import (
     apply_umask,
     atomic_write_text,
+    fault_point,
     read_examples,
     releasing_claims,
     sha256_file,
@@ -395,6 +396,7 @@ def run(cfg) -> dict:
     train_s = time.time() - t0
     eval_metrics = trainer.evaluate() if eval_ds is not None else {}
     trainer.save_model(str(run_dir))  # adapter + tokenizer (processing_class); main process only
+    fault_point("sft:adapter_saved")   # tests kill here: the final adapter is written, the run card not yet
     losses = losses_of(trainer.state.log_history)
     if eval_metrics.get("eval_loss") is not None:
         losses["final_eval_loss"] = eval_metrics["eval_loss"]
