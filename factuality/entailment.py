@@ -17,18 +17,24 @@ train_rm.py; default `lexical`):
 
 Remote code runs only when the user passed `--trust-remote-code`. Scores are cached on disk per
 checker (`<cache_dir>/<checker key>.json`, keyed by the sha256 of premise and hypothesis), written
-atomically with a `.sha256` sidecar; a cache whose bytes do not match its sidecar is refused.
+atomically and sealed (`records.seal`); a cache whose bytes changed is discarded and computed again.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from .errors import ConfigError, UserError
-from .records import atomic_write_json, atomic_write_text, sha256_file, sha256_json
+from .records import (
+    atomic_write_json,
+    discard_if_tampered,
+    read_json,
+    seal,
+    seal_path,
+    sha256_json,
+)
 from .text import answer_tokens
 
 log = logging.getLogger(__name__)
@@ -117,13 +123,14 @@ class EntailmentChecker:
     # ---- disk cache
     def _load_cache(self) -> None:
         path = self.cache_path
-        side = Path(f"{path}.sha256")
-        if not path.exists():
+        if not path.exists() or discard_if_tampered(path):   # a changed cache is dropped and computed again
             return
-        if not side.exists() or side.read_text(encoding="utf-8").strip() != sha256_file(path):
-            raise EntailmentCacheError(f"{path}: entailment cache does not match its recorded sha256 ({side}); "
-                                       f"delete both files to recompute")
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        if not seal_path(path).exists():
+            raise EntailmentCacheError(f"{path}: entailment cache without its seal ({seal_path(path).name}); delete "
+                                       f"it to recompute")
+        obj = read_json(path, expected="an entailment cache (JSON object: fingerprint, scores)")
+        if not isinstance(obj, dict):
+            raise EntailmentCacheError(f"{path}: not a JSON object; delete the file to recompute")
         if obj.get("fingerprint") != self.fingerprint():
             raise EntailmentCacheError(f"{path}: entailment cache of another checker ({obj.get('fingerprint')}); "
                                        f"delete it or pass another --entailment-cache")
@@ -138,7 +145,7 @@ class EntailmentChecker:
             return
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.cache_path, {"fingerprint": self.fingerprint(), "scores": self._memo})
-        atomic_write_text(Path(f"{self.cache_path}.sha256"), sha256_file(self.cache_path) + "\n")
+        seal(self.cache_path)
         self._dirty = False
 
 

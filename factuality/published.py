@@ -113,13 +113,25 @@ def is_their_output_file(path) -> bool:
     import json
     from pathlib import Path
 
-    text = Path(path).read_text(encoding="utf-8", errors="replace").lstrip()
-    if not text.startswith(("{", "[")):
-        return False
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        return False    # JSONL: one object a line
+    from .records import refuse_non_file
+
+    path = Path(path)
+    if not path.is_file():
+        refuse_non_file(path)   # a named pipe or a folder: one error line, never a wait for a writer
+        return False            # missing: the JSONL reader names it
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = f.readline()
+        try:
+            obj = json.loads(first)   # JSONL (one object a line), or their file written on one line
+        except RecursionError:
+            return False              # the JSONL reader reports it, with its line
+        except ValueError:
+            if not first.lstrip().startswith(("{", "[")):
+                return False
+            try:
+                obj = json.loads(first + f.read())
+            except (ValueError, RecursionError):
+                return False
     items = obj.get("data") if isinstance(obj, dict) else obj
     return isinstance(items, list) and bool(items) and isinstance(items[0], dict) and "output" in items[0]
 

@@ -17,7 +17,7 @@ from factuality.entailment import (
     support_checker,
 )
 from factuality.metrics import lexical_support, score_example
-from factuality.records import write_jsonl
+from factuality.records import seal_path, write_jsonl
 from factuality.testing import make_example, make_tiny_nli_model, make_tiny_true_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -97,7 +97,7 @@ def test_true_checker_reads_the_first_decoded_token(true_dir):
     assert checker.contradiction(*PAIRS[0]) is None   # no contradiction label: REFUTES goes through negation
 
 
-def test_disk_cache_is_reused_and_a_tampered_cache_is_refused(tmp_path):
+def test_disk_cache_is_reused_and_a_tampered_cache_is_computed_again(tmp_path, caplog):
     first = Constant(0.9, cache_dir=tmp_path)
     assert first.probabilities(PAIRS) == [0.9] * 3 and first.calls == 3
     first.probabilities(PAIRS)
@@ -109,7 +109,15 @@ def test_disk_cache_is_reused_and_a_tampered_cache_is_refused(tmp_path):
     data = json.loads(cache.read_text())
     data["scores"] = {k: 0.0 for k in data["scores"]}
     cache.write_text(json.dumps(data))
-    with pytest.raises(EntailmentCacheError, match="sha256"):
+    with caplog.at_level("WARNING", logger="factuality.records"):
+        third = Constant(0.9, cache_dir=tmp_path)
+    assert "The cache is discarded and computed again" in caplog.text and not cache.exists()
+    assert third.probabilities(PAIRS) == [0.9] * 3 and third.calls == 3, "the tampered scores were not used"
+    third.save()
+    cache.write_text(cache.read_text())                  # unchanged bytes: still sealed
+    assert Constant(0.9, cache_dir=tmp_path).probabilities(PAIRS) == [0.9] * 3
+    seal_path(cache).unlink()
+    with pytest.raises(EntailmentCacheError, match="without its seal"):
         Constant(0.9, cache_dir=tmp_path)
 
 

@@ -55,6 +55,7 @@ from .reading import (
     read_examples,
     read_json,
     read_jsonl,
+    refuse_non_file,
 )
 
 __all__ = [
@@ -99,6 +100,7 @@ __all__ = [
     "read_json",
     "read_jsonl",
     "recover_dir",
+    "refuse_non_file",
     "seal",
     "seal_dir",
     "seal_path",
