@@ -679,3 +679,21 @@ def test_overwrite_that_fails_keeps_the_previous_run(trained, tiny_model_dir, tm
     with pytest.raises((FileExistsError, NotADirectoryError)):
         run(tiny_cfg(d, tiny_model_dir, "--overwrite", feature_cache_dir=str(tmp_path / "not-a-folder")))
     assert {p.relative_to(d / "run"): p.read_bytes() for p in (d / "run").rglob("*") if p.is_file()} == before
+
+
+def test_pairs_naming_examples_the_data_lacks_are_reported(tmp_path, tiny_model_dir, caplog):
+    """Issue 24, item 10: pairs of another build (example ids the data files lack) trained silently;
+    probes and augment pairs leave the pairs' examples out by id, so they could hold the same questions."""
+    from factuality.stages.reward import read_inputs
+
+    path = make_pairs(tmp_path, tiny_model_dir)
+    rows = read_jsonl(path, PREFERENCE)
+    foreign = [dict(r, example_id="nq:elsewhere-" + r["example_id"]) for r in rows[:3]] + rows[3:]
+    write_jsonl(path, foreign, PREFERENCE)
+    with caplog.at_level("WARNING", logger="factuality.stages.reward"):
+        inputs = read_inputs(tiny_cfg(tmp_path, tiny_model_dir, synthetic_data_dir=str(tmp_path / "data" / "processed")))
+    assert inputs.sources()["pairs_with_unknown_example_ids"] == 3
+    assert f"3 of {len(rows)} pairs name example ids" in caplog.text
+    write_jsonl(path, rows, PREFERENCE)
+    again = read_inputs(tiny_cfg(tmp_path, tiny_model_dir, synthetic_data_dir=str(tmp_path / "data" / "processed")))
+    assert again.sources()["pairs_with_unknown_example_ids"] == 0

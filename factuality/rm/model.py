@@ -216,6 +216,15 @@ def _model_options_from(config: Mapping) -> ModelOptions:
                         trust_remote_code=config["trust_remote_code"])
 
 
+def resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:
+    """--checkpoint best|final (in the run folder) or a path, holding a saved reward model."""
+    p = run_dir / checkpoint if checkpoint in ("best", "final") else Path(checkpoint)
+    if not (p / CHECKPOINT_CONFIG).exists():
+        raise FileNotFoundError(f"{p}: no saved reward model here ({CHECKPOINT_CONFIG} missing); train first "
+                                f"(python train_rm.py -c ...) or pass --checkpoint best|final|<path>")
+    return p
+
+
 def read_checkpoint_config(path: str | Path) -> dict:
     p = Path(path) / CHECKPOINT_CONFIG
     if not p.exists():

@@ -201,6 +201,26 @@ def write_synthetic_pairs(cfg, tokenizer, templates: PromptTemplates) -> Path:
     return out
 
 
+def unknown_example_ids(cfg, pairs: Sequence[Mapping]) -> tuple[int, list[str]]:
+    """(pairs, files): how many pairs name an example id that the processed data files the reward
+    model also reads (probe_data, the augment / synthetic train file) do not hold. Such pairs come
+    from another build: the probes and augment pairs, which leave out the pairs' examples by id,
+    could then hold the same question under another id."""
+    files = [Path(p) for p in dict.fromkeys(filter(None, [
+        cfg.run.probe_data, cfg.run.augment_data or str(Path(cfg.run.synthetic_data_dir) / "train.jsonl")]))]
+    files = [p for p in files if p.is_file()]
+    if not files or not pairs:
+        return 0, []
+    known = {e["id"] for p in files for e in read_examples(p)}
+    unknown = [p["example_id"] for p in pairs if p["example_id"] not in known]
+    if unknown:
+        log.warning("%d of %d pairs name example ids that %s do not hold (first: %r): pairs from another build? "
+                    "Probes and augment pairs leave out the pairs' examples by id, so they may now hold the same "
+                    "questions; build the pairs from these data files, or set --probe-data / --augment-data to the "
+                    "data the pairs came from", len(unknown), len(pairs), " and ".join(map(str, files)), unknown[0])
+    return len(unknown), [str(p) for p in files]
+
+
 def augment_pairs(cfg, tokenizer, templates: PromptTemplates, used_ids: set[str]) -> tuple[list[dict], str | None]:
     """(pairs, file) of the augment_pairs option: gold against one of augment_kinds, from the split:
     train examples of augment_data (default <synthetic_data_dir>/train.jsonl) that `used_ids` (the

@@ -61,9 +61,9 @@ from ..provenance import run_card, set_seed, write_run_card
 from ..records import (
     RecordError,
     apply_umask,
-    check_sealed_dir,
     atomic_write_json,
     atomic_write_text,
+    check_sealed_dir,
     releasing_claims,
     sha256_file,
 )
@@ -83,12 +83,12 @@ from ..rm.lora import (
     torch_equal,
 )
 from ..rm.model import (
-    CHECKPOINT_CONFIG,
     HEAD_WEIGHTS,
     checkpoint_config,
     head_scores,
     load_reward_model,
     new_head,
+    resolve_checkpoint,
     save_head_checkpoint,
     save_lora_checkpoint,
     seqcls_init_kwargs,
@@ -99,6 +99,7 @@ from ..rm.pairs import (
     newest_pairs_file,
     pair_examples,
     read_pairs,
+    unknown_example_ids,
     write_synthetic_pairs,
 )
 from ..rm.probes import Probe, make_probes, probe_examples
@@ -306,11 +307,13 @@ class Inputs:
     probe_source: str
     examples_by_id: dict[str, dict]
     augment: dict = field(default_factory=dict)   # augment_pairs: {"pairs", "by_kind", "source"}
+    unknown_example_ids: int = 0                  # pairs whose example id the data files do not hold
 
     def sources(self) -> dict:
         """Where the report's pairs and probes came from (every report records it)."""
         return {"pairs_path": str(self.pairs_path), "pairs_sha256": sha256_file(self.pairs_path),
-                "probe_source": self.probe_source, "augment": self.augment}
+                "probe_source": self.probe_source, "augment": self.augment,
+                "pairs_with_unknown_example_ids": self.unknown_example_ids}
 
 
 def read_inputs(cfg) -> Inputs:
@@ -320,6 +323,7 @@ def read_inputs(cfg) -> Inputs:
                                trust_remote_code=cfg.model.trust_remote_code)
     pairs_path = pairs_path or resolve_pairs_path(cfg, tokenizer, templates)
     train_pairs, val_pairs = read_pairs(pairs_path, templates)
+    unknown, _ = (0, []) if cfg.run.synthetic_pairs else unknown_example_ids(cfg, train_pairs + val_pairs)
     train_ids = {p["example_id"] for p in train_pairs}
     probe_exs, probe_source = probe_examples(cfg, val_pairs, tokenizer, templates, train_ids)
     probes = make_probes(probe_exs, cfg.train.seed)
@@ -333,7 +337,8 @@ def read_inputs(cfg) -> Inputs:
              len(train_pairs), len(val_pairs), ", ".join(f"{k} {v}" for k, v in sorted(count_kinds(val_pairs).items())),
              len({p.example_id for p in probes}), len(probes), probe_source)
     augment = {"pairs": len(extra), "by_kind": count_kinds(extra), "source": augment_source} if extra else {}
-    return Inputs(templates, tokenizer, pairs_path, train_pairs, val_pairs, probes, probe_source, examples, augment)
+    return Inputs(templates, tokenizer, pairs_path, train_pairs, val_pairs, probes, probe_source, examples, augment,
+                  unknown)
 
 
 # --------------------------------------------------------------------------------------------
@@ -526,22 +531,13 @@ def finish_lora_run(cfg, inputs: Inputs, run_dir: Path, history: dict, ev: EvalI
 # --------------------------------------------------------------------------------------------
 # --validate-only and the stage
 # --------------------------------------------------------------------------------------------
-def resolve_checkpoint(cfg) -> Path:
-    c = cfg.run.checkpoint
-    p = run_dir_of(cfg) / c if c in ("best", "final") else Path(c)
-    if not (p / CHECKPOINT_CONFIG).exists():
-        raise FileNotFoundError(f"{p}: no saved reward model here ({CHECKPOINT_CONFIG} missing); train first "
-                                f"(python train_rm.py -c ...) or pass --checkpoint best|final|<path>")
-    return p
-
-
 def validate(cfg) -> dict:
     """--validate-only: load the saved reward model on its own and compute the report again."""
     if cfg.run.torch_threads:
         import torch
 
         torch.set_num_threads(cfg.run.torch_threads)
-    ckpt = resolve_checkpoint(cfg)
+    ckpt = resolve_checkpoint(run_dir_of(cfg), cfg.run.checkpoint)
     inputs = read_inputs(cfg)
     rm = load_reward_model(ckpt, trust_remote_code=cfg.model.trust_remote_code)
     config = rm.config
