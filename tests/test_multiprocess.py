@@ -193,7 +193,8 @@ def test_make_prefs_generation_two_processes_write_what_one_writes(world, tmp_pa
     assert (c2 / "examples.jsonl").read_bytes() == (c1 / "examples.jsonl").read_bytes()
     assert json.loads((c2 / "manifest.json").read_text())["complete"]
     assert sorted(p.name for p in c2.iterdir()) == [".examples.jsonl.sha256", ".generations.jsonl.sha256",
-                                                    "examples.jsonl", "generations.jsonl", "manifest.json"]
+                                                    ".manifest.json.sha256", "examples.jsonl", "generations.jsonl",
+                                                    "manifest.json"]
     assert (c2 / ".generations.jsonl.sha256").read_bytes() == (c1 / ".generations.jsonl.sha256").read_bytes()
 
 

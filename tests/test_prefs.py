@@ -126,7 +126,8 @@ def test_cache_layout_and_reuse(generated, adapter, data, tiny_model_dir, monkey
     out, manifest = generated["out"], generated["manifest"]
     cache = out / "cache" / manifest["signature"]
     assert sorted(p.name for p in cache.iterdir()) == [".examples.jsonl.sha256", ".generations.jsonl.sha256",
-                                                       "examples.jsonl", "generations.jsonl", "manifest.json"]
+                                                       ".manifest.json.sha256", "examples.jsonl", "generations.jsonl",
+                                                       "manifest.json"]
     rows = read_jsonl(cache / "generations.jsonl", CANDIDATE)
     assert len(rows) == 16 * 2 and Counter(r["origin"] for r in rows) == {"sft": 16, "base": 16}
     assert Counter(r["split"] for r in rows) == {"train": 24, "val": 8}
