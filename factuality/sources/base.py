@@ -107,15 +107,22 @@ class DraftContext:
 class BadRecords(Rejects):
     """Malformed raw records: an error naming file, line and field (default), or collected for the
     build's rejects file (`collect=True`). Well-formed records that cannot be used are counted in
-    `dropped` by reason."""
+    `dropped` by reason; unusable parts of a record that is otherwise used (an empty retrieved
+    passage) in `skipped` by reason."""
 
     def __init__(self, collect: bool = False):
         super().__init__(collect=collect, hint="fix or remove the record, or pass --rejects FILE to set bad "
                                                "records aside and count them")
         self.dropped: Counter = Counter()
+        self.skipped: Counter = Counter()
 
     def drop(self, reason: str) -> None:
         self.dropped[reason] += 1
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        """Parts of a record that is otherwise used (a retrieved passage with no text, say), left out:
+        normal in real files, counted by reason, never a refused record."""
+        self.skipped[reason] += n
 
 
 # --------------------------------------------------------------------------------------------

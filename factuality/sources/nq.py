@@ -43,7 +43,10 @@ OPEN_PREFIX = "open:"
 
 
 def _ctx_ok(c: Any) -> bool:
-    return isinstance(c, dict) and isinstance(c.get("text"), str) and c["text"].strip() and isinstance(c.get("title"), str)
+    """A DPR passage of the right shape; one with no text (`ctxs.is_empty_passage`) is of the right
+    shape too, and is left out and counted by the reader."""
+    return (isinstance(c, dict) and isinstance(c.get("title"), str)
+            and (isinstance(c.get("text"), str) or ctxs.is_empty_passage(c)))
 
 
 def read_dpr(path: Path, bad: BadRecords) -> Iterator[RawExample]:
@@ -66,12 +69,19 @@ def _dpr_records(records, path: Path, bad: BadRecords) -> Iterator[RawExample]:
             problem = ("positive_ctxs", "expected a list of {title, text, passage_id}")
         elif not isinstance(negs, list) or not all(_ctx_ok(c) for c in negs):
             problem = ("hard_negative_ctxs", "expected a list of {title, text, passage_id}")
+        if problem is None and pos and all(ctxs.is_empty_passage(c) for c in pos):   # nothing usable is left
+            problem = ("positive_ctxs[0].text", f"missing or not a non-empty string, and so are the other {len(pos) - 1} "
+                       "positive passages: no usable positive passage left")
         if problem:
             bad.report(where, *problem, rec)
             continue
         if not pos:
             bad.drop("nq_dpr_no_positive_passage")
             continue
+        n_empty = sum(ctxs.is_empty_passage(c) for c in pos + negs)
+        if n_empty:   # a passage with no text: left out, counted, the rest of the record used
+            bad.skip("nq_dpr_ctx_empty_text", n_empty)
+            pos, negs = [c for c in pos if not ctxs.is_empty_passage(c)], [c for c in negs if not ctxs.is_empty_passage(c)]
         gold, span_found = None, True
         for c in pos:
             span = find_span(c["text"], answers)

@@ -396,6 +396,7 @@ def build(cfg: BuildConfig) -> dict:
         "rejected": len(bad.items),
         "rejects_file": cfg.rejects,
         "dropped": dict(bad.dropped),
+        **({"skipped_parts": dict(sorted(bad.skipped.items()))} if bad.skipped else {}),
         "retrieval_miss": retrieval_misses(cfg, drafts, bad),
     }
     if ctx.shared.get("retrievers"):
@@ -529,6 +530,10 @@ def format_table(summary: dict) -> str:
     dropped = summary["dropped"]
     lines.append(f"dropped (well-formed but unusable): {sum(dropped.values())}"
                  + (f" ({', '.join(f'{k} {v}' for k, v in sorted(dropped.items()))})" if dropped else ""))
+    skipped = summary.get("skipped_parts") or {}
+    if skipped:
+        lines.append(f"skipped parts of records kept (e.g. retrieved passages with no text): {sum(skipped.values())} "
+                     f"({', '.join(f'{k} {v}' for k, v in sorted(skipped.items()))})")
     miss = summary.get("retrieval_miss") or {}
     if miss.get("total"):
         kept, gone = miss["kept_unanswerable"], miss["dropped"]
