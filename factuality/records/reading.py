@@ -315,6 +315,145 @@ def read_json(path: str | os.PathLike, bad: Rejects | None = None, expected: str
     return out
 
 
+_JSON_WS = " \t\n\r"
+ARRAY_CHUNK_BYTES = 1 << 20   # what a streamed JSON array reads at a time (bytes of the decompressed data)
+
+
+def iter_json_array(path: str | os.PathLike, bad: Rejects | None = None, expected: str = "records",
+                    chunk_bytes: int = ARRAY_CHUNK_BYTES) -> Iterator[tuple[int, Any]]:
+    """(index, record) of a JSON array file, one record at a time: peak memory is the largest record
+    plus `chunk_bytes`, whatever the file's size (a 7.9 GB DPR retriever file streams like a small one).
+
+    Each record is parsed by the `json` module's own decoder (`JSONDecoder.raw_decode` over a window of
+    the file), so records are the very objects `json.loads` of the whole file gives. Messages are those
+    of `read_json`: not valid JSON -> `path:line: (file): ...`; bytes that are not UTF-8 -> line and byte
+    offset, raised, or with `bad` that collects, the record holding them reported as `path[index]` and
+    skipped. A file that is not an array is read whole and refused naming its type; an empty array is
+    refused. gzip is decompressed as it is read (`open_bytes`)."""
+    path = Path(path)
+    _require_file(path)
+    raising = bad is None or bad.raising
+    what = f"a JSON array of {expected}"
+    decoder = json.JSONDecoder()
+    with open_bytes(path) as f:
+        inc = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+        st = {"buf": "", "eof": False, "line": 1, "col": 0, "byte": 0}   # line / column / byte offset of buf[0]
+
+        def more(n: int = chunk_bytes) -> bool:
+            if st["eof"]:
+                return False
+            data = f.read(n)
+            st["eof"] = not data
+            st["buf"] += inc.decode(data, final=st["eof"])
+            return True
+
+        def drop(upto: int) -> None:   # forget buf[:upto], keeping line / column / byte offset of what is left
+            gone = st["buf"][:upto]
+            nbytes = len(gone.encode("utf-8", "surrogateescape"))
+            nl = gone.count("\n")
+            st["col"] = len(gone[gone.rfind("\n") + 1:].encode("utf-8", "surrogateescape")) if nl else st["col"] + nbytes
+            st["line"] += nl
+            st["byte"] += nbytes
+            st["buf"] = st["buf"][upto:]
+
+        def locate(pos: int) -> tuple[int, int, int]:
+            """(line, byte offset, column) of buf[pos]."""
+            buf = st["buf"]
+            nl = buf.count("\n", 0, pos)
+            last = buf.rfind("\n", 0, pos)
+            head = len(buf[last + 1:pos].encode("utf-8", "surrogateescape"))
+            return (st["line"] + nl, st["byte"] + len(buf[:pos].encode("utf-8", "surrogateescape")),
+                    head + 1 + (st["col"] if last < 0 else 0))
+
+        def not_utf8(pos: int) -> tuple[int, int, str]:
+            line, offset, column = locate(pos)
+            return line, offset, (f"byte 0x{ord(st['buf'][pos]) - 0xDC00:02x} at byte offset {offset} (column {column}) "
+                                  "is not UTF-8; re-save the file as UTF-8 or re-download it")
+
+        def first_surrogate(a: int, b: int) -> int | None:
+            m = re.compile("[\udc80-\udcff]").search(st["buf"], a, b)
+            return m.start() if m else None
+
+        def refuse_encoding(pos: int):
+            line, _, problem = not_utf8(pos)
+            hint = f"; {bad.hint}" if bad is not None and bad.hint else ""
+            raise RecordError(f"{path}:{line}: (encoding): {problem}{hint}")
+
+        def invalid(e: json.JSONDecodeError):
+            sur = first_surrogate(0, min(len(st["buf"]), e.pos + 1))
+            if sur is not None:   # an undecodable byte outside any string breaks the JSON itself: say so
+                line, _, problem = not_utf8(sur)
+                raise RecordError(f"{path}:{line}: (encoding): {problem}")
+            line = st["line"] + st["buf"].count("\n", 0, e.pos)
+            raise RecordError(f"{path}:{line}: (file): not valid JSON ({e.msg}); expected {what}. Re-download "
+                              "or rebuild the file")
+
+        def skip_ws(pos: int) -> int:
+            """The position of the next non-whitespace character (reading on as needed); len(buf) at the end."""
+            while True:
+                buf = st["buf"]
+                while pos < len(buf) and buf[pos] in _JSON_WS:
+                    pos += 1
+                if pos < len(buf) or not more():
+                    return pos
+
+        pos = skip_ws(0)
+        buf = st["buf"]
+        if pos >= len(buf):
+            raise RecordError(f"{path}: the file is empty; expected {what}. Check that it was written completely "
+                              "(or re-download / rebuild it)")
+        if buf[pos] != "[":   # not an array (or not JSON): the whole-file reader's messages
+            whole = read_json(path, bad, expected=what)
+            raise RecordError(f"{path}: (file): {what} is expected, got {type(whole).__name__}")
+        pos = skip_ws(pos + 1)
+        index = 0
+        while True:
+            if pos >= len(st["buf"]):
+                invalid(json.JSONDecodeError("Expecting value", st["buf"], pos))
+            if st["buf"][pos] == "]" and index == 0:
+                raise RecordError(f"{path}: (file): the array is empty (no records); expected {expected}. Check "
+                                  "that it was downloaded completely")
+            last_error = None
+            while True:   # one record: parse, reading on while it is cut off by the window's end
+                try:
+                    rec, end = decoder.raw_decode(st["buf"], pos)
+                    if end < len(st["buf"]) or st["eof"]:
+                        break
+                    more(max(chunk_bytes, len(st["buf"]) - pos))
+                except RecursionError:
+                    raise RecordError(f"{path}: (file): JSON nested deeper than can be read; expected {what}") from None
+                except json.JSONDecodeError as e:
+                    key = (e.msg, e.pos)
+                    if st["eof"] or (key == last_error and not e.msg.startswith("Unterminated string")):
+                        invalid(e)
+                    last_error = key
+                    more(max(chunk_bytes, len(st["buf"]) - pos))
+            sur = first_surrogate(pos, end)
+            if sur is None:
+                yield index, rec
+            elif raising:
+                refuse_encoding(sur)
+            else:
+                line, offset, problem = not_utf8(sur)
+                bad.report(Where(str(path), index=index), "(encoding)", f"line {line}: {problem}", rec, byte=offset)
+            index += 1
+            pos = skip_ws(end)
+            if pos >= len(st["buf"]):
+                invalid(json.JSONDecodeError("Expecting ',' delimiter", st["buf"], pos))
+            ch = st["buf"][pos]
+            if ch == "]":
+                break
+            if ch != ",":
+                invalid(json.JSONDecodeError("Expecting ',' delimiter", st["buf"], pos))
+            pos = skip_ws(pos + 1)
+            if pos > chunk_bytes:
+                drop(pos)
+                pos = 0
+        pos = skip_ws(pos + 1)
+        if pos < len(st["buf"]):
+            invalid(json.JSONDecodeError("Extra data", st["buf"], pos))
+
+
 RUN_CARD_NAME = "run_card.json"
 
 
