@@ -370,7 +370,9 @@ def build(cfg: BuildConfig) -> dict:
     timings["read_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    ctx = S.DraftContext(cfg, inputs, bad)
+    base = layout.manifest.parent    # the corpus index is keyed by the sha256s just verified: not hashed twice
+    ctx = S.DraftContext(cfg, inputs, bad, shared={"input_sha256": {p: hashes[relative_posix(p, base)] for p in all_files
+                                                                    if relative_posix(p, base) in hashes}})
     drafts: list[Draft] = []
     for source in S.build_order(raw):
         drafts += S.source_module(source).draft(raw[source], ctx)
@@ -399,6 +401,8 @@ def build(cfg: BuildConfig) -> dict:
         **({"skipped_parts": dict(sorted(bad.skipped.items()))} if bad.skipped else {}),
         "retrieval_miss": retrieval_misses(cfg, drafts, bad),
     }
+    if ctx.shared.get("corpus_index"):
+        summary["corpus_index"] = ctx.shared["corpus_index"]
     if ctx.shared.get("retrievers"):
         summary["retrievers"] = ctx.shared["retrievers"]
     write_outputs(out_dir, splits, bad.items if cfg.rejects else None, cfg, summary, hashes,

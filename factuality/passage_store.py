@@ -1,0 +1,392 @@
+"""The passage corpus out of core: passages stored once on disk and fetched by position, and a BM25
+index over them built once per corpus, saved, and memory-mapped by every later build.
+
+What a 21M-passage corpus (DPR's psgs_w100.tsv, 13 GB) needs: the build must not hold every passage
+as a Python object, nor every token as a Python string. So:
+
+- passages: one pass over the TSV writes `passages.bin` (UTF-8 doc id, title and text of each chunk,
+  back to back) and `offsets.npy` (int64 field boundaries); `PassageStore[i]` decodes chunk i from a
+  read-only mmap. Only the passages a question retrieves are ever decoded.
+- tokens: the same pass tokenises batches of `BATCH` passages with bm25s' own tokenizer (lower-case,
+  \\w\\w+ tokens, English stop words) to ids; a batch's local vocabulary is mapped to the corpus one,
+  and only its (token, doc, tf) triples, sorted by token, are written to disk (`pairs.*`, temporary).
+- the index: bm25s' own BM25 (method lucene, k1 1.5, b 0.75, float32) as a CSC score matrix
+  (`data.npy`, `indices.npy`, `indptr.npy`) plus `vocab.json`; built block by block of tokens from
+  the sorted batches (memory: one block, `BLOCK_NNZ` entries), each score computed with the very
+  float operations bm25s uses, so the matrix equals the one `bm25s.BM25.index` builds in memory
+  (tests/test_passage_store.py checks scores and hits against it). Retrieval is bm25s' own
+  `BM25.retrieve` over the memory-mapped arrays.
+
+Cache: `$FACTUALITY_CACHE/corpus/<key>/`, key = sha256 of the corpus files' sha256s (the build has
+just verified them against the raw manifest), the chunk size, the tokenizer and BM25 settings, the
+bm25s version and this format's version. Written into a temp folder and renamed into place (a kill
+leaves no half cache; a stale temp folder is removed by the next build). `manifest.json` records
+each file's sha256; every later build verifies every file against it before use (a mismatch: the
+folder is removed and rebuilt, said in a warning). Arrays are read with `allow_pickle=False`,
+never through `bm25s.BM25.load`, and no path is read from the cache. Malformed corpus rows seen
+while building are kept in the manifest and replayed to `bad` by later builds, so a cached build
+reports (or refuses) exactly what the first one did.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import mmap
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import bm25s
+import numpy as np
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+BATCH = 20_000                 # passages tokenised at a time (memory: one batch of texts and ids)
+BLOCK_NNZ = 32_000_000         # index entries assembled at a time (about 32 bytes each while sorting)
+K1, B, METHOD = 1.5, 0.75, "lucene"   # bm25s.BM25() defaults, as the in-memory BM25Index uses them
+TOKENIZER = {"fn": "bm25s.tokenize", "stopwords": "en", "lower": True, "splitter": r"(?u)\b\w\w+\b"}
+FILES = ("passages.bin", "offsets.npy", "data.npy", "indices.npy", "indptr.npy", "vocab.json")
+
+
+def cache_root() -> Path:
+    from .modeling import cache_dir
+
+    return cache_dir() / "corpus"
+
+
+def corpus_key(file_sha256: Sequence[str], chunk_words: int) -> str:
+    spec = {"format": FORMAT_VERSION, "files": list(file_sha256), "chunk_words": chunk_words, "tokenizer": TOKENIZER,
+            "bm25": {"k1": K1, "b": B, "method": METHOD, "dtype": "float32"}, "bm25s": bm25s.__version__}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a built store
+# --------------------------------------------------------------------------------------------
+class PassageStore:
+    """Chunks by position from `passages.bin` (mmap) and `offsets.npy`: `store[i]` -> (doc_id, title, text)."""
+
+    def __init__(self, folder: Path):
+        self.offsets = np.load(folder / "offsets.npy", mmap_mode="r", allow_pickle=False)
+        self._file = open(folder / "passages.bin", "rb")
+        size = os.fstat(self._file.fileno()).st_size
+        self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        self.n = (len(self.offsets) - 1) // 3
+
+    def __len__(self) -> int:
+        return self.n
+
+    def fields(self, i: int) -> tuple[str, str, str]:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        a, b, c, d = (int(x) for x in self.offsets[3 * i:3 * i + 4])
+        mm = self._mm
+        return mm[a:b].decode("utf-8"), mm[b:c].decode("utf-8"), mm[c:d].decode("utf-8")
+
+
+class IndexTexts(Sequence):
+    """"title. text" of each stored chunk (what the index was built from; what has_answer reads)."""
+
+    def __init__(self, store: PassageStore):
+        self.store = store
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, i):
+        _, title, text = self.store.fields(i)
+        return f"{title}. {text}"
+
+
+def load_bm25(folder: Path, n_docs: int) -> bm25s.BM25:
+    """A bm25s.BM25 over the memory-mapped arrays (no pickle, no bm25s.load)."""
+    model = bm25s.BM25(k1=K1, b=B, method=METHOD)
+    arrays = {k: np.load(folder / f"{k}.npy", mmap_mode="r", allow_pickle=False) for k in ("data", "indices", "indptr")}
+    model.scores = {**arrays, "num_docs": n_docs}
+    with open(folder / "vocab.json", encoding="utf-8") as f:
+        vocab = json.load(f)
+    if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
+        raise ValueError("vocab.json: not a list of tokens")
+    model.vocab_dict = {t: i for i, t in enumerate(vocab)}
+    model.vocab_dict[""] = len(vocab)      # bm25s' empty token (create_empty_token=True)
+    model.unique_token_ids_set = set(model.vocab_dict.values())
+    model.nonoccurrence_array = None
+    return model
+
+
+def verify(folder: Path, key: str) -> dict | None:
+    """The folder's manifest when it is whole and every file matches its recorded sha256; else None."""
+    try:
+        with open(folder / "manifest.json", encoding="utf-8") as f:
+            man = json.load(f)
+        if not isinstance(man, dict) or man.get("key") != key or man.get("format") != FORMAT_VERSION:
+            return None
+        sums = man.get("sha256")
+        if not isinstance(sums, dict) or set(sums) != set(FILES):
+            return None
+        for name in FILES:
+            if _sha256(folder / name) != sums[name]:
+                log.warning("%s: sha256 differs from the one recorded when it was written; rebuilding the corpus "
+                            "index", folder / name)
+                return None
+        return man
+    except (OSError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Building a store: one pass over the passages, then the index block by block
+# --------------------------------------------------------------------------------------------
+def _tokenize_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(flat local token ids, tokens per text, local vocabulary in id order) of bm25s' tokenizer."""
+    tok = bm25s.tokenize(texts, stopwords="en", return_ids=True, show_progress=False)
+    lens = np.fromiter((len(x) for x in tok.ids), dtype=np.int64, count=len(texts))
+    flat = np.fromiter((t for ids in tok.ids for t in ids), dtype=np.int64, count=int(lens.sum()))
+    vocab = [None] * len(tok.vocab)
+    for t, i in tok.vocab.items():
+        vocab[i] = t
+    return flat, lens, vocab
+
+
+class _Builder:
+    def __init__(self, tmp: Path, quiet: bool):
+        self.tmp, self.quiet = tmp, quiet
+        self.blob = open(tmp / "passages.bin", "wb")
+        self.offsets = open(tmp / "offsets.tmp", "wb")
+        self.pairs = {k: open(tmp / f"pairs.{k}", "wb") for k in ("tok", "doc", "tf")}
+        self.pos = 0
+        self.offsets_buf: list[int] = [0]
+        self.vocab: dict[str, int] = {}
+        self.df = np.zeros(0, dtype=np.int64)
+        self.doc_len: list[np.ndarray] = []
+        self.segments = [0]          # start of each batch's sorted pairs in pairs.*
+        self.n = 0
+        self.batch: list[str] = []
+
+    def add(self, doc_id: str, title: str, text: str) -> None:
+        for s in (doc_id, title, text):
+            b = s.encode("utf-8")
+            self.blob.write(b)
+            self.pos += len(b)
+            self.offsets_buf.append(self.pos)
+        self.batch.append(f"{title}. {text}")
+        if len(self.batch) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        np.asarray(self.offsets_buf[:-1], dtype=np.int64).tofile(self.offsets)   # the last one starts the next
+        self.offsets_buf = self.offsets_buf[-1:]
+        if not self.batch:
+            return
+        flat, lens, local_vocab = _tokenize_batch(self.batch)
+        lmap = np.fromiter((self.vocab.setdefault(t, len(self.vocab)) for t in local_vocab), dtype=np.int64,
+                           count=len(local_vocab))
+        tok = lmap[flat] if len(flat) else flat
+        doc = np.repeat(np.arange(self.n, self.n + len(self.batch), dtype=np.int64), lens)
+        if len(tok):
+            key = tok * (len(self.batch) + 1) + (doc - self.n)      # sort by (token, doc)
+            key.sort()
+            u, tf = np.unique(key, return_counts=True)
+            ptok, pdoc = u // (len(self.batch) + 1), u % (len(self.batch) + 1) + self.n
+            if len(self.vocab) > len(self.df):
+                self.df = np.concatenate([self.df, np.zeros(len(self.vocab) - len(self.df), dtype=np.int64)])
+            self.df += np.bincount(ptok, minlength=len(self.df))
+            ptok.astype(np.int32).tofile(self.pairs["tok"])
+            pdoc.astype(np.int32).tofile(self.pairs["doc"])
+            tf.astype(np.int32).tofile(self.pairs["tf"])
+            self.segments.append(self.segments[-1] + len(u))
+        self.doc_len.append(lens)
+        self.n += len(self.batch)
+        self.batch = []
+
+    def finish(self, progress: bool) -> dict:
+        """Close the pass, then write the CSC index block by block; returns the manifest fields."""
+        self.flush()
+        np.asarray(self.offsets_buf, dtype=np.int64).tofile(self.offsets)   # the final end offset
+        for f in (self.blob, self.offsets, *self.pairs.values()):
+            f.close()
+        tmp = self.tmp
+        offsets = np.fromfile(tmp / "offsets.tmp", dtype=np.int64)
+        np.save(tmp / "offsets.npy", offsets, allow_pickle=False)
+        del offsets
+        os.remove(tmp / "offsets.tmp")
+        n, vocab_size = self.n, len(self.vocab)
+        doc_len = np.concatenate(self.doc_len) if self.doc_len else np.zeros(0, dtype=np.int64)
+        df = np.concatenate([self.df, np.zeros(vocab_size - len(self.df), dtype=np.int64)])
+        # bm25s: avg_doc_len = np.array([len(doc) ...]).mean() (exact: an integer sum, then one division)
+        avg_doc_len = np.float64(np.array(doc_len, dtype=np.float64).sum() / n) if n else np.float64(0)
+        # bm25s _build_idf_array: math.log on Python numbers, stored as float32
+        idf = np.array([math.log(1 + (n - d + 0.5) / (d + 0.5)) if d else 0.0 for d in df.tolist()], dtype=np.float32)
+        indptr = np.zeros(vocab_size + 1, dtype=np.int64)
+        np.cumsum(df, out=indptr[1:])
+        nnz = int(indptr[-1])
+        np.save(tmp / "indptr.npy", indptr, allow_pickle=False)
+        vocab = [None] * vocab_size
+        for t, i in self.vocab.items():
+            vocab[i] = t
+        with open(tmp / "vocab.json", "w", encoding="utf-8") as f:
+            json.dump(vocab, f, ensure_ascii=False)
+        del vocab, self.vocab
+        seg = np.asarray(self.segments, dtype=np.int64)
+        data_f = open(tmp / "data.npy", "wb")
+        ind_f = open(tmp / "indices.npy", "wb")
+        np.lib.format.write_array_header_1_0(data_f, {"descr": "<f4", "fortran_order": False, "shape": (nnz,)})
+        np.lib.format.write_array_header_1_0(ind_f, {"descr": "<i4", "fortran_order": False, "shape": (nnz,)})
+        tok_mm = np.memmap(tmp / "pairs.tok", dtype=np.int32, mode="r") if nnz else np.zeros(0, np.int32)
+        files = {k: open(tmp / f"pairs.{k}", "rb") for k in ("tok", "doc", "tf")}
+        # token blocks of at most BLOCK_NNZ entries (a token with more entries is a block of its own)
+        bounds, t = [0], 0
+        while t < vocab_size:
+            t2 = int(np.searchsorted(indptr, indptr[t] + BLOCK_NNZ, side="right")) - 1
+            t = max(t2, t + 1)
+            t = min(t, vocab_size)
+            bounds.append(t)
+        bar = tqdm(total=nnz, desc="BM25 index (entries)", unit="", unit_scale=True, disable=not progress, leave=False)
+        for t0, t1 in zip(bounds[:-1], bounds[1:]):
+            parts_tok, parts_doc, parts_tf = [], [], []
+            for s0, s1 in zip(seg[:-1], seg[1:]):
+                seg_tok = tok_mm[s0:s1]
+                a = s0 + int(np.searchsorted(seg_tok, t0, side="left"))
+                b = s0 + int(np.searchsorted(seg_tok, t1, side="left"))
+                if b > a:   # read with seek + fromfile: only the binary search touches the mapping
+                    for k, dest in (("tok", parts_tok), ("doc", parts_doc), ("tf", parts_tf)):
+                        files[k].seek(4 * a)
+                        dest.append(np.fromfile(files[k], dtype=np.int32, count=b - a))
+            if not parts_tok:
+                continue
+            tok = np.concatenate(parts_tok)
+            doc = np.concatenate(parts_doc)
+            tf = np.concatenate(parts_tf).astype(np.float32)
+            order = np.argsort(tok, kind="stable")     # column-major; docs ascending within a column
+            tok, doc, tf = tok[order], doc[order], tf[order]
+            del order
+            # bm25s _score_tfc_robertson (lucene) and idf * tfc, op for op: tf is float32, the length
+            # term float64 (NumPy 2 promotes float32 + float64 scalar to float64), stored as float32
+            l_d = doc_len[doc].astype(np.float64)
+            tfc = tf / (K1 * ((1 - B) + B * l_d / avg_doc_len) + tf)
+            scores = (idf[tok] * tfc).astype(np.float32)
+            scores.tofile(data_f)
+            doc.astype(np.int32).tofile(ind_f)
+            bar.update(len(tok))
+        bar.close()
+        for f in (data_f, ind_f, *files.values()):
+            f.close()
+        del tok_mm
+        for k in ("tok", "doc", "tf"):
+            os.remove(tmp / f"pairs.{k}")
+        return {"n_passages": n, "vocab": vocab_size, "nnz": nnz, "avg_doc_len": float(avg_doc_len)}
+
+
+class EmptyCorpus(Exception):
+    """The corpus files hold no usable passage (the caller says what to do)."""
+
+
+def _remove_stale(root: Path) -> None:
+    """Temp folders of builds that were killed (their process is gone)."""
+    for p in root.glob(".tmp-*"):
+        try:
+            pid = int(p.name.split("-")[-1].split(".")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except (ValueError, PermissionError, OSError):
+            continue
+
+
+class Recorder:
+    """Forwards bad-record reports to `bad` and keeps them (file index, line, field, problem, raw, byte)
+    for the cache manifest, so a later build replays them."""
+
+    def __init__(self, bad, paths: list[Path]):
+        self.bad, self.paths, self.rows = bad, [str(p) for p in paths], []
+
+    def report(self, where, field_name, problem, raw=None, byte=None):
+        from .records import Where
+        from .records.reading import printable
+
+        loc = where if isinstance(where, Where) else Where.parse(str(where))
+        self.rows.append([self.paths.index(loc.file) if loc.file in self.paths else -1, loc.line, loc.index,
+                          field_name, problem, printable(raw if raw is not None else ""), byte])
+        self.bad.report(where, field_name, problem, raw, byte=byte)
+
+    def __getattr__(self, name):
+        return getattr(self.bad, name)
+
+
+def replay(rows: list, paths: list[Path], bad) -> None:
+    from .records import Where
+
+    for i, line, index, field_name, problem, raw, byte in rows:
+        where = Where(str(paths[i]) if 0 <= i < len(paths) else "corpus", line=line, index=index)
+        bad.report(where, field_name, problem, raw, byte=byte)
+
+
+def open_or_build(paths: list[Path], file_sha256: list[str], chunk_words: int,
+                  passages: Callable[[Any], Iterator[tuple[str, str, str]]], bad, quiet: bool = False,
+                  root: Path | None = None) -> tuple[PassageStore, bm25s.BM25, dict]:
+    """The store and index of this corpus: verified and memory-mapped from the cache, or built there
+    first. `passages(bad)` yields (doc_id, title, text) of every chunk, in corpus order."""
+    root = root or cache_root()
+    key = corpus_key(file_sha256, chunk_words)
+    folder = root / key
+    t0 = time.perf_counter()
+    man = verify(folder, key) if folder.is_dir() else None
+    if man is None:
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_stale(root)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", suffix=f"-{os.getpid()}", dir=root))
+        os.chmod(tmp, 0o755)
+        try:
+            builder = _Builder(tmp, quiet)
+            rec = Recorder(bad, paths)
+            bar = tqdm(desc="corpus: passages read and tokenised", unit=" psg", unit_scale=True, disable=quiet,
+                       leave=False)
+            for doc_id, title, text in passages(rec):
+                builder.add(doc_id, title, text)
+                bar.update(1)
+            bar.close()
+            if builder.n == 0 and not builder.batch:
+                raise EmptyCorpus()
+            stats = builder.finish(progress=not quiet)
+            man = {"format": FORMAT_VERSION, "key": key, "chunk_words": chunk_words, "tokenizer": TOKENIZER,
+                   "bm25": {"k1": K1, "b": B, "method": METHOD}, "bm25s": bm25s.__version__,
+                   "corpus_sha256": list(file_sha256), **stats, "bad_rows": rec.rows,
+                   "build_s": round(time.perf_counter() - t0, 1),
+                   "sha256": {name: _sha256(tmp / name) for name in FILES}}
+            with open(tmp / "manifest.json", "w", encoding="utf-8") as f:
+                json.dump(man, f, ensure_ascii=False)
+            try:
+                os.replace(tmp, folder)
+            except OSError:
+                if verify(folder, key) is None:   # lost a race to a build whose folder is whole: fine
+                    raise
+                man = verify(folder, key)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        man["reused"] = False
+    else:
+        replay(man.get("bad_rows", []), paths, bad)
+        man["reused"] = True
+    store = PassageStore(folder)
+    model = load_bm25(folder, len(store))
+    man["folder"] = str(folder)
+    man["open_s"] = round(time.perf_counter() - t0, 3)
+    return store, model, man
