@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 BATCH = 20_000                 # passages tokenised at a time (memory: one batch of texts and ids)
-BLOCK_NNZ = 32_000_000         # index entries assembled at a time (about 32 bytes each while sorting)
+BLOCK_NNZ = 8_000_000          # index entries assembled at a time (about 40 bytes each while sorting)
 K1, B, METHOD = 1.5, 0.75, "lucene"   # bm25s.BM25() defaults, as the in-memory BM25Index uses them
 TOKENIZER = {"fn": "bm25s.tokenize", "stopwords": "en", "lower": True, "splitter": r"(?u)\b\w\w+\b"}
 FILES = ("passages.bin", "offsets.npy", "data.npy", "indices.npy", "indptr.npy", "vocab.json")
@@ -270,19 +270,25 @@ class _Builder:
             if not parts_tok:
                 continue
             tok = np.concatenate(parts_tok)
-            doc = np.concatenate(parts_doc)
-            tf = np.concatenate(parts_tf).astype(np.float32)
             order = np.argsort(tok, kind="stable")     # column-major; docs ascending within a column
-            tok, doc, tf = tok[order], doc[order], tf[order]
-            del order
+            tok = tok[order]
+            doc = np.concatenate(parts_doc)[order]
+            tf = np.concatenate(parts_tf)[order].astype(np.float32)
+            del order, parts_tok, parts_doc, parts_tf
             # bm25s _score_tfc_robertson (lucene) and idf * tfc, op for op: tf is float32, the length
             # term float64 (NumPy 2 promotes float32 + float64 scalar to float64), stored as float32
-            l_d = doc_len[doc].astype(np.float64)
-            tfc = tf / (K1 * ((1 - B) + B * l_d / avg_doc_len) + tf)
-            scores = (idf[tok] * tfc).astype(np.float32)
-            scores.tofile(data_f)
-            doc.astype(np.int32).tofile(ind_f)
+            x = doc_len[doc].astype(np.float64)
+            x *= B
+            x /= avg_doc_len
+            x += 1 - B
+            x *= K1
+            x += tf                                     # float64
+            np.divide(tf, x, out=x)                     # tfc, float64
+            x *= idf[tok]
+            x.astype(np.float32).tofile(data_f)
+            doc.tofile(ind_f)                            # int32 already
             bar.update(len(tok))
+            del x, tok, doc, tf
         bar.close()
         for f in (data_f, ind_f, *files.values()):
             f.close()

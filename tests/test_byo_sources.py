@@ -482,3 +482,21 @@ def test_dpr_passages_with_no_text_are_skipped_and_counted(tmp_path):
     p.write_text(json.dumps(recs))
     with pytest.raises(RecordError, match=r"biencoder-nq-dev\.json\[2\]: positive_ctxs\[0\]\.text: .*no usable positive"):
         list(S.read_nq(p, S.BadRecords()))
+
+
+def test_dpr_records_keep_only_the_negatives_a_build_can_show(tmp_path):
+    """A DPR record's 30 hard negatives: the first DPR_KEEP_NEGATIVES answer-free ones are kept (memory);
+    a build asking for more evidence than that is refused with the fix."""
+    from factuality.sources import nq
+
+    real = json.loads((ROOT / "data/sample/raw/nq/dpr_nq_dev_sample.json").read_text())
+    rec = json.loads(json.dumps(real[0]))
+    rec["hard_negative_ctxs"] = [{"title": f"T{i}", "text": f"unrelated passage number {i}", "passage_id": str(900 + i)}
+                                 for i in range(30)]
+    data = tmp_path / "data"
+    (data / "raw/nq").mkdir(parents=True)
+    (data / "raw/nq/biencoder-nq-dev.json").write_text(json.dumps([rec]))
+    (ex,) = list(S.read_nq(data / "raw/nq/biencoder-nq-dev.json", S.BadRecords()))
+    assert [c.doc_id for c in ex.candidates] == [f"psg:{900 + i}" for i in range(nq.DPR_KEEP_NEGATIVES)]
+    with pytest.raises(ValueError, match=r"more than the 8 hard negatives kept per DPR retriever record; lower "):
+        run_build(data, ["nq"], num_distractors=7)

@@ -40,6 +40,8 @@ DOWNLOADS = [RemoteFile("https://dl.fbaipublicfiles.com/dpr/data/retriever/bienc
 EXPECTED_DPR = "DPR retriever records {question, answers, positive_ctxs, hard_negative_ctxs} (biencoder-nq-*.json)"
 EXPECTED_OPEN = "NQ-Open questions {question, answer: [...]}, one JSON object a line (NQ-open.*.jsonl)"
 OPEN_PREFIX = "open:"
+DPR_KEEP_NEGATIVES = 8   # answer-free hard negatives kept per DPR record; a build shows at most
+                         # num_distractors + max_support_chunks (+1 when unanswerable): 6 by default
 
 
 def _ctx_ok(c: Any) -> bool:
@@ -93,6 +95,9 @@ def _dpr_records(records, path: Path, bad: BadRecords) -> Iterator[RawExample]:
         c, span = gold
         pid = str(c.get("passage_id", short_hash(c["text"])))
         cands = [Chunk(f"psg:{n.get('passage_id', short_hash(n['text']))}", n["title"], n["text"]) for n in negs]
+        # Only the first few answer-free negatives can ever be shown: keep those, not all 30 of a DPR
+        # record (a 7.9 GB file's examples then fit in a few hundred MB)
+        cands = filter_candidates(cands, answers, {f"psg:{pid}"})[:DPR_KEEP_NEGATIVES]
         yield RawExample(NAME, f"dpr:{short_hash(q)}", q.strip(), answers, str(where),
                          gold=[(Chunk(f"psg:{pid}", c["title"], c["text"]), [span])], candidates=cands,
                          meta={"type": "dpr", "answer_span_found": span_found})
@@ -136,6 +141,10 @@ def draft(exs: list[RawExample], ctx: DraftContext) -> list[Draft]:
     """DPR examples (they carry their gold passage) keep it; retrieval results use their own passages;
     NQ-Open questions retrieve from the corpus."""
     drafts = []
+    need = ctx.cfg.num_distractors + max(ctx.cfg.max_support_chunks, 1)
+    if need > DPR_KEEP_NEGATIVES and any(e.gold for e in exs):
+        raise ValueError(f"num_distractors + max_support_chunks ({need}) is more than the {DPR_KEEP_NEGATIVES} hard "
+                         "negatives kept per DPR retriever record; lower --num-distractors or --max-support-chunks")
     for ex in (e for e in exs if e.gold):
         cands = filter_candidates(ex.candidates, ex.answers, {c.doc_id for c, _ in ex.gold})
         drafts.append(Draft(ex, ex.gold[:1], [(c, None) for c in cands], True, "dpr"))
