@@ -242,64 +242,72 @@ class _Builder:
         with open(tmp / "vocab.json", "w", encoding="utf-8") as f:
             json.dump(vocab, f, ensure_ascii=False)
         del vocab, self.vocab
-        seg = np.asarray(self.segments, dtype=np.int64)
-        data_f = open(tmp / "data.npy", "wb")
-        ind_f = open(tmp / "indices.npy", "wb")
-        np.lib.format.write_array_header_1_0(data_f, {"descr": "<f4", "fortran_order": False, "shape": (nnz,)})
-        np.lib.format.write_array_header_1_0(ind_f, {"descr": "<i4", "fortran_order": False, "shape": (nnz,)})
-        tok_mm = np.memmap(tmp / "pairs.tok", dtype=np.int32, mode="r") if nnz else np.zeros(0, np.int32)
-        files = {k: open(tmp / f"pairs.{k}", "rb") for k in ("tok", "doc", "tf")}
-        # token blocks of at most BLOCK_NNZ entries (a token with more entries is a block of its own)
-        bounds, t = [0], 0
-        while t < vocab_size:
-            t2 = int(np.searchsorted(indptr, indptr[t] + BLOCK_NNZ, side="right")) - 1
-            t = max(t2, t + 1)
-            t = min(t, vocab_size)
-            bounds.append(t)
-        bar = tqdm(total=nnz, desc="BM25 index (entries)", unit="", unit_scale=True, disable=not progress, leave=False)
-        for t0, t1 in zip(bounds[:-1], bounds[1:]):
-            parts_tok, parts_doc, parts_tf = [], [], []
-            for s0, s1 in zip(seg[:-1], seg[1:]):
-                seg_tok = tok_mm[s0:s1]
-                a = s0 + int(np.searchsorted(seg_tok, t0, side="left"))
-                b = s0 + int(np.searchsorted(seg_tok, t1, side="left"))
-                if b > a:   # read with seek + fromfile: only the binary search touches the mapping
-                    for k, dest in (("tok", parts_tok), ("doc", parts_doc), ("tf", parts_tf)):
-                        files[k].seek(4 * a)
-                        dest.append(np.fromfile(files[k], dtype=np.int32, count=b - a))
-            if not parts_tok:
-                continue
-            tok = np.concatenate(parts_tok)
-            order = np.argsort(tok, kind="stable")     # column-major; docs ascending within a column
-            tok = tok[order]
-            doc = np.concatenate(parts_doc)[order]
-            tf = np.concatenate(parts_tf)[order].astype(np.float32)
-            del order, parts_tok, parts_doc, parts_tf
-            # bm25s _score_tfc_robertson (lucene) and idf * tfc, op for op: tf is float32, the length
-            # term float64 (NumPy 2 promotes float32 + float64 scalar to float64), stored as float32
-            x = doc_len[doc].astype(np.float64)
-            x *= B
-            x /= avg_doc_len
-            x += 1 - B
-            x *= K1
-            x += tf                                     # float64
-            np.divide(tf, x, out=x)                     # tfc, float64
-            x *= idf[tok]
-            x.astype(np.float32).tofile(data_f)
-            doc.tofile(ind_f)                            # int32 already
-            bar.update(len(tok))
-            del x, tok, doc, tf
-        bar.close()
-        for f in (data_f, ind_f, *files.values()):
-            f.close()
-        del tok_mm
-        for k in ("tok", "doc", "tf"):
-            os.remove(tmp / f"pairs.{k}")
+        _write_csc(tmp, np.asarray(self.segments, dtype=np.int64), indptr, idf, doc_len, avg_doc_len, progress)
         return {"n_passages": n, "vocab": vocab_size, "nnz": nnz, "avg_doc_len": float(avg_doc_len)}
 
 
 class EmptyCorpus(Exception):
     """The corpus files hold no usable passage (the caller says what to do)."""
+
+
+def _write_csc(tmp: Path, seg: np.ndarray, indptr: np.ndarray, idf: np.ndarray, doc_len: np.ndarray,
+               avg_doc_len, progress: bool) -> None:
+    """data.npy / indices.npy, column by column, from the batches' (token, doc, tf) triples sorted by
+    token (`seg`: where each batch starts): token blocks of at most BLOCK_NNZ entries, each gathered
+    from every batch, scored, and appended."""
+    nnz, vocab_size = int(indptr[-1]), len(indptr) - 1
+    data_f = open(tmp / "data.npy", "wb")
+    ind_f = open(tmp / "indices.npy", "wb")
+    np.lib.format.write_array_header_1_0(data_f, {"descr": "<f4", "fortran_order": False, "shape": (nnz,)})
+    np.lib.format.write_array_header_1_0(ind_f, {"descr": "<i4", "fortran_order": False, "shape": (nnz,)})
+    tok_mm = np.memmap(tmp / "pairs.tok", dtype=np.int32, mode="r") if nnz else np.zeros(0, np.int32)
+    files = {k: open(tmp / f"pairs.{k}", "rb") for k in ("tok", "doc", "tf")}
+    # token blocks of at most BLOCK_NNZ entries (a token with more entries is a block of its own)
+    bounds, t = [0], 0
+    while t < vocab_size:
+        t2 = int(np.searchsorted(indptr, indptr[t] + BLOCK_NNZ, side="right")) - 1
+        t = max(t2, t + 1)
+        t = min(t, vocab_size)
+        bounds.append(t)
+    bar = tqdm(total=nnz, desc="BM25 index (entries)", unit="", unit_scale=True, disable=not progress, leave=False)
+    for t0, t1 in zip(bounds[:-1], bounds[1:]):
+        parts_tok, parts_doc, parts_tf = [], [], []
+        for s0, s1 in zip(seg[:-1], seg[1:]):
+            seg_tok = tok_mm[s0:s1]
+            a = s0 + int(np.searchsorted(seg_tok, t0, side="left"))
+            b = s0 + int(np.searchsorted(seg_tok, t1, side="left"))
+            if b > a:   # read with seek + fromfile: only the binary search touches the mapping
+                for k, dest in (("tok", parts_tok), ("doc", parts_doc), ("tf", parts_tf)):
+                    files[k].seek(4 * a)
+                    dest.append(np.fromfile(files[k], dtype=np.int32, count=b - a))
+        if not parts_tok:
+            continue
+        tok = np.concatenate(parts_tok)
+        order = np.argsort(tok, kind="stable")     # column-major; docs ascending within a column
+        tok = tok[order]
+        doc = np.concatenate(parts_doc)[order]
+        tf = np.concatenate(parts_tf)[order].astype(np.float32)
+        del order, parts_tok, parts_doc, parts_tf
+        # bm25s _score_tfc_robertson (lucene) and idf * tfc, op for op: tf is float32, the length
+        # term float64 (NumPy 2 promotes float32 + float64 scalar to float64), stored as float32
+        x = doc_len[doc].astype(np.float64)
+        x *= B
+        x /= avg_doc_len
+        x += 1 - B
+        x *= K1
+        x += tf                                     # float64
+        np.divide(tf, x, out=x)                     # tfc, float64
+        x *= idf[tok]
+        x.astype(np.float32).tofile(data_f)
+        doc.tofile(ind_f)                            # int32 already
+        bar.update(len(tok))
+        del x, tok, doc, tf
+    bar.close()
+    for f in (data_f, ind_f, *files.values()):
+        f.close()
+    del tok_mm
+    for k in ("tok", "doc", "tf"):
+        os.remove(tmp / f"pairs.{k}")
 
 
 def _remove_stale(root: Path) -> None:

@@ -332,126 +332,128 @@ def iter_json_array(path: str | os.PathLike, bad: Rejects | None = None, expecte
     refused. gzip is decompressed as it is read (`open_bytes`)."""
     path = Path(path)
     _require_file(path)
-    raising = bad is None or bad.raising
-    what = f"a JSON array of {expected}"
-    decoder = json.JSONDecoder()
     with open_bytes(path) as f:
-        inc = codecs.getincrementaldecoder("utf-8")("surrogateescape")
-        st = {"buf": "", "eof": False, "line": 1, "col": 0, "byte": 0}   # line / column / byte offset of buf[0]
+        yield from _ArrayStream(path, f, bad, expected, chunk_bytes).records()
 
-        def more(n: int = chunk_bytes) -> bool:
-            if st["eof"]:
-                return False
-            data = f.read(n)
-            st["eof"] = not data
-            st["buf"] += inc.decode(data, final=st["eof"])
-            return True
 
-        def drop(upto: int) -> None:   # forget buf[:upto], keeping line / column / byte offset of what is left
-            gone = st["buf"][:upto]
-            nbytes = len(gone.encode("utf-8", "surrogateescape"))
-            nl = gone.count("\n")
-            st["col"] = len(gone[gone.rfind("\n") + 1:].encode("utf-8", "surrogateescape")) if nl else st["col"] + nbytes
-            st["line"] += nl
-            st["byte"] += nbytes
-            st["buf"] = st["buf"][upto:]
+_SURROGATE = re.compile("[\udc80-\udcff]")
 
-        def locate(pos: int) -> tuple[int, int, int]:
-            """(line, byte offset, column) of buf[pos]."""
-            buf = st["buf"]
-            nl = buf.count("\n", 0, pos)
-            last = buf.rfind("\n", 0, pos)
-            head = len(buf[last + 1:pos].encode("utf-8", "surrogateescape"))
-            return (st["line"] + nl, st["byte"] + len(buf[:pos].encode("utf-8", "surrogateescape")),
-                    head + 1 + (st["col"] if last < 0 else 0))
 
-        def not_utf8(pos: int) -> tuple[int, int, str]:
-            line, offset, column = locate(pos)
-            return line, offset, (f"byte 0x{ord(st['buf'][pos]) - 0xDC00:02x} at byte offset {offset} (column {column}) "
-                                  "is not UTF-8; re-save the file as UTF-8 or re-download it")
+class _ArrayStream:
+    """A window (`buf`) over a JSON array's decoded text, with the line, column and byte offset of
+    its first character (undecodable bytes are kept as surrogates, as `read_json` does)."""
 
-        def first_surrogate(a: int, b: int) -> int | None:
-            m = re.compile("[\udc80-\udcff]").search(st["buf"], a, b)
-            return m.start() if m else None
+    def __init__(self, path: Path, f, bad: Rejects | None, expected: str, chunk_bytes: int):
+        self.path, self.f, self.bad, self.expected, self.chunk = path, f, bad, expected, chunk_bytes
+        self.what = f"a JSON array of {expected}"
+        self.inc = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+        self.buf, self.eof, self.line, self.col, self.byte = "", False, 1, 0, 0
 
-        def refuse_encoding(pos: int):
-            line, _, problem = not_utf8(pos)
-            hint = f"; {bad.hint}" if bad is not None and bad.hint else ""
-            raise RecordError(f"{path}:{line}: (encoding): {problem}{hint}")
+    def more(self, n: int | None = None) -> bool:
+        if self.eof:
+            return False
+        data = self.f.read(n or self.chunk)
+        self.eof = not data
+        self.buf += self.inc.decode(data, final=self.eof)
+        return True
 
-        def invalid(e: json.JSONDecodeError):
-            sur = first_surrogate(0, min(len(st["buf"]), e.pos + 1))
-            if sur is not None:   # an undecodable byte outside any string breaks the JSON itself: say so
-                line, _, problem = not_utf8(sur)
-                raise RecordError(f"{path}:{line}: (encoding): {problem}")
-            line = st["line"] + st["buf"].count("\n", 0, e.pos)
-            raise RecordError(f"{path}:{line}: (file): not valid JSON ({e.msg}); expected {what}. Re-download "
-                              "or rebuild the file")
+    def drop(self, upto: int) -> None:
+        """Forget buf[:upto], keeping the line / column / byte offset of what is left."""
+        gone = self.buf[:upto]
+        nbytes = len(gone.encode("utf-8", "surrogateescape"))
+        nl = gone.count("\n")
+        self.col = len(gone[gone.rfind("\n") + 1:].encode("utf-8", "surrogateescape")) if nl else self.col + nbytes
+        self.line += nl
+        self.byte += nbytes
+        self.buf = self.buf[upto:]
 
-        def skip_ws(pos: int) -> int:
-            """The position of the next non-whitespace character (reading on as needed); len(buf) at the end."""
-            while True:
-                buf = st["buf"]
-                while pos < len(buf) and buf[pos] in _JSON_WS:
-                    pos += 1
-                if pos < len(buf) or not more():
-                    return pos
+    def not_utf8(self, pos: int) -> tuple[int, int, str]:
+        """(line, byte offset, problem) of the undecodable byte at buf[pos]."""
+        buf = self.buf
+        last = buf.rfind("\n", 0, pos)
+        column = len(buf[last + 1:pos].encode("utf-8", "surrogateescape")) + 1 + (self.col if last < 0 else 0)
+        offset = self.byte + len(buf[:pos].encode("utf-8", "surrogateescape"))
+        return self.line + buf.count("\n", 0, pos), offset, (
+            f"byte 0x{ord(buf[pos]) - 0xDC00:02x} at byte offset {offset} (column {column}) is not UTF-8; "
+            "re-save the file as UTF-8 or re-download it")
 
-        pos = skip_ws(0)
-        buf = st["buf"]
-        if pos >= len(buf):
-            raise RecordError(f"{path}: the file is empty; expected {what}. Check that it was written completely "
-                              "(or re-download / rebuild it)")
-        if buf[pos] != "[":   # not an array (or not JSON): the whole-file reader's messages
-            whole = read_json(path, bad, expected=what)
-            raise RecordError(f"{path}: (file): {what} is expected, got {type(whole).__name__}")
-        pos = skip_ws(pos + 1)
-        index = 0
+    def invalid(self, msg: str, pos: int):
+        m = _SURROGATE.search(self.buf, 0, min(len(self.buf), pos + 1))
+        if m:   # an undecodable byte outside any string breaks the JSON itself: say so
+            line, _, problem = self.not_utf8(m.start())
+            raise RecordError(f"{self.path}:{line}: (encoding): {problem}")
+        raise RecordError(f"{self.path}:{self.line + self.buf.count(chr(10), 0, pos)}: (file): not valid JSON ({msg}); "
+                          f"expected {self.what}. Re-download or rebuild the file")
+
+    def skip_ws(self, pos: int) -> int:
+        """The position of the next non-whitespace character (reading on as needed); len(buf) at the end."""
         while True:
-            if pos >= len(st["buf"]):
-                invalid(json.JSONDecodeError("Expecting value", st["buf"], pos))
-            if st["buf"][pos] == "]" and index == 0:
-                raise RecordError(f"{path}: (file): the array is empty (no records); expected {expected}. Check "
-                                  "that it was downloaded completely")
-            last_error = None
-            while True:   # one record: parse, reading on while it is cut off by the window's end
-                try:
-                    rec, end = decoder.raw_decode(st["buf"], pos)
-                    if end < len(st["buf"]) or st["eof"]:
-                        break
-                    more(max(chunk_bytes, len(st["buf"]) - pos))
-                except RecursionError:
-                    raise RecordError(f"{path}: (file): JSON nested deeper than can be read; expected {what}") from None
-                except json.JSONDecodeError as e:
-                    key = (e.msg, e.pos)
-                    if st["eof"] or (key == last_error and not e.msg.startswith("Unterminated string")):
-                        invalid(e)
-                    last_error = key
-                    more(max(chunk_bytes, len(st["buf"]) - pos))
-            sur = first_surrogate(pos, end)
-            if sur is None:
+            buf = self.buf
+            while pos < len(buf) and buf[pos] in _JSON_WS:
+                pos += 1
+            if pos < len(buf) or not self.more():
+                return pos
+
+    def value(self, pos: int, decoder: json.JSONDecoder) -> tuple[Any, int]:
+        """The JSON value at buf[pos] and where it ends, reading on while the window cuts it off."""
+        last_error = None
+        while True:
+            try:
+                rec, end = decoder.raw_decode(self.buf, pos)
+                if end < len(self.buf) or self.eof:
+                    return rec, end
+            except RecursionError:
+                raise RecordError(f"{self.path}: (file): JSON nested deeper than can be read; expected "
+                                  f"{self.what}") from None
+            except json.JSONDecodeError as e:
+                key = (e.msg, e.pos)   # the same error with more text read: the JSON is wrong, not cut off
+                if self.eof or (key == last_error and not e.msg.startswith("Unterminated string")):
+                    self.invalid(e.msg, e.pos)
+                last_error = key
+            self.more(max(self.chunk, len(self.buf) - pos))
+
+    def records(self) -> Iterator[tuple[int, Any]]:
+        raising = self.bad is None or self.bad.raising
+        pos = self.skip_ws(0)
+        if pos >= len(self.buf):
+            raise RecordError(f"{self.path}: the file is empty; expected {self.what}. Check that it was written "
+                              "completely (or re-download / rebuild it)")
+        if self.buf[pos] != "[":   # not an array (or not JSON): the whole-file reader's messages
+            whole = read_json(self.path, self.bad, expected=self.what)
+            raise RecordError(f"{self.path}: (file): {self.what} is expected, got {type(whole).__name__}")
+        pos, index, decoder = self.skip_ws(pos + 1), 0, json.JSONDecoder()
+        if pos < len(self.buf) and self.buf[pos] == "]":
+            raise RecordError(f"{self.path}: (file): the array is empty (no records); expected {self.expected}. "
+                              "Check that it was downloaded completely")
+        while True:
+            if pos >= len(self.buf):
+                self.invalid("Expecting value", pos)
+            rec, end = self.value(pos, decoder)
+            m = _SURROGATE.search(self.buf, pos, end)
+            if m is None:
                 yield index, rec
             elif raising:
-                refuse_encoding(sur)
+                line, _, problem = self.not_utf8(m.start())
+                hint = f"; {self.bad.hint}" if self.bad is not None and self.bad.hint else ""
+                raise RecordError(f"{self.path}:{line}: (encoding): {problem}{hint}")
             else:
-                line, offset, problem = not_utf8(sur)
-                bad.report(Where(str(path), index=index), "(encoding)", f"line {line}: {problem}", rec, byte=offset)
+                line, offset, problem = self.not_utf8(m.start())
+                self.bad.report(Where(str(self.path), index=index), "(encoding)", f"line {line}: {problem}", rec,
+                                byte=offset)
             index += 1
-            pos = skip_ws(end)
-            if pos >= len(st["buf"]):
-                invalid(json.JSONDecodeError("Expecting ',' delimiter", st["buf"], pos))
-            ch = st["buf"][pos]
+            pos = self.skip_ws(end)
+            ch = self.buf[pos] if pos < len(self.buf) else ""
             if ch == "]":
                 break
             if ch != ",":
-                invalid(json.JSONDecodeError("Expecting ',' delimiter", st["buf"], pos))
-            pos = skip_ws(pos + 1)
-            if pos > chunk_bytes:
-                drop(pos)
+                self.invalid("Expecting ',' delimiter", pos)
+            pos = self.skip_ws(pos + 1)
+            if pos > self.chunk:
+                self.drop(pos)
                 pos = 0
-        pos = skip_ws(pos + 1)
-        if pos < len(st["buf"]):
-            invalid(json.JSONDecodeError("Extra data", st["buf"], pos))
+        pos = self.skip_ws(pos + 1)
+        if pos < len(self.buf):
+            self.invalid("Extra data", pos)
 
 
 RUN_CARD_NAME = "run_card.json"

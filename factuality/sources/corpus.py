@@ -15,7 +15,7 @@ from typing import Iterator
 
 from ..passage_store import EmptyCorpus, IndexTexts, PassageStore, open_or_build
 from ..records import sha256_file
-from ..retrieval import BM25Index, _NormCache
+from ..retrieval import BM25Index, NormCache
 from ..retrieval import chunk_words as chunk_words_of
 from ..text import normalize_answer
 from .base import (
@@ -83,7 +83,7 @@ class StoredBM25Index(BM25Index):
     def __init__(self, model, store: PassageStore, n_threads: int = 0):
         self.model, self.n_threads = model, n_threads
         self.texts = IndexTexts(store)
-        self.norm = _NormCache(self.texts)
+        self.norm = NormCache(self.texts)
 
 
 def corpus_index(ctx: DraftContext) -> tuple[Sequence[Chunk], BM25Index]:
