@@ -113,11 +113,40 @@ class IndexTexts(Sequence):
         return f"{title}. {text}"
 
 
+class ColumnFile:
+    """A 1-D .npy array on disk read slice by slice (`a[i:j]`: one pread into a private array), for
+    bm25s' scorer, which reads the columns of a query's tokens as `data[start:end]`. Like a memory map
+    it reads only those columns; unlike one, the pages it read stay in the page cache, not in the
+    process (a map's touched pages count in its RSS until the kernel drops them)."""
+
+    def __init__(self, path: Path):
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)   # checks the header; no pickle
+        self.dtype, self.shape, self.start = arr.dtype, arr.shape, arr.offset
+        del arr
+        self._f = open(path, "rb")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("ColumnFile reads contiguous slices only")
+        a, b, _ = key.indices(self.shape[0])
+        n = max(0, b - a)
+        out = np.empty(n, dtype=self.dtype)
+        if n:
+            got = os.preadv(self._f.fileno(), [memoryview(out).cast("B")], self.start + a * self.dtype.itemsize)
+            if got != out.nbytes:
+                raise OSError(f"{self._f.name}: short read ({got} of {out.nbytes} bytes)")
+        return out
+
+
 def load_bm25(folder: Path, n_docs: int) -> bm25s.BM25:
-    """A bm25s.BM25 over the memory-mapped arrays (no pickle, no bm25s.load)."""
+    """A bm25s.BM25 over the on-disk arrays (no pickle, no bm25s.load): indptr in memory, the score
+    columns read per query (`ColumnFile`)."""
     model = bm25s.BM25(k1=K1, b=B, method=METHOD)
-    arrays = {k: np.load(folder / f"{k}.npy", mmap_mode="r", allow_pickle=False) for k in ("data", "indices", "indptr")}
-    model.scores = {**arrays, "num_docs": n_docs}
+    model.scores = {"data": ColumnFile(folder / "data.npy"), "indices": ColumnFile(folder / "indices.npy"),
+                    "indptr": np.load(folder / "indptr.npy", allow_pickle=False), "num_docs": n_docs}
     with open(folder / "vocab.json", encoding="utf-8") as f:
         vocab = json.load(f)
     if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
@@ -221,9 +250,10 @@ class _Builder:
         for f in (self.blob, self.offsets, *self.pairs.values()):
             f.close()
         tmp = self.tmp
-        offsets = np.fromfile(tmp / "offsets.tmp", dtype=np.int64)
-        np.save(tmp / "offsets.npy", offsets, allow_pickle=False)
-        del offsets
+        n_off = (tmp / "offsets.tmp").stat().st_size // 8
+        with open(tmp / "offsets.npy", "wb") as out, open(tmp / "offsets.tmp", "rb") as src:   # streamed, not loaded
+            np.lib.format.write_array_header_1_0(out, {"descr": "<i8", "fortran_order": False, "shape": (n_off,)})
+            shutil.copyfileobj(src, out, 1 << 22)
         os.remove(tmp / "offsets.tmp")
         n, vocab_size = self.n, len(self.vocab)
         doc_len = np.concatenate(self.doc_len) if self.doc_len else np.zeros(0, dtype=np.int64)

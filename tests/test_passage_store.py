@@ -130,4 +130,7 @@ def test_arrays_load_without_pickle(tmp_path):
     for name in ("data", "indices", "indptr", "offsets"):
         arr = np.load(Path(man["folder"]) / f"{name}.npy", allow_pickle=False)
         assert arr.dtype != object
-    assert isinstance(model.scores["data"], np.memmap)
+    col = model.scores["data"]
+    assert isinstance(col, PS.ColumnFile) and len(col) == man["nnz"]
+    whole = np.load(Path(man["folder"]) / "data.npy", allow_pickle=False)
+    assert np.array_equal(col[3:17], whole[3:17]) and np.array_equal(col[0:len(col)], whole) and len(col[5:5]) == 0
