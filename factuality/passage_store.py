@@ -35,6 +35,7 @@ import logging
 import math
 import mmap
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -43,6 +44,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import bm25s
 import numpy as np
+from bm25s.stopwords import STOPWORDS_EN
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
@@ -181,15 +183,25 @@ def verify(folder: Path, key: str) -> dict | None:
 # --------------------------------------------------------------------------------------------
 # Building a store: one pass over the passages, then the index block by block
 # --------------------------------------------------------------------------------------------
+# bm25s' pattern without its \b anchors: a greedy run of 2+ word characters already starts and ends
+# at word boundaries, so the matches are the same (tested), found about 25% faster
+_SPLIT = re.compile(r"\w\w+").findall
+_STOPWORDS = frozenset(STOPWORDS_EN)
+
+
 def _tokenize_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(flat local token ids, tokens per text, local vocabulary in id order) of bm25s' tokenizer."""
-    tok = bm25s.tokenize(texts, stopwords="en", return_ids=True, show_progress=False)
-    lens = np.fromiter((len(x) for x in tok.ids), dtype=np.int64, count=len(texts))
-    flat = np.fromiter((t for ids in tok.ids for t in ids), dtype=np.int64, count=int(lens.sum()))
-    vocab = [None] * len(tok.vocab)
-    for t, i in tok.vocab.items():
-        vocab[i] = t
-    return flat, lens, vocab
+    """(flat local token ids, tokens per text, local vocabulary in id order): the tokens of
+    `bm25s.tokenize(texts, stopwords="en")` (lower-case, the same pattern, the same stop words, no
+    stemmer, empty documents allowed), without its per-text rebuild of the stop-word set, which
+    makes it about 5x slower (tests/test_passage_store.py checks the tokens are the same)."""
+    vocab: dict[str, int] = {}
+    ids: list[int] = []
+    lens = np.empty(len(texts), dtype=np.int64)
+    for i, text in enumerate(texts):
+        n0 = len(ids)
+        ids.extend(vocab.setdefault(t, len(vocab)) for t in _SPLIT(text.lower()) if t not in _STOPWORDS)
+        lens[i] = len(ids) - n0
+    return np.asarray(ids, dtype=np.int64), lens, list(vocab)
 
 
 class _Builder:
