@@ -97,11 +97,11 @@ def write_dpr(path: Path, target_bytes: int, seed: int) -> int:
     return n
 
 
-def run_build(data: Path, cache: Path, log: Path) -> dict:
+def run_build(data: Path, cache: Path, log: Path, n_threads: int = 0) -> dict:
     """One whole build_data.py --sources nq in its own process: wall time, its own peak RSS, the summary."""
     env = {**os.environ, "FACTUALITY_CACHE": str(cache)}
     cmd = [sys.executable, str(ROOT / "build_data.py"), "--data-dir", str(data), "--sources", "nq",
-           "--accept-new-hash", "--quiet"]
+           "--accept-new-hash", "--quiet", "--n-threads", str(n_threads)]
     t = time.perf_counter()
     with open(log, "w") as out:
         p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
@@ -150,19 +150,22 @@ def main() -> None:
                                                         "0 to skip (two sizes give the slope)")
     ap.add_argument("--work", default=None, help="folder for the generated files (default: a temp folder, removed)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-threads", type=int, default=-1, help="build_data.py --n-threads: tokenising processes and "
+                                                               "retrieval threads (-1: every core, as configs/data_full.yaml)")
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_scale."))
     rows = []
-    print(f"machine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}; work folder {work}")
+    print(f"machine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}; builds with --n-threads "
+          f"{args.n_threads}; work folder {work}")
     for n in sizes:
         data, cache = work / f"c{n}", work / f"cache{n}"
         t = time.perf_counter()
         keep = write_corpus(data / "raw/corpus/psgs_w100.tsv", n, args.seed)
         write_questions(data / "raw/nq/NQ-open.train.jsonl", keep, args.questions, args.seed)
         gen_s = time.perf_counter() - t
-        first = run_build(data, cache, work / f"c{n}.first.log")
-        second = run_build(data, cache, work / f"c{n}.second.log")
+        first = run_build(data, cache, work / f"c{n}.first.log", args.n_threads)
+        second = run_build(data, cache, work / f"c{n}.second.log", args.n_threads)
         assert not first["card"]["corpus_index"]["reused"] and second["card"]["corpus_index"]["reused"]
         assert first["card"]["output_sha256"] == second["card"]["output_sha256"], "a reused index changed the output"
         qps = retrieval_rate(data, cache, args.questions)

@@ -33,12 +33,15 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import mmap
 import os
 import re
 import shutil
 import tempfile
 import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -205,8 +208,12 @@ def _tokenize_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]
 
 
 class _Builder:
-    def __init__(self, tmp: Path, quiet: bool):
-        self.tmp, self.quiet = tmp, quiet
+    def __init__(self, tmp: Path, quiet: bool, workers: int = 1):
+        self.tmp, self.quiet, self.workers = tmp, quiet, max(1, workers)
+        self.pool = (ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"))
+                     if self.workers > 1 else None)
+        self.pending: deque = deque()
+        self.closing = False
         self.blob = open(tmp / "passages.bin", "wb")
         self.offsets = open(tmp / "offsets.tmp", "wb")
         self.pairs = {k: open(tmp / f"pairs.{k}", "wb") for k in ("tok", "doc", "tf")}
@@ -230,20 +237,32 @@ class _Builder:
             self.flush()
 
     def flush(self) -> None:
+        """Hand the batch to the tokenizer (a worker process when there are several); absorb what
+        the workers finished, in batch order, keeping at most `workers` batches in flight."""
         np.asarray(self.offsets_buf[:-1], dtype=np.int64).tofile(self.offsets)   # the last one starts the next
         self.offsets_buf = self.offsets_buf[-1:]
-        if not self.batch:
-            return
-        flat, lens, local_vocab = _tokenize_batch(self.batch)
+        if self.batch:
+            texts, self.batch = self.batch, []
+            if self.pool is None:
+                self.absorb(*_tokenize_batch(texts))
+            else:
+                self.pending.append(self.pool.submit(_tokenize_batch, texts))
+        while self.pending and (len(self.pending) > self.workers or self.closing):
+            self.absorb(*self.pending.popleft().result())
+
+    def absorb(self, flat: np.ndarray, lens: np.ndarray, local_vocab: list[str]) -> None:
+        """One tokenised batch: its ids mapped to the corpus vocabulary, its sorted (token, doc, tf) triples
+        written, document frequencies counted."""
+        size = len(lens)
         lmap = np.fromiter((self.vocab.setdefault(t, len(self.vocab)) for t in local_vocab), dtype=np.int64,
                            count=len(local_vocab))
         tok = lmap[flat] if len(flat) else flat
-        doc = np.repeat(np.arange(self.n, self.n + len(self.batch), dtype=np.int64), lens)
+        doc = np.repeat(np.arange(self.n, self.n + size, dtype=np.int64), lens)
         if len(tok):
-            key = tok * (len(self.batch) + 1) + (doc - self.n)      # sort by (token, doc)
+            key = tok * (size + 1) + (doc - self.n)      # sort by (token, doc)
             key.sort()
             u, tf = np.unique(key, return_counts=True)
-            ptok, pdoc = u // (len(self.batch) + 1), u % (len(self.batch) + 1) + self.n
+            ptok, pdoc = u // (size + 1), u % (size + 1) + self.n
             if len(self.vocab) > len(self.df):
                 self.df = np.concatenate([self.df, np.zeros(len(self.vocab) - len(self.df), dtype=np.int64)])
             self.df += np.bincount(ptok, minlength=len(self.df))
@@ -252,12 +271,14 @@ class _Builder:
             tf.astype(np.int32).tofile(self.pairs["tf"])
             self.segments.append(self.segments[-1] + len(u))
         self.doc_len.append(lens)
-        self.n += len(self.batch)
-        self.batch = []
+        self.n += size
 
     def finish(self, progress: bool) -> dict:
         """Close the pass, then write the CSC index block by block; returns the manifest fields."""
+        self.closing = True
         self.flush()
+        if self.pool is not None:
+            self.pool.shutdown()
         np.asarray(self.offsets_buf, dtype=np.int64).tofile(self.offsets)   # the final end offset
         for f in (self.blob, self.offsets, *self.pairs.values()):
             f.close()
@@ -394,9 +415,10 @@ def replay(rows: list, paths: list[Path], bad) -> None:
 
 def open_or_build(paths: list[Path], file_sha256: list[str], chunk_words: int,
                   passages: Callable[[Any], Iterator[tuple[str, str, str]]], bad, quiet: bool = False,
-                  root: Path | None = None) -> tuple[PassageStore, bm25s.BM25, dict]:
+                  root: Path | None = None, workers: int = 1) -> tuple[PassageStore, bm25s.BM25, dict]:
     """The store and index of this corpus: verified and memory-mapped from the cache, or built there
-    first. `passages(bad)` yields (doc_id, title, text) of every chunk, in corpus order."""
+    first. `passages(bad)` yields (doc_id, title, text) of every chunk, in corpus order; `workers`
+    processes tokenise (the same index whatever their number)."""
     root = root or cache_root()
     key = corpus_key(file_sha256, chunk_words)
     folder = root / key
@@ -409,8 +431,9 @@ def open_or_build(paths: list[Path], file_sha256: list[str], chunk_words: int,
         _remove_stale(root)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", suffix=f"-{os.getpid()}", dir=root))
         os.chmod(tmp, 0o755)
+        builder = None
         try:
-            builder = _Builder(tmp, quiet)
+            builder = _Builder(tmp, quiet, workers)
             rec = Recorder(bad, paths)
             bar = tqdm(desc="corpus: passages read and tokenised", unit=" psg", unit_scale=True, disable=quiet,
                        leave=False)
@@ -435,6 +458,8 @@ def open_or_build(paths: list[Path], file_sha256: list[str], chunk_words: int,
                     raise
                 man = verify(folder, key)
         finally:
+            if builder is not None and builder.pool is not None:
+                builder.pool.shutdown(wait=False, cancel_futures=True)
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         man["reused"] = False

@@ -161,3 +161,13 @@ def test_batch_tokens_are_bm25s_tokens_on_random_text():
         got.append([vocab[i] for i in flat[pos:pos + n].tolist()])
         pos += n
     assert got == tokenize(texts)
+
+
+def test_tokenising_in_worker_processes_builds_the_same_files(tmp_path, small_batches):
+    tsv = tmp_path / "psgs.tsv"
+    zipf_corpus(tsv, 700)
+    mans = []
+    for workers in (1, 2):
+        mans.append(PS.open_or_build([tsv], [PS._sha256(tsv)], 100, lambda b: iter_chunks([tsv], b, 100), BadRecords(),
+                                     quiet=True, root=tmp_path / f"cache{workers}", workers=workers)[2])
+    assert mans[0]["sha256"] == mans[1]["sha256"] and mans[0]["nnz"] == mans[1]["nnz"] > 0

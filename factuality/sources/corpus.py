@@ -9,6 +9,7 @@ support (DPR's `has_answer`), answer-free hits are the hard negatives.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Iterator
@@ -86,6 +87,11 @@ class StoredBM25Index(BM25Index):
         self.norm = NormCache(self.texts)
 
 
+def tokenizer_workers(n_threads: int) -> int:
+    """Processes that tokenise the corpus while it is indexed: --n-threads (-1: every core; 0: one)."""
+    return (os.cpu_count() or 1) if n_threads == -1 else max(1, n_threads)
+
+
 def corpus_index(ctx: DraftContext) -> tuple[Sequence[Chunk], BM25Index]:
     """The passage corpus and its BM25 index, shared by nq and popqa: stored on disk and indexed once
     per corpus (keyed by the files' sha256, verified this build against the raw manifest), memory-mapped
@@ -101,7 +107,7 @@ def corpus_index(ctx: DraftContext) -> tuple[Sequence[Chunk], BM25Index]:
         try:
             store, model, man = open_or_build(paths, sums, ctx.cfg.chunk_words,
                                               lambda bad: iter_chunks(paths, bad, ctx.cfg.chunk_words), ctx.bad,
-                                              quiet=ctx.cfg.quiet)
+                                              quiet=ctx.cfg.quiet, workers=tokenizer_workers(ctx.cfg.n_threads))
         except EmptyCorpus:
             raise FileNotFoundError(missing) from None
         log.info("corpus: %d passages, BM25 index %s (%s)", len(store), "reused" if man["reused"] else "built",

@@ -122,7 +122,8 @@ class BuildConfig:
     max_examples_per_source: int | None = field(default=None, metadata={
         "min": 1, "help": "keep at most this many examples per source (a seeded choice), for quick runs; null: all"})
     n_threads: int = field(default=0, metadata={
-        "min": -1, "help": "threads for bm25s batched retrieval (0: one, -1: all cores)"})
+        "min": -1, "help": "threads for bm25s batched retrieval, and processes tokenising the passage corpus when it "
+                   "is indexed (0: one, -1: all cores)"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars or table"})
 
     def validate(self) -> None:
