@@ -1,12 +1,12 @@
 """The passage corpus out of core: passages stored once on disk and fetched by position, and a BM25
-index over them built once per corpus, saved, and memory-mapped by every later build.
+index over them built once per corpus, saved, and read from disk (column by column) by every later build.
 
 What a 21M-passage corpus (DPR's psgs_w100.tsv, 13 GB) needs: the build must not hold every passage
 as a Python object, nor every token as a Python string. So:
 
 - passages: one pass over the TSV writes `passages.bin` (UTF-8 doc id, title and text of each chunk,
-  back to back) and `offsets.npy` (int64 field boundaries); `PassageStore[i]` decodes chunk i from a
-  read-only mmap. Only the passages a question retrieves are ever decoded.
+  back to back) and `offsets.npy` (int64 field boundaries); `PassageStore.fields(i)` reads chunk i
+  with two preads. Only the passages a question retrieves are ever decoded.
 - tokens: the same pass tokenises batches of `BATCH` passages with bm25s' own tokenizer (lower-case,
   \\w\\w+ tokens, English stop words) to ids; a batch's local vocabulary is mapped to the corpus one,
   and only its (token, doc, tf) triples, sorted by token, are written to disk (`pairs.*`, temporary).
@@ -15,7 +15,7 @@ as a Python object, nor every token as a Python string. So:
   the sorted batches (memory: one block, `BLOCK_NNZ` entries), each score computed with the very
   float operations bm25s uses, so the matrix equals the one `bm25s.BM25.index` builds in memory
   (tests/test_passage_store.py checks scores and hits against it). Retrieval is bm25s' own
-  `BM25.retrieve` over the memory-mapped arrays.
+  `BM25.retrieve` over the arrays on disk (`ColumnFile`: the columns of a query's tokens, read per query).
 
 Cache: `$FACTUALITY_CACHE/corpus/<key>/`, key = sha256 of the corpus files' sha256s (the build has
 just verified them against the raw manifest), the chunk size, the tokenizer and BM25 settings, the
@@ -34,7 +34,6 @@ import json
 import logging
 import math
 import multiprocessing
-import mmap
 import os
 import re
 import shutil
@@ -83,41 +82,6 @@ def _sha256(path: Path) -> str:
 # --------------------------------------------------------------------------------------------
 # Reading a built store
 # --------------------------------------------------------------------------------------------
-class PassageStore:
-    """Chunks by position from `passages.bin` (mmap) and `offsets.npy`: `store[i]` -> (doc_id, title, text)."""
-
-    def __init__(self, folder: Path):
-        self.offsets = np.load(folder / "offsets.npy", mmap_mode="r", allow_pickle=False)
-        self._file = open(folder / "passages.bin", "rb")
-        size = os.fstat(self._file.fileno()).st_size
-        self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-        self.n = (len(self.offsets) - 1) // 3
-
-    def __len__(self) -> int:
-        return self.n
-
-    def fields(self, i: int) -> tuple[str, str, str]:
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        a, b, c, d = (int(x) for x in self.offsets[3 * i:3 * i + 4])
-        mm = self._mm
-        return mm[a:b].decode("utf-8"), mm[b:c].decode("utf-8"), mm[c:d].decode("utf-8")
-
-
-class IndexTexts(Sequence):
-    """"title. text" of each stored chunk (what the index was built from; what has_answer reads)."""
-
-    def __init__(self, store: PassageStore):
-        self.store = store
-
-    def __len__(self) -> int:
-        return len(self.store)
-
-    def __getitem__(self, i):
-        _, title, text = self.store.fields(i)
-        return f"{title}. {text}"
-
-
 class ColumnFile:
     """A 1-D .npy array on disk read slice by slice (`a[i:j]`: one pread into a private array), for
     bm25s' scorer, which reads the columns of a query's tokens as `data[start:end]`. Like a memory map
@@ -144,6 +108,41 @@ class ColumnFile:
             if got != out.nbytes:
                 raise OSError(f"{self._f.name}: short read ({got} of {out.nbytes} bytes)")
         return out
+
+
+class PassageStore:
+    """Chunks by position from `passages.bin` and `offsets.npy`: `store.fields(i)` -> (doc_id, title,
+    text), two preads per chunk. (Not a memory map: each page a map touches, with the kernel's
+    fault-around, stays in the process's RSS; 20 hits a question over a 13 GB file would fill it.)"""
+
+    def __init__(self, folder: Path):
+        self.offsets = ColumnFile(folder / "offsets.npy")
+        self._fd = os.open(folder / "passages.bin", os.O_RDONLY)
+        self.n = (len(self.offsets) - 1) // 3
+
+    def __len__(self) -> int:
+        return self.n
+
+    def fields(self, i: int) -> tuple[str, str, str]:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        a, b, c, d = self.offsets[3 * i:3 * i + 4].tolist()
+        raw = os.pread(self._fd, d - a, a)
+        return raw[:b - a].decode("utf-8"), raw[b - a:c - a].decode("utf-8"), raw[c - a:].decode("utf-8")
+
+
+class IndexTexts(Sequence):
+    """"title. text" of each stored chunk (what the index was built from; what has_answer reads)."""
+
+    def __init__(self, store: PassageStore):
+        self.store = store
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, i):
+        _, title, text = self.store.fields(i)
+        return f"{title}. {text}"
 
 
 def load_bm25(folder: Path, n_docs: int) -> bm25s.BM25:
