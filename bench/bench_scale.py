@@ -8,7 +8,8 @@ title; 100-word passages over a Zipf vocabulary) plus NQ-Open questions `raw/nq/
 (words of a passage, its rarest word the answer), and a DPR retriever file
 `raw/nq/biencoder-nq-train.json` (a JSON array of {question, answers, positive_ctxs,
 negative_ctxs, hard_negative_ctxs}, 100-word passages). Each build is a whole
-`build_data.py --sources nq` in its own process (peak RSS from wait4: the child's own). Per corpus
+`build_data.py --sources nq` in its own process (peak RSS: its VmHWM, read by the build process
+itself; a child's ru_maxrss would start from this process's size at the fork). Per corpus
 size: the first build (reads, stores and indexes the corpus), a second build over the same corpus
 (the index reused from the cache), and retrieval questions/s on the reused index. Then the slope
 per passage between the two largest sizes (least squares over all sizes when more), and the
@@ -97,20 +98,39 @@ def write_dpr(path: Path, target_bytes: int, seed: int) -> int:
     return n
 
 
+WRAPPER = """
+import json, resource, sys
+sys.argv = ["build_data.py"] + sys.argv[2:]
+import build_data
+def hwm():
+    return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
+try:
+    code = build_data.main(sys.argv[1:])
+finally:
+    with open(__out__, "w") as f:
+        json.dump({"self": hwm(), "workers": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}, f)
+sys.exit(code)
+"""
+
+
 def run_build(data: Path, cache: Path, log: Path, n_threads: int = 0) -> dict:
-    """One whole build_data.py --sources nq in its own process: wall time, its own peak RSS, the summary."""
+    """One whole build_data.py --sources nq in its own process: wall time, its own peak RSS (VmHWM,
+    read by the process itself: a child's ru_maxrss would start from this process's size at the fork),
+    the peak of its tokenising workers, the summary."""
     env = {**os.environ, "FACTUALITY_CACHE": str(cache)}
-    cmd = [sys.executable, str(ROOT / "build_data.py"), "--data-dir", str(data), "--sources", "nq",
+    out = log.with_suffix(".rss.json")
+    code = WRAPPER.replace("__out__", repr(str(out)))
+    cmd = [sys.executable, "-c", code, "build_data.py", "--data-dir", str(data), "--sources", "nq",
            "--accept-new-hash", "--quiet", "--n-threads", str(n_threads)]
     t = time.perf_counter()
-    with open(log, "w") as out:
-        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-        _, status, usage = os.wait4(p.pid, 0)
+    with open(log, "w") as f:
+        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     wall = time.perf_counter() - t
-    if os.waitstatus_to_exitcode(status) != 0:
+    if p.returncode != 0:
         raise SystemExit(f"build failed ({log}):\n{log.read_text()[-3000:]}")
+    rss = json.loads(out.read_text())
     card = json.loads((data / "processed" / "run_card.json").read_text())
-    return {"s": wall, "rss_gb": usage.ru_maxrss / 1024 ** 2, "card": card}
+    return {"s": wall, "rss_gb": rss["self"] / 1024 ** 3, "workers_gb": rss["workers"] / 1024 ** 3, "card": card}
 
 
 def retrieval_rate(data: Path, cache: Path, n_questions: int) -> float:
@@ -153,7 +173,7 @@ def main() -> None:
     ap.add_argument("--n-threads", type=int, default=-1, help="build_data.py --n-threads: tokenising processes and "
                                                                "retrieval threads (-1: every core, as configs/data_full.yaml)")
     args = ap.parse_args()
-    sizes = [int(x) for x in args.sizes.split(",")]
+    sizes = [int(x) for x in args.sizes.split(",") if x.strip()]   # "" : the DPR files only
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_scale."))
     rows = []
     print(f"machine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}; builds with --n-threads "
@@ -171,11 +191,13 @@ def main() -> None:
         qps = retrieval_rate(data, cache, args.questions)
         mb = (data / "raw/corpus/psgs_w100.tsv").stat().st_size / 1e6
         rows.append({"n": n, "mb": mb, "gen_s": gen_s, "first_s": first["s"], "first_gb": first["rss_gb"],
+                     "workers_gb": first["workers_gb"],
                      "second_s": second["s"], "second_gb": second["rss_gb"], "qps": qps,
                      "index_gb": sum(f.stat().st_size for f in (cache / "corpus").rglob("*") if f.is_file()) / 1e9,
                      "examples": first["card"]["total"]})
         r = rows[-1]
-        print(f"{n:>10,} passages ({mb:,.0f} MB): first build {r['first_s']:,.0f} s, peak RSS {r['first_gb']:.2f} GB; "
+        print(f"{n:>10,} passages ({mb:,.0f} MB): first build {r['first_s']:,.0f} s, peak RSS {r['first_gb']:.2f} GB "
+              f"(each tokenising worker {r['workers_gb']:.2f} GB); "
               f"second build {r['second_s']:,.0f} s ({100 * r['second_s'] / r['first_s']:.0f}%), {r['second_gb']:.2f} GB; "
               f"retrieval {qps:,.0f} questions/s; cache {r['index_gb']:.2f} GB; {r['examples']} examples", flush=True)
         for p in (data / "raw/corpus/psgs_w100.tsv",):

@@ -415,7 +415,7 @@ def replay(rows: list, paths: list[Path], bad) -> None:
 def open_or_build(paths: list[Path], file_sha256: list[str], chunk_words: int,
                   passages: Callable[[Any], Iterator[tuple[str, str, str]]], bad, quiet: bool = False,
                   root: Path | None = None, workers: int = 1) -> tuple[PassageStore, bm25s.BM25, dict]:
-    """The store and index of this corpus: verified and memory-mapped from the cache, or built there
+    """The store and index of this corpus: verified and opened from the cache, or built there
     first. `passages(bad)` yields (doc_id, title, text) of every chunk, in corpus order; `workers`
     processes tokenise (the same index whatever their number)."""
     root = root or cache_root()

@@ -1,7 +1,7 @@
 """The DPR Wikipedia passage corpus (psgs_w100.tsv) that NQ-Open and PopQA retrieve from.
 
 Not a dataset of its own: `nq` and `popqa` list it among their inputs and downloads, and share
-one BM25 index over it (`corpus_index`), built once per corpus and memory-mapped from the cache
+one BM25 index over it (`corpus_index`), built once per corpus and read from the cache
 by later builds (`factuality.passage_store`). Raw format: `id\\ttext\\ttitle` with a header
 line. Retrieval drafting (`draft_retrieved`): the best BM25 hit holding a gold answer is
 support (DPR's `has_answer`), answer-free hits are the hard negatives.
@@ -79,7 +79,7 @@ class StoredCorpus(Sequence):
 
 
 class StoredBM25Index(BM25Index):
-    """BM25Index's `search` / `mine` over a memory-mapped bm25s index (`passage_store`)."""
+    """BM25Index's `search` / `mine` over a bm25s index on disk (`passage_store`)."""
 
     def __init__(self, model, store: PassageStore, n_threads: int = 0):
         self.model, self.n_threads = model, n_threads
@@ -94,7 +94,7 @@ def tokenizer_workers(n_threads: int) -> int:
 
 def corpus_index(ctx: DraftContext) -> tuple[Sequence[Chunk], BM25Index]:
     """The passage corpus and its BM25 index, shared by nq and popqa: stored on disk and indexed once
-    per corpus (keyed by the files' sha256, verified this build against the raw manifest), memory-mapped
+    per corpus (keyed by the files' sha256, verified this build against the raw manifest), read from disk
     by every later build (`factuality.passage_store`)."""
     if "corpus" not in ctx.shared:
         paths = ctx.inputs.get("corpus", [])
