@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 FULL_PASSAGES = 21_015_324
 FULL_DPR_BYTES = 7.9e9
+FULL_DPR_RECORDS = 58_880   # biencoder-nq-train.json
 NQ_TRAIN_QUESTIONS = 79_168
 
 
@@ -202,9 +203,9 @@ def main() -> None:
               f"retrieval {qps:,.0f} questions/s; cache {r['index_gb']:.2f} GB; {r['examples']} examples", flush=True)
         for p in (data / "raw/corpus/psgs_w100.tsv",):
             p.unlink()
-    print()
-    print("| corpus | file | first build | peak RSS | second build | its peak RSS | retrieval | cache on disk |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    if rows:
+        print("\n| corpus | file | first build | peak RSS | second build | its peak RSS | retrieval | cache on disk |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['n']:,} passages | {r['mb'] / 1e3:.2f} GB | {r['first_s']:,.0f} s | {r['first_gb']:.2f} GB | "
               f"{r['second_s']:,.0f} s ({100 * r['second_s'] / r['first_s']:.0f}%) | {r['second_gb']:.2f} GB | "
@@ -234,13 +235,13 @@ def main() -> None:
         n_rec = write_dpr(path, int(mb * 1e6), args.seed)
         size = path.stat().st_size
         r = run_build(data, cache, work / f"dpr{mb:g}.log")
-        dpr_rows.append((size, r["s"], r["rss_gb"]))
+        dpr_rows.append((size, r["s"], r["rss_gb"], n_rec))
         print(f"DPR retriever JSON {size / 1e9:.2f} GB ({n_rec:,} records): build {r['s']:,.0f} s, peak RSS "
               f"{r['rss_gb']:.2f} GB ({r['rss_gb'] * 1e9 / size:.2f}x the file), {r['card']['total']} examples", flush=True)
         path.unlink()
     if dpr_rows:
         print("\n| DPR JSON | build | peak RSS |\n|---:|---:|---:|")
-        for size, sec, gb in dpr_rows:
+        for size, sec, gb, _ in dpr_rows:
             print(f"| {size / 1e9:.2f} GB | {sec:,.0f} s | {gb:.2f} GB |")
         if len(dpr_rows) >= 2:
             s_rss, b_rss = fit([r[0] for r in dpr_rows], [r[2] for r in dpr_rows])
@@ -248,6 +249,11 @@ def main() -> None:
             print(f"slope per GB of DPR JSON: peak RSS {s_rss * 1e9:.3f} GB, time {s_t * 1e9:.0f} s; projected to a "
                   f"{FULL_DPR_BYTES / 1e9:.1f} GB file: peak RSS {s_rss * FULL_DPR_BYTES + b_rss:.2f} GB, "
                   f"build {(s_t * FULL_DPR_BYTES + b_t) / 60:.0f} min")
+            # the build keeps one example per record (it shuffles and splits in memory): memory follows
+            # the records, and a generated record is smaller than a real one (DPR's file: 58,880 records)
+            s_r, b_r = fit([r[3] for r in dpr_rows], [r[2] for r in dpr_rows])
+            print(f"slope per record: peak RSS {s_r * 1e9 / 1e3:.1f} KB; projected to the real file's {FULL_DPR_RECORDS:,} "
+                  f"records: peak RSS {s_r * FULL_DPR_RECORDS + b_r:.2f} GB")
 
 if __name__ == "__main__":
     main()
