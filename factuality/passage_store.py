@@ -213,6 +213,7 @@ class _Builder:
                      if self.workers > 1 else None)
         self.pending: deque = deque()
         self.closing = False
+        self.added = 0               # chunks added (`n` counts those tokenised, in batch order)
         self.blob = open(tmp / "passages.bin", "wb")
         self.offsets = open(tmp / "offsets.tmp", "wb")
         self.pairs = {k: open(tmp / f"pairs.{k}", "wb") for k in ("tok", "doc", "tf")}
@@ -232,6 +233,7 @@ class _Builder:
             self.pos += len(b)
             self.offsets_buf.append(self.pos)
         self.batch.append(f"{title}. {text}")
+        self.added += 1
         if len(self.batch) >= BATCH:
             self.flush()
 
@@ -440,7 +442,7 @@ def open_or_build(paths: list[Path], file_sha256: list[str], chunk_words: int,
                 builder.add(doc_id, title, text)
                 bar.update(1)
             bar.close()
-            if builder.n == 0 and not builder.batch:
+            if builder.added == 0:
                 raise EmptyCorpus()
             stats = builder.finish(progress=not quiet)
             man = {"format": FORMAT_VERSION, "key": key, "chunk_words": chunk_words, "tokenizer": TOKENIZER,

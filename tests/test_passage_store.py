@@ -163,11 +163,15 @@ def test_batch_tokens_are_bm25s_tokens_on_random_text():
     assert got == tokenize(texts)
 
 
-def test_tokenising_in_worker_processes_builds_the_same_files(tmp_path, small_batches):
+@pytest.mark.parametrize("n", [700, 120])   # many batches; exactly one, still with a worker when the pass ends
+def test_tokenising_in_worker_processes_builds_the_same_files(tmp_path, small_batches, monkeypatch, n):
     tsv = tmp_path / "psgs.tsv"
-    zipf_corpus(tsv, 700)
+    zipf_corpus(tsv, n)
+    if n == 120:
+        monkeypatch.setattr(PS, "BATCH", len(list(iter_chunks([tsv], BadRecords(), 100))))
     mans = []
     for workers in (1, 2):
         mans.append(PS.open_or_build([tsv], [PS._sha256(tsv)], 100, lambda b: iter_chunks([tsv], b, 100), BadRecords(),
                                      quiet=True, root=tmp_path / f"cache{workers}", workers=workers)[2])
     assert mans[0]["sha256"] == mans[1]["sha256"] and mans[0]["nnz"] == mans[1]["nnz"] > 0
+    assert mans[0]["n_passages"] >= n
