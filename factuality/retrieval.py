@@ -78,7 +78,7 @@ def tokenize(texts: Sequence[str], show_progress: bool = False) -> list[list[str
     return bm25s.tokenize(list(texts), stopwords="en", return_ids=False, show_progress=show_progress)
 
 
-class _NormCache:
+class NormCache:
     """Normalised text of corpus passages, computed once per passage on demand (for has_answer)."""
 
     def __init__(self, texts: Sequence[str]):
@@ -115,7 +115,7 @@ class BM25Index:
             raise ValueError("BM25Index: the corpus is empty; check the passage corpus input")
         self.texts = list(texts)
         self.n_threads = n_threads
-        self.norm = _NormCache(self.texts)
+        self.norm = NormCache(self.texts)
         self.model = bm25s.BM25()
         self.model.index(tokenize(self.texts, show_progress), show_progress=show_progress)
 
@@ -257,7 +257,7 @@ class DenseIndex:
         self.model = AutoModel.from_pretrained(model_dir).eval()
         self.batch_size = batch_size
         self.texts = list(texts)
-        self.norm = _NormCache(self.texts)
+        self.norm = NormCache(self.texts)
         self.vectors = self.encode(self.texts, show_progress)
 
     def __len__(self) -> int:

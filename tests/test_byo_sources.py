@@ -241,7 +241,8 @@ def test_qa_pairs_without_a_knowledge_base_are_refused(tmp_path):
 # Bad inputs: one error naming file, line and field; unknown formats name the formats
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("edit,field", [
-    (lambda r: r["ctxs"][1].pop("text"), r"ctxs\[1\]\.text: missing or not a non-empty string"),
+    (lambda r: [c.pop("text") for c in r["ctxs"]], r"ctxs\[0\]\.text: missing or not a non-empty string, and so are the "
+                                                   r"other 8 passages of ctxs: no usable passage left"),
     (lambda r: r["ctxs"][0].update(score="high"), r"ctxs\[0\]\.score: not a number: 'high'"),
     (lambda r: r["ctxs"][0].update(has_answer="yes"), r"ctxs\[0\]\.has_answer: expected true or false, got 'yes'"),
     (lambda r: r.update(answers="Canberra"), r"answers: expected a non-empty list of strings"),
@@ -414,3 +415,88 @@ def test_byo_config_builds_every_format_as_written(tmp_path, monkeypatch):
     assert card["config"]["retriever"] == "bm25" and card["retrievers"] == {"mydocs": "bm25"}
     assert sorted(Path(p).name for p in card["inputs"]) == sorted(
         p.name for p in FIX.rglob("*") if p.is_file() and p.parent != FIX)     # every input hashed
+
+
+# --------------------------------------------------------------------------------------------
+# Retrieval lists with empty passages (Self-RAG's PopQA: Wikipedia category pages have no text)
+# --------------------------------------------------------------------------------------------
+SELFRAG = Path(__file__).resolve().parent / "fixtures" / "selfrag"
+
+
+def test_empty_passages_in_ctxs_are_skipped_and_counted_no_record_lost(tmp_path):
+    """tests/fixtures/selfrag/popqa/popqa_longtail_w_gs.jsonl: 6 questions in Self-RAG's shape, 25
+    passages each; 20 of the 150 have empty, blank or missing text (category pages). Every question
+    is kept, no evidence chunk is empty, and the skipped passages are counted per reason in the
+    summary, the run card and the printed table."""
+    data = tmp_path / "data"
+    shutil.copytree(SELFRAG / "popqa", data / "raw" / "popqa")
+    raw = [json.loads(x) for x in (SELFRAG / "popqa/popqa_longtail_w_gs.jsonl").read_text().splitlines()]
+    n_empty = sum(1 for r in raw for c in r["ctxs"] if not (c.get("text") or "").strip())
+    assert len(raw) == 6 and all(len(r["ctxs"]) == 25 for r in raw) and n_empty == 20
+    assert any("text" not in c for r in raw for c in r["ctxs"])   # missing, not only empty
+    summary, recs = run_build(data, ["popqa"], no_oracle_fraction=0.0)
+    assert summary["rejected"] == 0 and not summary["dropped"]
+    assert summary["skipped_parts"] == {"popqa_ctx_empty_text": n_empty}
+    assert sorted(r["question"] for r in recs) == sorted(r["question"] for r in raw)   # no record lost
+    by_q = {r["question"]: r for r in raw}
+    for rec in recs:
+        src = by_q[rec["question"]]
+        assert rec["answerable"] and rec["meta"]["retrieved_passages"] == sum(1 for c in src["ctxs"]
+                                                                               if (c.get("text") or "").strip())
+        assert all(e["text"].strip() for e in rec["evidence"])
+        check_evidence(rec)
+    card = json.loads((data / "processed/run_card.json").read_text())
+    assert card["skipped_parts"] == {"popqa_ctx_empty_text": n_empty}
+    assert f"skipped parts of records kept (e.g. retrieved passages with no text): {n_empty} " \
+           f"(popqa_ctx_empty_text {n_empty})" in format_table(summary)
+
+
+def test_a_ctxs_record_whose_passages_are_all_empty_is_refused_naming_the_field(tmp_path):
+    rec = {"question": "q?", "answers": ["a"], "ctxs": [{"title": "Category:X", "text": ""}, {"title": "Y", "text": " "}]}
+    p = tmp_path / "r.jsonl"
+    p.write_text(json.dumps({"question": "ok?", "answers": ["b"], "ctxs": [{"title": "T", "text": "b is here"},
+                                                                           {"title": "C", "text": ""}]})
+                 + "\n" + json.dumps(rec) + "\n")
+    with pytest.raises(RecordError, match=r"r\.jsonl:2: ctxs\[0\]\.text: .*no usable passage left"):
+        list(S.read_nq(p, S.BadRecords()))
+    bad = S.BadRecords(collect=True)
+    (ex,) = list(S.read_nq(p, bad))
+    assert ex.question == "ok?" and len(ex.retrieved) == 1 and bad.skipped == {"nq_ctx_empty_text": 1}
+    assert len(bad.items) == 1 and bad.items[0]["field"] == "ctxs[0].text"
+
+
+def test_dpr_passages_with_no_text_are_skipped_and_counted(tmp_path):
+    """DPR retriever JSON: an empty hard negative or positive no longer refuses the question; a record
+    whose positives are all empty is refused naming positive_ctxs[0].text."""
+    real = json.loads((ROOT / "data/sample/raw/nq/dpr_nq_dev_sample.json").read_text())
+    recs = json.loads(json.dumps(real[:3]))
+    recs[0]["hard_negative_ctxs"].insert(1, {"title": "Category:Things", "text": "", "passage_id": "9"})
+    recs[1]["positive_ctxs"].append({"title": "Category:More", "text": None, "passage_id": "10"})
+    p = tmp_path / "biencoder-nq-dev.json"
+    p.write_text(json.dumps(recs))
+    bad = S.BadRecords()
+    exs = list(S.read_nq(p, bad))
+    assert [e.question for e in exs] == [r["question"] for r in recs] and bad.skipped == {"nq_dpr_ctx_empty_text": 2}
+    assert all(c.text for e in exs for c in e.candidates)
+    recs[2]["positive_ctxs"] = [{"title": "Category:X", "text": " ", "passage_id": "11"}]
+    p.write_text(json.dumps(recs))
+    with pytest.raises(RecordError, match=r"biencoder-nq-dev\.json\[2\]: positive_ctxs\[0\]\.text: .*no usable positive"):
+        list(S.read_nq(p, S.BadRecords()))
+
+
+def test_dpr_records_keep_only_the_negatives_a_build_can_show(tmp_path):
+    """A DPR record's 30 hard negatives: the first DPR_KEEP_NEGATIVES answer-free ones are kept (memory);
+    a build asking for more evidence than that is refused with the fix."""
+    from factuality.sources import nq
+
+    real = json.loads((ROOT / "data/sample/raw/nq/dpr_nq_dev_sample.json").read_text())
+    rec = json.loads(json.dumps(real[0]))
+    rec["hard_negative_ctxs"] = [{"title": f"T{i}", "text": f"unrelated passage number {i}", "passage_id": str(900 + i)}
+                                 for i in range(30)]
+    data = tmp_path / "data"
+    (data / "raw/nq").mkdir(parents=True)
+    (data / "raw/nq/biencoder-nq-dev.json").write_text(json.dumps([rec]))
+    (ex,) = list(S.read_nq(data / "raw/nq/biencoder-nq-dev.json", S.BadRecords()))
+    assert [c.doc_id for c in ex.candidates] == [f"psg:{900 + i}" for i in range(nq.DPR_KEEP_NEGATIVES)]
+    with pytest.raises(ValueError, match=r"more than the 8 hard negatives kept per DPR retriever record; lower "):
+        run_build(data, ["nq"], num_distractors=7)

@@ -86,7 +86,9 @@ def test_dpr_gold_passage_and_answer_span():
     for ex in exs:
         (chunk, [(a, b)]), = ex.gold
         assert has_answer(chunk.text[a:b], ex.answers) and ex.meta["answer_span_found"]
-        assert len(ex.candidates) > 50
+        # over 50 hard negatives each in the file; the first DPR_KEEP_NEGATIVES answer-free ones are kept
+        assert len(ex.candidates) == S.dataset("nq").DPR_KEEP_NEGATIVES
+        assert not any(has_answer(c.text, ex.answers) for c in ex.candidates)
 
 
 def test_dpr_malformed_names_index(tmp_path):

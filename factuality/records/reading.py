@@ -315,6 +315,147 @@ def read_json(path: str | os.PathLike, bad: Rejects | None = None, expected: str
     return out
 
 
+_JSON_WS = " \t\n\r"
+ARRAY_CHUNK_BYTES = 1 << 20   # what a streamed JSON array reads at a time (bytes of the decompressed data)
+
+
+def iter_json_array(path: str | os.PathLike, bad: Rejects | None = None, expected: str = "records",
+                    chunk_bytes: int = ARRAY_CHUNK_BYTES) -> Iterator[tuple[int, Any]]:
+    """(index, record) of a JSON array file, one record at a time: peak memory is the largest record
+    plus `chunk_bytes`, whatever the file's size (a 7.9 GB DPR retriever file streams like a small one).
+
+    Each record is parsed by the `json` module's own decoder (`JSONDecoder.raw_decode` over a window of
+    the file), so records are the very objects `json.loads` of the whole file gives. Messages are those
+    of `read_json`: not valid JSON -> `path:line: (file): ...`; bytes that are not UTF-8 -> line and byte
+    offset, raised, or with `bad` that collects, the record holding them reported as `path[index]` and
+    skipped. A file that is not an array is read whole and refused naming its type; an empty array is
+    refused. gzip is decompressed as it is read (`open_bytes`)."""
+    path = Path(path)
+    _require_file(path)
+    with open_bytes(path) as f:
+        yield from _ArrayStream(path, f, bad, expected, chunk_bytes).records()
+
+
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+class _ArrayStream:
+    """A window (`buf`) over a JSON array's decoded text, with the line, column and byte offset of
+    its first character (undecodable bytes are kept as surrogates, as `read_json` does)."""
+
+    def __init__(self, path: Path, f, bad: Rejects | None, expected: str, chunk_bytes: int):
+        self.path, self.f, self.bad, self.expected, self.chunk = path, f, bad, expected, chunk_bytes
+        self.what = f"a JSON array of {expected}"
+        self.inc = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+        self.buf, self.eof, self.line, self.col, self.byte = "", False, 1, 0, 0
+
+    def more(self, n: int | None = None) -> bool:
+        if self.eof:
+            return False
+        data = self.f.read(n or self.chunk)
+        self.eof = not data
+        self.buf += self.inc.decode(data, final=self.eof)
+        return True
+
+    def drop(self, upto: int) -> None:
+        """Forget buf[:upto], keeping the line / column / byte offset of what is left."""
+        gone = self.buf[:upto]
+        nbytes = len(gone.encode("utf-8", "surrogateescape"))
+        nl = gone.count("\n")
+        self.col = len(gone[gone.rfind("\n") + 1:].encode("utf-8", "surrogateescape")) if nl else self.col + nbytes
+        self.line += nl
+        self.byte += nbytes
+        self.buf = self.buf[upto:]
+
+    def not_utf8(self, pos: int) -> tuple[int, int, str]:
+        """(line, byte offset, problem) of the undecodable byte at buf[pos]."""
+        buf = self.buf
+        last = buf.rfind("\n", 0, pos)
+        column = len(buf[last + 1:pos].encode("utf-8", "surrogateescape")) + 1 + (self.col if last < 0 else 0)
+        offset = self.byte + len(buf[:pos].encode("utf-8", "surrogateescape"))
+        return self.line + buf.count("\n", 0, pos), offset, (
+            f"byte 0x{ord(buf[pos]) - 0xDC00:02x} at byte offset {offset} (column {column}) is not UTF-8; "
+            "re-save the file as UTF-8 or re-download it")
+
+    def invalid(self, msg: str, pos: int):
+        m = _SURROGATE.search(self.buf, 0, min(len(self.buf), pos + 1))
+        if m:   # an undecodable byte outside any string breaks the JSON itself: say so
+            line, _, problem = self.not_utf8(m.start())
+            raise RecordError(f"{self.path}:{line}: (encoding): {problem}")
+        raise RecordError(f"{self.path}:{self.line + self.buf.count(chr(10), 0, pos)}: (file): not valid JSON ({msg}); "
+                          f"expected {self.what}. Re-download or rebuild the file")
+
+    def skip_ws(self, pos: int) -> int:
+        """The position of the next non-whitespace character (reading on as needed); len(buf) at the end."""
+        while True:
+            buf = self.buf
+            while pos < len(buf) and buf[pos] in _JSON_WS:
+                pos += 1
+            if pos < len(buf) or not self.more():
+                return pos
+
+    def value(self, pos: int, decoder: json.JSONDecoder) -> tuple[Any, int]:
+        """The JSON value at buf[pos] and where it ends, reading on while the window cuts it off."""
+        last_error = None
+        while True:
+            try:
+                rec, end = decoder.raw_decode(self.buf, pos)
+                if end < len(self.buf) or self.eof:
+                    return rec, end
+            except RecursionError:
+                raise RecordError(f"{self.path}: (file): JSON nested deeper than can be read; expected "
+                                  f"{self.what}") from None
+            except json.JSONDecodeError as e:
+                key = (e.msg, e.pos)   # the same error with more text read: the JSON is wrong, not cut off
+                if self.eof or (key == last_error and not e.msg.startswith("Unterminated string")):
+                    self.invalid(e.msg, e.pos)
+                last_error = key
+            self.more(max(self.chunk, len(self.buf) - pos))
+
+    def records(self) -> Iterator[tuple[int, Any]]:
+        raising = self.bad is None or self.bad.raising
+        pos = self.skip_ws(0)
+        if pos >= len(self.buf):
+            raise RecordError(f"{self.path}: the file is empty; expected {self.what}. Check that it was written "
+                              "completely (or re-download / rebuild it)")
+        if self.buf[pos] != "[":   # not an array (or not JSON): the whole-file reader's messages
+            whole = read_json(self.path, self.bad, expected=self.what)
+            raise RecordError(f"{self.path}: (file): {self.what} is expected, got {type(whole).__name__}")
+        pos, index, decoder = self.skip_ws(pos + 1), 0, json.JSONDecoder()
+        if pos < len(self.buf) and self.buf[pos] == "]":
+            raise RecordError(f"{self.path}: (file): the array is empty (no records); expected {self.expected}. "
+                              "Check that it was downloaded completely")
+        while True:
+            if pos >= len(self.buf):
+                self.invalid("Expecting value", pos)
+            rec, end = self.value(pos, decoder)
+            m = _SURROGATE.search(self.buf, pos, end)
+            if m is None:
+                yield index, rec
+            elif raising:
+                line, _, problem = self.not_utf8(m.start())
+                hint = f"; {self.bad.hint}" if self.bad is not None and self.bad.hint else ""
+                raise RecordError(f"{self.path}:{line}: (encoding): {problem}{hint}")
+            else:
+                line, offset, problem = self.not_utf8(m.start())
+                self.bad.report(Where(str(self.path), index=index), "(encoding)", f"line {line}: {problem}", rec,
+                                byte=offset)
+            index += 1
+            pos = self.skip_ws(end)
+            ch = self.buf[pos] if pos < len(self.buf) else ""
+            if ch == "]":
+                break
+            if ch != ",":
+                self.invalid("Expecting ',' delimiter", pos)
+            pos = self.skip_ws(pos + 1)
+            if pos > self.chunk:
+                self.drop(pos)
+                pos = 0
+        pos = self.skip_ws(pos + 1)
+        if pos < len(self.buf):
+            self.invalid("Extra data", pos)
+
+
 RUN_CARD_NAME = "run_card.json"
 
 

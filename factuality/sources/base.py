@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from ..records import (
-    UNDECODABLE,
     RecordError,
     Rejects,
     Where,
     decode_lines,
+    iter_json_array,
     iter_json_lines,
     open_bytes,
-    read_json,
     sha256_text,
 )
 from ..text import find_answer_span, has_answer
@@ -107,15 +106,22 @@ class DraftContext:
 class BadRecords(Rejects):
     """Malformed raw records: an error naming file, line and field (default), or collected for the
     build's rejects file (`collect=True`). Well-formed records that cannot be used are counted in
-    `dropped` by reason."""
+    `dropped` by reason; unusable parts of a record that is otherwise used (an empty retrieved
+    passage) in `skipped` by reason."""
 
     def __init__(self, collect: bool = False):
         super().__init__(collect=collect, hint="fix or remove the record, or pass --rejects FILE to set bad "
                                                "records aside and count them")
         self.dropped: Counter = Counter()
+        self.skipped: Counter = Counter()
 
     def drop(self, reason: str) -> None:
         self.dropped[reason] += 1
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        """Parts of a record that is otherwise used (a retrieved passage with no text, say), left out:
+        normal in real files, counted by reason, never a refused record."""
+        self.skipped[reason] += n
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,17 +180,11 @@ def jsonl_records(path: Path, bad: BadRecords, expected: str) -> Iterator[tuple[
 
 
 def json_array(path: Path, bad: BadRecords, expected: str) -> Iterator[tuple[Where, Any]]:
-    """(where, record) of a JSON array file; an empty array is refused. Records holding bytes that
-    are not UTF-8 went to `bad` and are skipped."""
-    data = read_json(path, bad, expected=f"a JSON array of {expected}")
-    if not isinstance(data, list):
-        raise RecordError(f"{path}: (file): a JSON array of {expected} is expected, got {type(data).__name__}")
-    if not data:
-        raise RecordError(f"{path}: (file): the array is empty (no records); expected {expected}. Check that it "
-                          "was downloaded completely")
-    for i, rec in enumerate(data):
-        if rec is not UNDECODABLE:
-            yield Where(str(path), index=i), rec
+    """(where, record) of a JSON array file, streamed one record at a time (`records.iter_json_array`:
+    memory bounded by the largest record, not the file); an empty array is refused. Records holding
+    bytes that are not UTF-8 went to `bad` and are skipped."""
+    for i, rec in iter_json_array(path, bad, expected):
+        yield Where(str(path), index=i), rec
 
 
 def _column(c: str | tuple[str, ...]) -> str:

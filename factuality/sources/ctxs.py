@@ -18,6 +18,12 @@ one's own reads it through `factuality/sources/own.py`. Drafting (`draft_ctxs`):
 - a question whose passages hold no answer is a retrieval miss: dropped or kept as unanswerable
   (`--retrieval-miss`), counted either way;
 - `isgold` flags are kept in `meta` (`isgold_doc_ids`, and `support_isgold` for the support chunk).
+
+A passage with no text (missing, null or blank: Self-RAG's PopQA results list Wikipedia category
+pages so) is left out and counted (`skipped_parts`, `<source>_ctx_empty_text`, in the summary and
+run card); the record is refused only when every one of its passages is so. A passage of the wrong
+shape (not an object, a score that is not a number, a flag that is not true/false) is a malformed
+record, as before: the file is not what it claims to be.
 """
 from __future__ import annotations
 
@@ -61,6 +67,12 @@ def _score(v: Any) -> float | None | str:
     except (TypeError, ValueError):
         return f"not a number: {v!r}"
     return x if math.isfinite(x) else f"not a finite number: {v!r}"
+
+
+def is_empty_passage(c: Any) -> bool:
+    """A retrieved passage whose text is missing, null or blank: normal in real retrieval results
+    (Self-RAG's PopQA lists hold Wikipedia category pages with empty text); skipped and counted."""
+    return isinstance(c, dict) and (c.get("text") is None or (isinstance(c["text"], str) and not c["text"].strip()))
 
 
 def parse_ctx(c: Any) -> Retrieved | tuple[str, str]:
@@ -110,15 +122,25 @@ def read_ctxs(records: Iterable[tuple[Where, Any, Any]], bad: BadRecords, source
                                             or not str(rec["id"]).strip()):
             problem = ("id", "not a non-empty string or integer")
         retrieved: list[Retrieved] = []
+        empty: list[int] = []
         for i, c in enumerate(ctxs if problem is None else []):
+            if is_empty_passage(c):   # a passage with no text (e.g. a Wikipedia category page): left out
+                empty.append(i)
+                continue
             r = parse_ctx(c)
             if isinstance(r, tuple):
                 problem = (f"ctxs[{i}]" + (f".{r[0]}" if r[0] else ""), r[1])
                 break
             retrieved.append(r)
+        if problem is None and empty and not retrieved:   # nothing usable is left
+            problem = (f"ctxs[{empty[0]}].text", f"missing or not a non-empty string, and so are the other "
+                       f"{len(empty) - 1} passages of ctxs: no usable passage left (an empty list, ctxs: [], is "
+                       "allowed for a question nothing was retrieved for)")
         if problem:
             bad.report(where, *problem, raw)
             continue
+        if empty:
+            bad.skip(f"{source}_ctx_empty_text", len(empty))
         orig = str(rec["id"]).strip() if rec.get("id") is not None else short_hash(q.strip())
         meta = {"retrieved_passages": len(retrieved)}
         isgold = [r.chunk.doc_id for r in retrieved if r.isgold]

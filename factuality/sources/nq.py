@@ -40,10 +40,15 @@ DOWNLOADS = [RemoteFile("https://dl.fbaipublicfiles.com/dpr/data/retriever/bienc
 EXPECTED_DPR = "DPR retriever records {question, answers, positive_ctxs, hard_negative_ctxs} (biencoder-nq-*.json)"
 EXPECTED_OPEN = "NQ-Open questions {question, answer: [...]}, one JSON object a line (NQ-open.*.jsonl)"
 OPEN_PREFIX = "open:"
+DPR_KEEP_NEGATIVES = 8   # answer-free hard negatives kept per DPR record; a build shows at most
+                         # num_distractors + max_support_chunks (+1 when unanswerable): 6 by default
 
 
 def _ctx_ok(c: Any) -> bool:
-    return isinstance(c, dict) and isinstance(c.get("text"), str) and c["text"].strip() and isinstance(c.get("title"), str)
+    """A DPR passage of the right shape; one with no text (`ctxs.is_empty_passage`) is of the right
+    shape too, and is left out and counted by the reader."""
+    return (isinstance(c, dict) and isinstance(c.get("title"), str)
+            and (isinstance(c.get("text"), str) or ctxs.is_empty_passage(c)))
 
 
 def read_dpr(path: Path, bad: BadRecords) -> Iterator[RawExample]:
@@ -66,12 +71,19 @@ def _dpr_records(records, path: Path, bad: BadRecords) -> Iterator[RawExample]:
             problem = ("positive_ctxs", "expected a list of {title, text, passage_id}")
         elif not isinstance(negs, list) or not all(_ctx_ok(c) for c in negs):
             problem = ("hard_negative_ctxs", "expected a list of {title, text, passage_id}")
+        if problem is None and pos and all(ctxs.is_empty_passage(c) for c in pos):   # nothing usable is left
+            problem = ("positive_ctxs[0].text", f"missing or not a non-empty string, and so are the other {len(pos) - 1} "
+                       "positive passages: no usable positive passage left")
         if problem:
             bad.report(where, *problem, rec)
             continue
         if not pos:
             bad.drop("nq_dpr_no_positive_passage")
             continue
+        n_empty = sum(ctxs.is_empty_passage(c) for c in pos + negs)
+        if n_empty:   # a passage with no text: left out, counted, the rest of the record used
+            bad.skip("nq_dpr_ctx_empty_text", n_empty)
+            pos, negs = [c for c in pos if not ctxs.is_empty_passage(c)], [c for c in negs if not ctxs.is_empty_passage(c)]
         gold, span_found = None, True
         for c in pos:
             span = find_span(c["text"], answers)
@@ -83,6 +95,9 @@ def _dpr_records(records, path: Path, bad: BadRecords) -> Iterator[RawExample]:
         c, span = gold
         pid = str(c.get("passage_id", short_hash(c["text"])))
         cands = [Chunk(f"psg:{n.get('passage_id', short_hash(n['text']))}", n["title"], n["text"]) for n in negs]
+        # Only the first few answer-free negatives can ever be shown: keep those, not all 30 of a DPR
+        # record (a 7.9 GB file's examples then fit in a few hundred MB)
+        cands = filter_candidates(cands, answers, {f"psg:{pid}"})[:DPR_KEEP_NEGATIVES]
         yield RawExample(NAME, f"dpr:{short_hash(q)}", q.strip(), answers, str(where),
                          gold=[(Chunk(f"psg:{pid}", c["title"], c["text"]), [span])], candidates=cands,
                          meta={"type": "dpr", "answer_span_found": span_found})
@@ -126,6 +141,10 @@ def draft(exs: list[RawExample], ctx: DraftContext) -> list[Draft]:
     """DPR examples (they carry their gold passage) keep it; retrieval results use their own passages;
     NQ-Open questions retrieve from the corpus."""
     drafts = []
+    need = ctx.cfg.num_distractors + max(ctx.cfg.max_support_chunks, 1)
+    if need > DPR_KEEP_NEGATIVES and any(e.gold for e in exs):
+        raise ValueError(f"num_distractors + max_support_chunks ({need}) is more than the {DPR_KEEP_NEGATIVES} hard "
+                         "negatives kept per DPR retriever record; lower --num-distractors or --max-support-chunks")
     for ex in (e for e in exs if e.gold):
         cands = filter_candidates(ex.candidates, ex.answers, {c.doc_id for c, _ in ex.gold})
         drafts.append(Draft(ex, ex.gold[:1], [(c, None) for c in cands], True, "dpr"))

@@ -124,7 +124,8 @@ class BuildConfig:
     max_examples_per_source: int | None = field(default=None, metadata={
         "min": 1, "help": "keep at most this many examples per source (a seeded choice), for quick runs; null: all"})
     n_threads: int = field(default=0, metadata={
-        "min": -1, "help": "threads for bm25s batched retrieval (0: one, -1: all cores)"})
+        "min": -1, "help": "threads for bm25s batched retrieval, and processes tokenising the passage corpus when it "
+                   "is indexed (0: one, -1: all cores)"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars or table"})
 
     def validate(self) -> None:
@@ -372,7 +373,9 @@ def build(cfg: BuildConfig) -> dict:
     timings["read_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    ctx = S.DraftContext(cfg, inputs, bad)
+    base = layout.manifest.parent    # the corpus index is keyed by the sha256s just verified: not hashed twice
+    ctx = S.DraftContext(cfg, inputs, bad, shared={"input_sha256": {p: hashes[relative_posix(p, base)] for p in all_files
+                                                                    if relative_posix(p, base) in hashes}})
     drafts: list[Draft] = []
     for source in S.build_order(raw):
         drafts += S.source_module(source).draft(raw[source], ctx)
@@ -398,8 +401,11 @@ def build(cfg: BuildConfig) -> dict:
         "rejected": len(bad.items),
         "rejects_file": cfg.rejects,
         "dropped": dict(bad.dropped),
+        **({"skipped_parts": dict(sorted(bad.skipped.items()))} if bad.skipped else {}),
         "retrieval_miss": retrieval_misses(cfg, drafts, bad),
     }
+    if ctx.shared.get("corpus_index"):
+        summary["corpus_index"] = ctx.shared["corpus_index"]
     if ctx.shared.get("retrievers"):
         summary["retrievers"] = ctx.shared["retrievers"]
     write_outputs(out_dir, splits, bad.items if cfg.rejects else None, cfg, summary, hashes,
@@ -531,6 +537,10 @@ def format_table(summary: dict) -> str:
     dropped = summary["dropped"]
     lines.append(f"dropped (well-formed but unusable): {sum(dropped.values())}"
                  + (f" ({', '.join(f'{k} {v}' for k, v in sorted(dropped.items()))})" if dropped else ""))
+    skipped = summary.get("skipped_parts") or {}
+    if skipped:
+        lines.append(f"skipped parts of records kept (e.g. retrieved passages with no text): {sum(skipped.values())} "
+                     f"({', '.join(f'{k} {v}' for k, v in sorted(skipped.items()))})")
     miss = summary.get("retrieval_miss") or {}
     if miss.get("total"):
         kept, gone = miss["kept_unanswerable"], miss["dropped"]
