@@ -489,3 +489,22 @@ def test_tampered_caches_and_pairs_are_refused_or_recomputed(judged, generated, 
         again = run(make_cfg(adapter, data, out, tiny_model_dir, **judge_args))["judge"]
     assert "The cache is discarded and computed again" in caplog.text and again["judge"]["scored_now"] > 0
     assert Path(again["files"]["pairs"]).read_bytes() == pairs.read_bytes()
+
+
+@pytest.mark.parametrize("text", ['{"signature": "x", "comp', '[]', '{"signature": "x", "complete": true}'],
+                         ids=["truncated", "a list", "no data"])
+def test_a_broken_cache_manifest_is_one_line(generated, adapter, data, tiny_model_dir, tmp_path, text):
+    """Issue 24, item 1: a truncated or wrong-shaped cache manifest.json used to end in a traceback
+    (a KeyError or AttributeError in the judge phase)."""
+    import shutil
+
+    from factuality.records import RecordError, seal_path
+
+    out = tmp_path / "prefs"
+    shutil.copytree(generated["out"], out)
+    manifest = out / "cache" / generated["manifest"]["signature"] / "manifest.json"
+    manifest.write_text(text)
+    seal_path(manifest).unlink()          # a hand-written manifest (no seal): its shape is still checked
+    with pytest.raises(RecordError, match="manifest.json"):
+        run(make_cfg(adapter, data, out, tiny_model_dir, phase="judge", min_margin=0.05,
+                     cache_dir=str(manifest.parent)))
