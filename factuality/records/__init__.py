@@ -1,12 +1,13 @@
 """Records: the contracts between the scripts (`contracts`), writing that leaves nothing half-written
-(`files`), and strict line-numbered reading (`reading`). The names other modules use, from one place."""
+(`files`), strict line-numbered reading (`reading`), and seals, the sha256 of a file recorded when
+it was written (`seals`). The names other modules use, from one place."""
 from .contracts import (
+    DEFAULT_SOURCES,
     EVIDENCE_ID_PATTERN,
     EXAMPLE,
     PREFERENCE,
     SCHEMA_VERSION,
     SOURCE_NAME,
-    DEFAULT_SOURCES,
     SOURCES,
     SPLITS,
     Contract,
@@ -18,8 +19,6 @@ from .contracts import (
     with_hash,
 )
 from .files import (
-    claim,
-    releasing_claims,
     KILL_AT_ENV,
     TRACE_ENV,
     JsonlAppender,
@@ -29,13 +28,12 @@ from .files import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    claim,
     dumps_line,
     fault_point,
     json_text,
     recover_dir,
-    seal,
-    seal_dir,
-    seal_path,
+    releasing_claims,
     stage_outside,
     write_jsonl,
 )
@@ -46,10 +44,7 @@ from .reading import (
     Rejects,
     Where,
     check_against_run_card,
-    check_seal,
-    check_sealed_dir,
     decode_lines,
-    discard_if_tampered,
     iter_json_array,
     iter_json_lines,
     open_bytes,
@@ -57,6 +52,14 @@ from .reading import (
     read_json,
     read_jsonl,
     refuse_non_file,
+)
+from .seals import (
+    check_seal,
+    check_sealed_dir,
+    discard_if_tampered,
+    seal,
+    seal_dir,
+    seal_path,
 )
 
 __all__ = [

@@ -396,32 +396,6 @@ def releasing_claims(run: Callable) -> Callable:
     return wrapper
 
 
-# --------------------------------------------------------------------------------------------
-# Seals: the sha256 of a file a later stage reads, recorded when it was written
-# --------------------------------------------------------------------------------------------
-def seal_path(path: str | os.PathLike) -> Path:
-    """The seal of `path`: `.<name>.sha256` beside it (hidden, so no output glob picks it up)."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.sha256")
-
-
-def seal(path: str | os.PathLike) -> None:
-    """Record `path`'s size and sha256 beside it (`seal_path`). Readers (`reading.check_seal`,
-    called by every JSONL read) refuse a file whose sealed bytes changed. Rows appended after the
-    seal (a run killed before it sealed again) are the unsealed tail a resumed run continues."""
-    from .contracts import sha256_file
-
-    path = Path(path)
-    atomic_write_json(seal_path(path), {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)})
-
-
-def seal_dir(folder: str | os.PathLike) -> None:
-    """Seal every file in `folder` (not its subfolders): a set whose files are all sealed."""
-    for p in sorted(Path(folder).iterdir()):
-        if p.is_file() and not p.name.startswith("."):
-            seal(p)
-
-
 def dumps_line(rec: dict) -> str:
     return json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n"
 

@@ -479,63 +479,6 @@ def check_against_run_card(path: str | os.PathLike) -> None:
             f"folder (run {script} again); to use an edited file on purpose, keep it outside {path.parent}")
 
 
-def check_seal(path: str | os.PathLike, fix: str | None = None) -> None:
-    """When `path` has a seal (`files.seal`), its first sealed bytes must still have the sealed
-    sha256: a file edited, damaged or swapped after it was written is refused (one line)."""
-    import hashlib
-
-    from .files import seal_path
-
-    path = Path(path)
-    sp = seal_path(path)
-    if not sp.is_file():
-        return
-    rec = read_json(sp, expected="a file seal (JSON object: file, bytes, sha256)")
-    n, want = (rec.get("bytes"), rec.get("sha256")) if isinstance(rec, dict) else (None, None)
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0 or not isinstance(want, str):
-        raise RecordError(f"{sp}: not a file seal (JSON object with integer bytes and sha256); delete it and rerun "
-                          f"the step that writes {path.name}")
-    h, left = hashlib.sha256(), n
-    with open(path, "rb") as f:
-        while left > 0 and (block := f.read(min(left, 1 << 20))):
-            h.update(block)
-            left -= len(block)
-    if left > 0 or h.hexdigest() != want:
-        what = f"is {n - left} bytes, shorter than the {n} sealed" if left > 0 else \
-            f"differs in its first {n} bytes from the sha256 recorded when it was written ({sp.name})"
-        raise RecordError(f"{path}: {what}; the file was edited, damaged or replaced. "
-                          + (fix or f"Rerun the step that writes it (or delete {path} and {sp}, and that step "
-                                    f"rebuilds it)"))
-
-
-def check_sealed_dir(folder: str | os.PathLike) -> None:
-    """Every sealed file in `folder` (files.seal_dir) still has its sealed bytes, and none is missing."""
-    folder = Path(folder)
-    for sp in sorted(folder.glob(".*.sha256")):
-        target = folder / sp.name[1:-len(".sha256")]
-        if not target.is_file():
-            raise RecordError(f"{target}: missing, but {sp.name} records it as part of this set; the folder was "
-                              f"edited: rerun the step that wrote {folder}")
-        check_seal(target)
-
-
-def discard_if_tampered(path: str | os.PathLike) -> bool:
-    """A cache whose sealed bytes changed is dropped (one warning line) so it is computed again;
-    True when it was."""
-    import logging
-
-    from .files import seal_path
-
-    try:
-        check_seal(path, fix="The cache is discarded and computed again")
-    except RecordError as e:
-        logging.getLogger("factuality.records").warning("%s", e)
-        Path(path).unlink(missing_ok=True)
-        seal_path(path).unlink(missing_ok=True)
-        return True
-    return False
-
-
 def iter_jsonl(
     path: str | os.PathLike,
     contract: Contract | None = None,
@@ -556,6 +499,8 @@ def iter_jsonl(
     path = Path(path)
     _require_file(path)
     check_against_run_card(path)
+    from .seals import check_seal  # seals read files with this module's read_json
+
     check_seal(path)
     stats = stats if stats is not None else {}
     stats.setdefault("read", 0)
