@@ -508,3 +508,27 @@ def test_a_broken_cache_manifest_is_one_line(generated, adapter, data, tiny_mode
     with pytest.raises(RecordError, match="manifest.json"):
         run(make_cfg(adapter, data, out, tiny_model_dir, phase="judge", min_margin=0.05,
                      cache_dir=str(manifest.parent)))
+
+
+def test_overwrite_that_fails_before_a_candidate_keeps_the_old_cache(generated, adapter, data, tiny_model_dir,
+                                                                     tmp_path, monkeypatch):
+    """Issue 24 (a failed run leaves every output as it was): --overwrite removed the cache before
+    the model generated anything; now the old cache is set aside and put back."""
+    import shutil
+
+    import factuality.pool as pool
+
+    out = tmp_path / "prefs"
+    shutil.copytree(generated["out"], out)
+    cache = out / "cache" / generated["manifest"]["signature"]
+    before = {p.name: p.read_bytes() for p in cache.iterdir()}
+
+    def fail(*a, **k):
+        raise RuntimeError("the model failed to load")
+        yield
+
+    monkeypatch.setattr(pool.ModelPool, "batches", fail)
+    with pytest.raises(RuntimeError, match="failed to load"):
+        generate_phase(make_cfg(adapter, data, out, tiny_model_dir, overwrite=True))
+    assert {p.name: p.read_bytes() for p in cache.iterdir()} == before
+    assert not list(cache.parent.glob(".*.replaced"))

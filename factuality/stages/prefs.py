@@ -50,6 +50,7 @@ hard candidates, pairs, statistics) and verdicts.py (the judge's signature, cach
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Mapping
@@ -282,9 +283,36 @@ def generate_phase(cfg) -> dict:
     set_seed(cfg.seed)
     plan = plan_generation(cfg)
     cache = cache_path(cfg, plan.signature)
+    _settle_set_aside(cache)   # a run killed after --overwrite set the old cache aside
     reused = _reusable_cache(cfg, cache, plan.signature)
     if reused is not None:
         return reused
+    try:
+        return _fill_cache(cfg, plan, cache)
+    finally:
+        _settle_set_aside(cache)
+
+
+def _set_aside(cache: Path) -> Path:
+    return cache.with_name(f".{cache.name}.replaced")
+
+
+def _settle_set_aside(cache: Path) -> None:
+    """--overwrite sets the old cache aside instead of deleting it: it is dropped once the new run
+    generated a candidate, and put back when it generated none (a model that fails to load, a kill
+    before the first batch), so a failed --overwrite leaves the old cache as it was."""
+    aside = _set_aside(cache)
+    if not dist.is_main_process() or not aside.exists():
+        return
+    if any(p.stat().st_size for p in cache.glob("generations.jsonl*")):
+        shutil.rmtree(aside)
+    else:
+        shutil.rmtree(cache, ignore_errors=True)
+        os.replace(aside, cache)
+
+
+def _fill_cache(cfg, plan: GenerationPlan, cache: Path) -> dict:
+    """Generate the candidates this signature's cache lacks and complete it; returns its manifest."""
     t0 = time.time()
     tok, tok_source = generator_tokenizer(cfg, plan.sft)
     prompt_rows, too_long = fit_prompts(plan.examples, tok, cfg, plan.templates)
@@ -312,8 +340,9 @@ def _reusable_cache(cfg, cache: Path, sig: str) -> dict | None:
     """The manifest of this signature's complete cache (None when there is none); --overwrite removes it first."""
     manifest_path = cache / "manifest.json"
     if cfg.overwrite and cache.exists() and dist.is_main_process():
-        log.info("--overwrite: removing the cache %s", cache)
-        shutil.rmtree(cache)
+        log.info("--overwrite: setting the cache %s aside (removed once the new one has candidates)", cache)
+        shutil.rmtree(_set_aside(cache), ignore_errors=True)
+        os.replace(cache, _set_aside(cache))
     dist.wait_for_everyone()
     if manifest_path.exists():
         manifest = read_manifest(manifest_path)
