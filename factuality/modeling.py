@@ -62,13 +62,14 @@ class ModelLoadError(RuntimeError):
     """A model or tokenizer cannot be loaded as asked; the message says what to do."""
 
 
-def _broken_file_errors() -> tuple[type[BaseException], ...]:
-    """What the libraries raise for a truncated or malformed file in a model folder: JSON errors
-    (ValueError), safetensors' header errors, tokenizers' parse errors (plain Exception, caught only
-    around a tokenizer load), state-dict mismatches (RuntimeError)."""
+def _broken_file_errors(adapter: bool = False) -> tuple[type[BaseException], ...]:
+    """What the libraries raise for a truncated or malformed file in a model folder: JSON errors,
+    safetensors' header errors, state-dict mismatches (RuntimeError); for an adapter also PEFT's
+    ValueError for weights that do not fit the base. A base model's other ValueErrors (an attention
+    kernel it does not support, ...) are not about its files and pass through as they are."""
     from safetensors import SafetensorError
 
-    return (OSError, ValueError, RuntimeError, SafetensorError)
+    return (OSError, json.JSONDecodeError, RuntimeError, SafetensorError) + ((ValueError,) if adapter else ())
 
 
 def _cannot_load(what: str, where, e: BaseException, fix: str) -> ModelLoadError:
@@ -475,7 +476,7 @@ def load_adapter(model, adapter_path: str | os.PathLike, is_trainable: bool = Fa
             model.load_adapter(str(p), adapter_name=adapter_name, is_trainable=is_trainable)
             return model
         return PeftModel.from_pretrained(model, str(p), adapter_name=adapter_name, is_trainable=is_trainable)
-    except _broken_file_errors() as e:
+    except _broken_file_errors(adapter=True) as e:
         raise _cannot_load("adapter", p, e, "its files are damaged or belong to another base model: train it "
                            "again or pass the base it was trained on") from None
 
