@@ -10,13 +10,17 @@ with a larger k. This is what makes 10k questions over 100k passages take second
 from __future__ import annotations
 
 import logging
+import os
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import bm25s
 import numpy as np
+from tqdm import tqdm
 
 from .text import TOKENS_PER_WORD, answer_tokens, approx_tokens  # noqa: F401 - approx_tokens re-exported
 
@@ -101,6 +105,81 @@ def normalized_answers(answers: Iterable[str]) -> list[str]:
     return [a for a in (" ".join(answer_tokens(x)) for x in answers) if a]
 
 
+DENSE_FRACTION = 0.1   # postings per passage above which a query scores every passage
+
+
+class PostingsScorer:
+    """Top-k BM25 over a bm25s CSC index (`model.scores`: data, indices, indptr, num_docs), touching
+    only the postings of the query's tokens.
+
+    The scores are bm25s' own, bit for bit: each token's column is added in query order into a
+    float32 array, as `bm25s.BM25.get_scores` does (tested). What differs is the selection. bm25s
+    zeroes an array of every passage per query, adds with `np.add.at` and
+    partitions all passages; the cost of a question grows with the corpus. Here, when the query's
+    postings are few beside the corpus, they are added into an array kept between queries and only
+    the entries they touch are read and reset; the top k are chosen among the passages reached.
+    Either way a hit has a score above 0, hits come best first, and ties are broken by corpus
+    position, so a hit list does not depend on how a partition happens to order equal scores. The columns may be arrays or
+    `passage_store.ColumnFile`s (read from disk per query). One float32 array per thread."""
+
+    def __init__(self, scores: dict):
+        self.data, self.indices = scores["data"], scores["indices"]
+        self.indptr = np.asarray(scores["indptr"])
+        self.n_docs = int(scores["num_docs"])
+        self._local = threading.local()
+
+    def _acc(self) -> np.ndarray:
+        acc = getattr(self._local, "acc", None)
+        if acc is None:
+            acc = self._local.acc = np.zeros(self.n_docs, dtype=np.float32)
+        return acc
+
+    def top_k(self, token_ids: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(passage positions, scores) of the best k passages with a score above 0, best first."""
+        cols = []
+        for t in token_ids:
+            a, b = int(self.indptr[t]), int(self.indptr[t + 1])
+            if b > a:
+                cols.append((np.asarray(self.indices[a:b]), np.asarray(self.data[a:b], dtype=np.float32)))
+        total = sum(len(i) for i, _ in cols)
+        if not cols:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        if total >= DENSE_FRACTION * self.n_docs:
+            # the postings cover a good part of the corpus: score every passage, select over all
+            scores = np.zeros(self.n_docs, dtype=np.float32)
+            for idx, data in cols:
+                np.add.at(scores, idx, data)
+            if np.count_nonzero(scores) * 2 >= self.n_docs:
+                return _best(None, scores, k)
+            nz = np.flatnonzero(scores)             # a partition over many equal zeros is slow
+            return _best(nz, scores[nz], k)
+        acc = self._acc()
+        for idx, data in cols:
+            np.add.at(acc, idx, data)
+        cand = np.unique(np.concatenate([i for i, _ in cols]))       # the passages reached, in order
+        s = acc[cand]
+        acc[cand] = 0
+        return _best(cand, s, k)
+
+
+def _best(pos: np.ndarray | None, s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of scores `s` above 0 (at corpus positions `pos`, ascending; None: s[i] is passage
+    i's): best first, ties by position."""
+    if len(s) > k:
+        kth = s[np.argpartition(s, len(s) - k)[len(s) - k]]        # the k-th best score
+        sel = np.flatnonzero(s >= kth) if kth > 0 else np.flatnonzero(s > 0)
+        if len(sel) > k:                                           # ties at the k-th: the first ones
+            keep = s[sel] > kth
+            keep[np.flatnonzero(~keep)[:k - int(keep.sum())]] = True
+            sel = sel[keep]
+    else:
+        sel = np.flatnonzero(s > 0)
+    pos = sel if pos is None else pos[sel]
+    s = s[sel]
+    order = np.lexsort((pos, -s))
+    return pos[order].astype(np.int64), s[order]
+
+
 @dataclass
 class Hit:
     index: int      # position in the corpus
@@ -127,14 +206,17 @@ class BM25Index:
         if not queries:
             return []
         k = max(1, min(k, len(self.texts)))
-        q_tokens = tokenize(queries)
-        docs, scores = self.model.retrieve(q_tokens, k=k, show_progress=show_progress,
-                                           n_threads=self.n_threads)
-        out = []
-        for row_d, row_s in zip(np.asarray(docs), np.asarray(scores)):
-            hits = sorted(zip(row_d.tolist(), row_s.tolist()), key=lambda t: (-t[1], t[0]))
-            out.append([Hit(int(d), float(s)) for d, s in hits if s > 0])
-        return out
+        vocab = self.model.vocab_dict
+        q_ids = [[vocab[t] for t in q if t in vocab] for q in tokenize(queries)]
+        scorer = PostingsScorer(self.model.scores)
+        threads = (os.cpu_count() or 1) if self.n_threads == -1 else self.n_threads
+        bar = dict(total=len(q_ids), desc="BM25 retrieve", disable=not show_progress, leave=False)
+        if threads > 1 and len(q_ids) > 1:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                rows = list(tqdm(pool.map(lambda ids: scorer.top_k(ids, k), q_ids, chunksize=16), **bar))
+        else:
+            rows = [scorer.top_k(ids, k) for ids in tqdm(q_ids, **bar)]
+        return [[Hit(int(d), float(s)) for d, s in zip(docs.tolist(), scores.tolist())] for docs, scores in rows]
 
     def mine(
         self,

@@ -175,3 +175,43 @@ def test_tokenising_in_worker_processes_builds_the_same_files(tmp_path, small_ba
                                      quiet=True, root=tmp_path / f"cache{workers}", workers=workers)[2])
     assert mans[0]["sha256"] == mans[1]["sha256"] and mans[0]["nnz"] == mans[1]["nnz"] > 0
     assert mans[0]["n_passages"] >= n
+
+
+def test_hits_are_kept_per_corpus_resumed_after_a_kill_and_recomputed_when_changed(tmp_path, monkeypatch, caplog):
+    """A second search over the same stored corpus reads its hits from hits/k<k>.jsonl (the same
+    hits), a cache cut by a kill keeps its sealed batches and retrieves the rest, and a changed
+    cache is dropped with one warning and computed again."""
+    from factuality.sources import corpus as C
+
+    monkeypatch.setattr(C, "HITS_BATCH", 7)
+    tsv = tmp_path / "psgs.tsv"
+    zipf_corpus(tsv, 400)
+    store, model, man = open_store(tsv, tmp_path / "cache")
+    hits_dir = Path(man["folder"]) / "hits"
+    rng = random.Random(3)
+    queries = [" ".join(rng.choices([f"w{i}" for i in range(100)], k=4)) for _ in range(40)]
+    plain = [[(h.index, h.score) for h in r] for r in StoredBM25Index(model, store).search(queries, 10)]
+
+    def search(qs=queries):
+        idx = StoredBM25Index(model, store, hits_dir=hits_dir)
+        return [[(h.index, h.score) for h in r] for r in idx.search(qs, 10)], idx.stats
+
+    assert search() == (plain, {"retrieved": 40, "from_cache": 0})
+    assert search() == (plain, {"retrieved": 0, "from_cache": 40})
+    path = hits_dir / "k10.jsonl"
+    # a kill after three sealed batches, halfway through writing the fourth
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:21]))
+    from factuality.records import seal
+    seal(path)
+    with open(path, "ab") as f:
+        f.write(lines[21][:30])
+    assert search() == (plain, {"retrieved": 19, "from_cache": 21})
+    # a changed score: dropped, computed again, the same hits
+    text = path.read_text()
+    path.write_text(text.replace('"scores": [', '"scores": [9', 1))
+    caplog.clear()
+    assert search() == (plain, {"retrieved": 40, "from_cache": 0})
+    assert "discarded and computed again" in caplog.text
+    # only questions it has not seen are retrieved
+    assert search(queries[:5] + ["w1 w2 new question"])[1] == {"retrieved": 1, "from_cache": 5}

@@ -1,6 +1,9 @@
 """Chunking, token budget helpers and batched BM25 hard-negative mining."""
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 from factuality.retrieval import (
     BM25Index,
     approx_tokens,
@@ -73,3 +76,31 @@ def test_batched_equals_one_by_one():
 def test_rank_small():
     ranked = rank_small("Eiffel Tower", CORPUS[:3])
     assert ranked[0].index == 1
+
+
+@pytest.mark.parametrize("dense_fraction", [0.0, 0.1, 1e9])   # every query dense, the default, every query sparse
+def test_postings_scorer_equals_bm25s_scores_with_ties_by_position(monkeypatch, dense_fraction):
+    """The scores are bm25s' own bit for bit; the top k are the best k of bm25s' full score array
+    above 0, ties broken by corpus position, whichever path a query takes and on any thread count."""
+    import random
+
+    from factuality import retrieval as R
+
+    monkeypatch.setattr(R, "DENSE_FRACTION", dense_fraction)
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(800)]
+    weights = [1 / (i + 1) for i in range(len(words))]
+    texts = [" ".join(rng.choices(words, weights, k=rng.randint(0, 40))) or "a" for _ in range(1500)]
+    texts += [texts[7]] * 30                    # exact duplicates: ties at every rank
+    idx = BM25Index(texts)
+    qs = [" ".join(rng.choices(words[:200], k=rng.randint(1, 6))) for _ in range(150)]
+    qs += ["nothing shared zzz", texts[7], "w1 w1 w1", "w700"]
+    for threads in (0, 2):
+        idx.n_threads = threads
+        got = idx.search(qs, 12)
+        for q, row in zip(qs, got):
+            ids = idx.model.get_tokens_ids(R.tokenize([q])[0])
+            full = idx.model.get_scores(ids) if ids else np.zeros(len(texts), np.float32)
+            want = sorted(((i, float(full[i])) for i in np.flatnonzero(full > 0)), key=lambda t: (-t[1], t[0]))[:12]
+            assert [(h.index, h.score) for h in row] == want, q
+    assert got[-4] == [] and len(got[-3]) == 12

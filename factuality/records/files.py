@@ -20,7 +20,7 @@ import shutil
 import signal
 import string
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .contracts import Contract
 
@@ -437,6 +437,15 @@ class JsonlAppender:
         if self.contract is not None:
             self.contract.validate(rec, where=f"{self.path}: id={rec.get('id')!r}")
         self._f.write(dumps_line(rec))
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def write_many(self, recs: Sequence[dict]) -> None:
+        """Validate every record, then append them with one flush and fsync (a batch of results)."""
+        if self.contract is not None:
+            for rec in recs:
+                self.contract.validate(rec, where=f"{self.path}: id={rec.get('id')!r}")
+        self._f.write("".join(dumps_line(rec) for rec in recs))
         self._f.flush()
         os.fsync(self._f.fileno())
 

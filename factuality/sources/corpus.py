@@ -8,6 +8,7 @@ support (DPR's `has_answer`), answer-free hits are the hard negatives.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -15,8 +16,10 @@ from pathlib import Path
 from typing import Iterator
 
 from ..passage_store import EmptyCorpus, IndexTexts, PassageStore, open_or_build
-from ..records import sha256_file
-from ..retrieval import BM25Index, NormCache
+from tqdm import tqdm
+
+from ..records import SCHEMA_VERSION, Contract, JsonlAppender, discard_if_tampered, read_jsonl, seal, sha256_file
+from ..retrieval import BM25Index, Hit, NormCache
 from ..retrieval import chunk_words as chunk_words_of
 from ..text import normalize_answer
 from .base import (
@@ -78,13 +81,72 @@ class StoredCorpus(Sequence):
         return Chunk(*self.store.fields(i))
 
 
-class StoredBM25Index(BM25Index):
-    """BM25Index's `search` / `mine` over a bm25s index on disk (`passage_store`)."""
+HITS_ROW = Contract("corpus retrieval hits", {
+    "title": "one question's BM25 hits over a stored corpus (hits/k<k>.jsonl beside its index)",
+    "type": "object",
+    "required": ["schema_version", "id", "docs", "scores"],
+    "properties": {
+        "schema_version": {"const": SCHEMA_VERSION},
+        "id": {"type": "string", "minLength": 1},                # sha256 of the question text
+        "docs": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "scores": {"type": "array", "items": {"type": "number"}},
+    }}, unique=("id",))
+HITS_BATCH = 2000   # questions retrieved between two appends (and seals) of the hits cache
 
-    def __init__(self, model, store: PassageStore, n_threads: int = 0):
+
+def question_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class StoredBM25Index(BM25Index):
+    """BM25Index's `search` / `mine` over a bm25s index on disk (`passage_store`).
+
+    With `hits_dir` (beside the index, so it goes when the index goes), each question's top-k is
+    kept in `hits/k<k>.jsonl`, appended and sealed every HITS_BATCH questions: a later build over
+    the same corpus retrieves only questions it has not seen, and a build killed while retrieving
+    resumes from its last batch. A changed cache file is dropped (one warning) and computed again.
+    `stats` counts questions retrieved and questions read from the cache."""
+
+    def __init__(self, model, store: PassageStore, n_threads: int = 0, hits_dir: Path | None = None):
         self.model, self.n_threads = model, n_threads
         self.texts = IndexTexts(store)
         self.norm = NormCache(self.texts)
+        self.hits_dir = hits_dir
+        self._hits: dict[int, dict[str, tuple]] = {}
+        self.stats = {"retrieved": 0, "from_cache": 0}
+
+    def _cached(self, path: Path, k: int) -> dict[str, tuple]:
+        if k not in self._hits:
+            discard_if_tampered(path)            # before the appender may cut a torn (unsealed) last line
+            JsonlAppender(path, HITS_ROW).close()
+            self._hits[k] = {r["id"]: (r["docs"], r["scores"])
+                             for r in (read_jsonl(path, HITS_ROW, allow_empty=True) if path.stat().st_size else [])}
+        return self._hits[k]
+
+    def search(self, queries: Sequence[str], k: int, show_progress: bool = False) -> list[list[Hit]]:
+        if self.hits_dir is None or not queries:
+            return super().search(queries, k, show_progress)
+        k = max(1, min(k, len(self.texts)))
+        path = self.hits_dir / f"k{k}.jsonl"
+        known = self._cached(path, k)
+        keys = [question_key(q) for q in queries]
+        todo = list({key: q for key, q in zip(keys, queries) if key not in known}.items())
+        self.stats["from_cache"] += len(queries) - len(todo)
+        if todo:
+            bar = tqdm(total=len(todo), desc="BM25 retrieve", unit=" q", disable=not show_progress, leave=False)
+            with JsonlAppender(path, HITS_ROW) as out:
+                for a in range(0, len(todo), HITS_BATCH):
+                    part = todo[a:a + HITS_BATCH]
+                    rows = super().search([q for _, q in part], k)
+                    out.write_many([{"schema_version": SCHEMA_VERSION, "id": key, "docs": [h.index for h in hits],
+                                     "scores": [h.score for h in hits]} for (key, _), hits in zip(part, rows)])
+                    seal(path)
+                    for (key, _), hits in zip(part, rows):
+                        known[key] = ([h.index for h in hits], [h.score for h in hits])
+                    bar.update(len(part))
+            bar.close()
+            self.stats["retrieved"] += len(todo)
+        return [[Hit(d, s) for d, s in zip(*known[key])] for key in keys]
 
 
 def tokenizer_workers(n_threads: int) -> int:
@@ -112,9 +174,11 @@ def corpus_index(ctx: DraftContext) -> tuple[Sequence[Chunk], BM25Index]:
             raise FileNotFoundError(missing) from None
         log.info("corpus: %d passages, BM25 index %s (%s)", len(store), "reused" if man["reused"] else "built",
                  man["folder"])
+        index = StoredBM25Index(model, store, ctx.cfg.n_threads, hits_dir=Path(man["folder"]) / "hits")
         ctx.shared["corpus_index"] = {"key": man["key"], "passages": man["n_passages"], "vocab": man["vocab"],
-                                      "entries": man["nnz"], "reused": man["reused"], "open_s": man["open_s"]}
-        ctx.shared["corpus"] = (StoredCorpus(store), StoredBM25Index(model, store, ctx.cfg.n_threads))
+                                      "entries": man["nnz"], "reused": man["reused"], "open_s": man["open_s"],
+                                      "questions": index.stats}
+        ctx.shared["corpus"] = (StoredCorpus(store), index)
     return ctx.shared["corpus"]
 
 
