@@ -117,15 +117,17 @@ def unwanted_page(pages: set[str]) -> Callable[[str], bool]:
     way, the id not the first key, a second "id" key possible) is parsed in full, as is every line of
     a wanted page, so what is read and what is reported for them is what the full parse gives."""
     def skip(line: str) -> bool:
-        m = _ID_FIRST.match(line)
-        if m is None:
-            return False
-        lit = m.group(1)
-        pid = _scanstring(lit, 1)[0] if "\\" in lit else lit[1:-1]
+        end = line.find('", ', 8) if line.startswith('{"id": "') else -1
+        pid = line[8:end]
+        if end < 0 or "\\" in pid or '"' in pid:     # not the dump's plain `{"id": "...", `: the JSON grammar
+            m = _ID_FIRST.match(line)
+            if m is None:
+                return False
+            pid, end = _scanstring(m.group(1), 1)[0], m.end()
         if pid and pid in pages:
             return False
-        end = m.end()   # a later "id" key (json keeps the last one), maybe written with \u escapes
-        return line.find('"id"', end) < 0 and line.find("\\u0069", end) < 0 and line.find("\\u0064", end) < 0
+        # a later "id" key (json keeps the last one), maybe spelt with \u0069 / \u0064: parse in full
+        return line.find('"id"', end) < 0 and line.find("\\u006", end) < 0
     return skip
 
 
