@@ -175,24 +175,21 @@ def write_wiki_pages(folder: Path, n: int, cited: set[int], seed: int) -> dict[s
     folder.mkdir(parents=True, exist_ok=True)
     n_sent = rng.integers(1, 9, size=n)
     picks = rng.integers(0, len(pool), size=int(n_sent.sum()))
-    keep, at, f = {}, 0, None
-    for i in range(n):
-        if i % FEVER_PAGES_PER_FILE == 0:
-            if f:
-                f.close()
-            f = open(folder / f"wiki-{i // FEVER_PAGES_PER_FILE + 1:03d}.jsonl", "w", encoding="utf-8")
-            if i == 0:
+    keep, at = {}, 0
+    for start in range(0, n, FEVER_PAGES_PER_FILE):
+        with open(folder / f"wiki-{start // FEVER_PAGES_PER_FILE + 1:03d}.jsonl", "w", encoding="utf-8") as f:
+            if start == 0:
                 f.write(json.dumps({"id": "", "text": "", "lines": ""}) + "\n")
-        sents = [pool[j] for j in picks[at:at + n_sent[i]]]
-        at += n_sent[i]
-        rows = [f"{k}\t{t}" + (f"\tT{k}\tT{k}" if k % 2 else "") for k, t in enumerate(sents)]
-        if i % 3 == 0:
-            rows.append(f"{len(rows)}\t")
-        pid = fever_page_id(i)
-        f.write(json.dumps({"id": pid, "text": " ".join(sents), "lines": "\n".join(rows)}) + "\n")
-        if i in cited:
-            keep[pid] = sents
-    f.close()
+            for i in range(start, min(n, start + FEVER_PAGES_PER_FILE)):
+                sents = [pool[j] for j in picks[at:at + n_sent[i]]]
+                at += n_sent[i]
+                rows = [f"{k}\t{t}" + (f"\tT{k}\tT{k}" if k % 2 else "") for k, t in enumerate(sents)]
+                if i % 3 == 0:
+                    rows.append(f"{len(rows)}\t")
+                pid = fever_page_id(i)
+                f.write(json.dumps({"id": pid, "text": " ".join(sents), "lines": "\n".join(rows)}) + "\n")
+                if i in cited:
+                    keep[pid] = sents
     return keep
 
 
