@@ -2,6 +2,7 @@
 
     python bench/bench_scale.py                                   # 200k, 1M, 2M passages; DPR JSON of 256 MB and 1 GB
     python bench/bench_scale.py --sizes 200000,1000000 --dpr-mb 256,1024 --questions 1000
+    python bench/bench_scale.py --sizes "" --dpr-mb 0 --fever-pages 200000,1000000   # FEVER only
 
 Generates, in the real layouts, a DPR passage corpus `raw/corpus/psgs_w100.tsv` (id, quoted text,
 title; 100-word passages over a Zipf vocabulary) plus NQ-Open questions `raw/nq/NQ-open.train.jsonl`
@@ -14,6 +15,12 @@ size: the first build (reads, stores and indexes the corpus), a second build ove
 (the index reused from the cache), and retrieval questions/s on the reused index. Then the slope
 per passage between the two largest sizes (least squares over all sizes when more), and the
 projection to DPR's 21,015,324 passages and to the 7.9 GB biencoder-nq-train.json.
+
+FEVER (`--fever-pages`, off by default): a wiki-pages dump in the real layout
+(`raw/fever/wiki-pages/wiki-001.jsonl`, ... of 50,000 pages each, the empty-id first page, PTB escapes
+and \\u escapes in ids) plus claims `raw/fever/train.jsonl` citing `--fever-claims` pages
+(SUPPORTS / REFUTES / NOT ENOUGH INFO); per size one whole `build_data.py --sources fever
+--fever-wiki-scope referenced`, then the slope per page and the projection to the dump's 5.4M pages.
 """
 from __future__ import annotations
 
@@ -114,15 +121,16 @@ sys.exit(code)
 """
 
 
-def run_build(data: Path, cache: Path, log: Path, n_threads: int = 0) -> dict:
-    """One whole build_data.py --sources nq in its own process: wall time, its own peak RSS (VmHWM,
+def run_build(data: Path, cache: Path, log: Path, n_threads: int = 0, sources: str = "nq",
+              extra: tuple[str, ...] = ()) -> dict:
+    """One whole build_data.py --sources SOURCES in its own process: wall time, its own peak RSS (VmHWM,
     read by the process itself: a child's ru_maxrss would start from this process's size at the fork),
     the peak of its tokenising workers, the summary."""
     env = {**os.environ, "FACTUALITY_CACHE": str(cache)}
     out = log.with_suffix(".rss.json")
     code = WRAPPER.replace("__out__", repr(str(out)))
-    cmd = [sys.executable, "-c", code, "build_data.py", "--data-dir", str(data), "--sources", "nq",
-           "--accept-new-hash", "--quiet", "--n-threads", str(n_threads)]
+    cmd = [sys.executable, "-c", code, "build_data.py", "--data-dir", str(data), "--sources", sources,
+           "--accept-new-hash", "--quiet", "--n-threads", str(n_threads), *extra]
     t = time.perf_counter()
     with open(log, "w") as f:
         p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
@@ -132,6 +140,113 @@ def run_build(data: Path, cache: Path, log: Path, n_threads: int = 0) -> dict:
     rss = json.loads(out.read_text())
     card = json.loads((data / "processed" / "run_card.json").read_text())
     return {"s": wall, "rss_gb": rss["self"] / 1024 ** 3, "workers_gb": rss["workers"] / 1024 ** 3, "card": card}
+
+
+FEVER_PAGES = 5_400_000        # FEVER's wiki-pages dump (109 files)
+FEVER_PAGES_PER_FILE = 50_000
+
+
+def fever_page_id(i: int) -> str:
+    """Page ids in the dump's style: underscores, PTB escapes, accented letters, now and then a quote."""
+    pid = f"Page_{i}"
+    if i % 7 == 3:
+        pid += "_-LRB-film-RRB-"
+    if i % 31 == 5:
+        pid = "Caf\u00e9_" + pid
+    if i % 997 == 11:
+        pid = f'"{pid}"_-COLON-_x'
+    return pid
+
+
+def write_wiki_pages(folder: Path, n: int, cited: set[int], seed: int) -> dict[str, list[str]]:
+    """FEVER wiki-pages JSONL in the real layout: files of 50,000 pages (wiki-001.jsonl, ...), the first
+    page of the first file with an empty id, each page {id, text, lines} with `lines` rows
+    `N\tsentence\tlink\tlink` (PTB-tokenised sentences, some rows empty); returns the sentences of
+    the `cited` pages, by page id."""
+    rng = np.random.default_rng(seed)
+    vocab, p = vocab_and_probs()
+    words = vocab[rng.choice(len(vocab), size=20_000 * 20, p=p)]
+    extra = np.array([",", "-LRB-", "-RRB-", "'s", "``", "''", "caf\u00e9", "na\u00efve"])
+    pool = []
+    for k in range(20_000):
+        w = list(words[k * 20:k * 20 + int(rng.integers(8, 20))])
+        w.insert(int(rng.integers(1, len(w))), str(extra[k % len(extra)]))
+        pool.append(" ".join(w) + " .")
+    folder.mkdir(parents=True, exist_ok=True)
+    n_sent = rng.integers(1, 9, size=n)
+    picks = rng.integers(0, len(pool), size=int(n_sent.sum()))
+    keep, at = {}, 0
+    for start in range(0, n, FEVER_PAGES_PER_FILE):
+        with open(folder / f"wiki-{start // FEVER_PAGES_PER_FILE + 1:03d}.jsonl", "w", encoding="utf-8") as f:
+            if start == 0:
+                f.write(json.dumps({"id": "", "text": "", "lines": ""}) + "\n")
+            for i in range(start, min(n, start + FEVER_PAGES_PER_FILE)):
+                sents = [pool[j] for j in picks[at:at + n_sent[i]]]
+                at += n_sent[i]
+                rows = [f"{k}\t{t}" + (f"\tT{k}\tT{k}" if k % 2 else "") for k, t in enumerate(sents)]
+                if i % 3 == 0:
+                    rows.append(f"{len(rows)}\t")
+                pid = fever_page_id(i)
+                f.write(json.dumps({"id": pid, "text": " ".join(sents), "lines": "\n".join(rows)}) + "\n")
+                if i in cited:
+                    keep[pid] = sents
+    return keep
+
+
+def write_fever_claims(path: Path, cited: dict[str, list[str]], seed: int) -> None:
+    """FEVER claims JSONL in the real layout ({id, verifiable, label, claim, evidence}), one claim per cited
+    page: 40% SUPPORTS and 30% REFUTES citing one or two of its sentences, 30% NOT ENOUGH INFO
+    (evidence [[[annotation_id, null, null, null]]]); a claim is words of its page's first sentence."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for i, (pid, sents) in enumerate(cited.items()):
+            u = rng.random()
+            label = "SUPPORTS" if u < 0.4 else "REFUTES" if u < 0.7 else "NOT ENOUGH INFO"
+            toks = sents[0].split()
+            claim = " ".join(toks[:int(rng.integers(4, 9))]) + "."
+            if label == "NOT ENOUGH INFO":
+                ev = [[[100_000 + i, None, None, None]]]
+            else:
+                ev = [[[100_000 + i, 200_000 + i, pid, k] for k in range(min(len(sents), int(rng.integers(1, 3))))]]
+            f.write(json.dumps({"id": 10_000 + i, "verifiable": "NOT VERIFIABLE" if label == "NOT ENOUGH INFO"
+                                else "VERIFIABLE", "label": label, "claim": claim, "evidence": ev}) + "\n")
+
+
+def fever_part(sizes: list[int], n_claims: int, work: Path, seed: int, n_threads: int) -> None:
+    """build_data.py --sources fever --fever-wiki-scope referenced over n-page dumps: time, peak RSS,
+    slope per page, projection to FEVER's 5.4M pages."""
+    rows = []
+    for n in sizes:
+        data, cache = work / f"fever{n}", work / f"cache_fever{n}"
+        cited = set(np.random.default_rng(seed).choice(n, size=min(n_claims, n), replace=False).tolist())
+        t = time.perf_counter()
+        kept = write_wiki_pages(data / "raw/fever/wiki-pages", n, cited, seed)
+        write_fever_claims(data / "raw/fever/train.jsonl", kept, seed)
+        gen_s = time.perf_counter() - t
+        files = sorted((data / "raw/fever/wiki-pages").glob("*.jsonl"))
+        mb = sum(p.stat().st_size for p in files) / 1e6
+        r = run_build(data, cache, work / f"fever{n}.log", n_threads, "fever", ("--fever-wiki-scope", "referenced"))
+        r = {"n": n, "mb": mb, "files": len(files), "s": r["s"], "gb": r["rss_gb"], "examples": r["card"]["total"]}
+        rows.append(r)
+        print(f"{n:>10,} wiki pages ({mb:,.0f} MB, {len(files)} files, generated in {gen_s:.0f} s), {len(kept):,} claims: "
+              f"build {r['s']:,.1f} s ({mb / r['s']:,.0f} MB/s), peak RSS {r['gb']:.2f} GB, {r['examples']} examples",
+              flush=True)
+        for p in files:
+            p.unlink()
+    if rows:
+        print("\n| wiki pages | JSONL | build | peak RSS | examples |\n|---:|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['n']:,} | {r['mb'] / 1e3:.2f} GB | {r['s']:,.1f} s | {r['gb']:.2f} GB | {r['examples']} |")
+    if len(rows) >= 2:
+        ns = [r["n"] for r in rows]
+        s_t, b_t = fit(ns, [r["s"] for r in rows])
+        s_rss, b_rss = fit(ns, [r["gb"] for r in rows])
+        per_page = sum(r["mb"] for r in rows) * 1e6 / sum(ns)
+        N = FEVER_PAGES
+        print(f"slope per page: build {s_t * 1e6:.2f} us, peak RSS {s_rss * 1e9:.1f} bytes ({per_page:,.0f} bytes of "
+              f"JSONL per page); projected to {N:,} pages ({N * per_page / 1e9:.1f} GB at that size): build "
+              f"{(s_t * N + b_t) / 60:.1f} min, peak RSS {s_rss * N + b_rss:.2f} GB")
 
 
 def retrieval_rate(data: Path, cache: Path, n_questions: int) -> float:
@@ -169,6 +284,9 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=1000, help="NQ-Open questions per build")
     ap.add_argument("--dpr-mb", default="256,1024", help="sizes of the generated DPR JSON files (MB), comma separated; "
                                                         "0 to skip (two sizes give the slope)")
+    ap.add_argument("--fever-pages", default="0", help="FEVER wiki-pages dump sizes (pages), comma separated, e.g. "
+                                                       "200000,1000000; 0 to skip")
+    ap.add_argument("--fever-claims", type=int, default=3000, help="FEVER claims, each citing one page")
     ap.add_argument("--work", default=None, help="folder for the generated files (default: a temp folder, removed)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-threads", type=int, default=-1, help="build_data.py --n-threads: tokenising processes and "
@@ -254,6 +372,10 @@ def main() -> None:
             s_r, b_r = fit([r[3] for r in dpr_rows], [r[2] for r in dpr_rows])
             print(f"slope per record: peak RSS {s_r * 1e9 / 1e3:.1f} KB; projected to the real file's {FULL_DPR_RECORDS:,} "
                   f"records: peak RSS {s_r * FULL_DPR_RECORDS + b_r:.2f} GB")
+    fever = [int(x) for x in args.fever_pages.split(",") if x.strip() and int(x) > 0]
+    if fever:
+        fever_part(fever, args.fever_claims, work, args.seed, args.n_threads)
+
 
 if __name__ == "__main__":
     main()

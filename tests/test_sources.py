@@ -222,3 +222,108 @@ def test_empty_raw_file_is_refused_saying_what_was_expected(tmp_path, reader, co
     p.write_bytes(content)
     with pytest.raises(RecordError, match=needle):
         list(reader(p, S.BadRecords(collect=True)))
+
+
+# --------------------------------------------------------------------------------------------
+# FEVER wiki pages read from the id at the start of a line (fever_wiki_scope: referenced)
+# --------------------------------------------------------------------------------------------
+def _page(pid, *sents, **kw):
+    lines = "\n".join(f"{i}\t{s}\tLink" for i, s in enumerate(sents))
+    return json.dumps({"id": pid, "text": " ".join(sents), "lines": lines}, **kw)
+
+
+TRICKY = ["Say_\"Hi\"_-LRB-song-RRB-", "Caf\u00e9_Society", "Soul_Food_-LRB-film-RRB-", "Back\\slash", "Later_Key",
+          "Dup_Wanted", "Spaced", "Emoji_\U0001F600"]
+
+
+def _tricky_wiki(tmp_path):
+    """Wanted and unwanted pages whose ids hold escaped quotes, \\u escapes (and the same id written raw),
+    PTB escapes, backslashes, keys in another order, a second "id" key, JSON whitespace."""
+    rows = [json.dumps({"id": "", "text": "", "lines": ""})]
+    for pid in TRICKY + ["Not_\"Wanted\"", "Caf\u00e9_Other", "Other_-LRB-x-RRB-"]:
+        rows.append(_page(pid, f"{pid} is a page .", "It is n't -LRB- really -RRB- one ."))
+    rows.append(_page("Caf\u00e9_Society", "Written raw .", ensure_ascii=False))        # same id, raw UTF-8
+    rows.append(json.dumps({"text": "x", "lines": "0\tKeys in another order .", "id": "Later_Key"}))
+    rows.append(json.dumps({"text": "x", "lines": "0\tUnwanted, keys in another order .", "id": "Nope"}))
+    rows.append('{"id": "Unwanted_First", "text": "x", "lines": "0\\tThe last id key wins .", "id": "Dup_Wanted"}')
+    rows.append('{"id": "Unwanted_First", "text": "x", "lines": "0\\tEscaped key wins .", "\\u0069d": "Dup_Wanted"}')
+    rows.append('{ "id" :  "Spaced" , "lines": "0\\tJSON white space .", "text": "x"}')
+    rows.append('{"id": "Spaced"}')                                                 # no lines: reported
+    rows.append('{"id": "Soul_Food_-LRB-film-RRB-", "text": "x", "lines": "zero\\tno number"}')   # reported
+    rows.append('{"id": 7, "text": "x", "lines": "0\\tA number id ."}')                  # reported
+    rows.append('{"id": "Caf\\u00e9_Society", "text": "truncated')                       # wanted, broken: reported
+    rows.append("")
+    rows.append('["not an object"]')                                                  # reported
+    p = tmp_path / "wiki-001.jsonl"
+    p.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return p
+
+
+def _read_both(monkeypatch, path, pages, collect=True):
+    from factuality.sources import fever
+    fast_bad = S.BadRecords(collect=collect)
+    fast = [(s.page, s.sent_id, s.text) for s in S.read_wiki_pages(path, fast_bad, pages)]
+    with monkeypatch.context() as m:       # every line parsed in full, as before the id fast path
+        m.setattr(fever, "unwanted_page", lambda pages: (lambda line: False))
+        full_bad = S.BadRecords(collect=collect)
+        full = [(s.page, s.sent_id, s.text) for s in S.read_wiki_pages(path, full_bad, pages)]
+    return fast, fast_bad, full, full_bad
+
+
+def test_wiki_fast_path_reads_and_reports_what_the_full_parse_does(tmp_path, monkeypatch):
+    import gzip
+    p = _tricky_wiki(tmp_path)
+    fast, fast_bad, full, full_bad = _read_both(monkeypatch, p, set(TRICKY))
+    assert fast == full and fast_bad.items == full_bad.items
+    assert {pg for pg, _, _ in fast} == set(TRICKY)
+    assert ("Dup_Wanted", 0, "The last id key wins.") in fast and ("Dup_Wanted", 0, "Escaped key wins.") in fast
+    assert [(r["line"], r["field"]) for r in fast_bad.items] == [(19, "lines"), (20, "lines"), (21, "id"), (22, "(line)"),
+                                                                 (24, "(line)")]
+    gz = tmp_path / "wiki-002.jsonl"                      # gzip input, told by content
+    gz.write_bytes(gzip.compress(p.read_bytes()))
+    fast_gz, bad_gz, _, _ = _read_both(monkeypatch, gz, set(TRICKY))
+    assert fast_gz == fast and [r["problem"] for r in bad_gz.items] == [r["problem"] for r in fast_bad.items]
+    for path in (p, gz):                                  # the first error stops the read with the same message
+        with pytest.raises(RecordError) as e_fast:
+            list(S.read_wiki_pages(path, S.BadRecords(), set(TRICKY)))
+        with monkeypatch.context() as m:
+            from factuality.sources import fever
+            m.setattr(fever, "unwanted_page", lambda pages: (lambda line: False))
+            with pytest.raises(RecordError) as e_full:
+                list(S.read_wiki_pages(path, S.BadRecords(), set(TRICKY)))
+        assert str(e_fast.value) == str(e_full.value) and ":19: lines:" in str(e_fast.value)
+
+
+def test_wiki_fast_path_passes_over_unwanted_pages_unparsed(tmp_path, monkeypatch):
+    """A line of a page no claim cites is passed over from its id: a broken rest of it is not reported
+    (the full parse reported it); a line whose start is broken is parsed and reported as before."""
+    p = tmp_path / "wiki-001.jsonl"
+    p.write_text("\n".join([_page("Wanted", "Kept ."), '{"id": "Unwanted", "text": "cut sh',
+                            '{"id": "Unwanted_\\q", "text": "bad escape in the id"}', "\ufeff" + _page("Bom", "x .")]) + "\n")
+    fast, fast_bad, full, full_bad = _read_both(monkeypatch, p, {"Wanted"})
+    assert fast == full == [("Wanted", 0, "Kept.")]
+    assert [r["line"] for r in full_bad.items] == [2, 3, 4] and [r["line"] for r in fast_bad.items] == [3, 4]
+    assert S.fever.unwanted_page({"Wanted"})('{"id": "Other", "text": "x"}\n')
+    assert not S.fever.unwanted_page({"Wanted"})('{"id": "Wanted", "text": "x"}\n')
+    assert S.fever.unwanted_page({"Wanted"})('{"id": "", "text": "", "lines": ""}\n')    # the dump's empty-id page
+
+
+def test_fever_draft_is_the_same_from_the_fast_path(tmp_path, monkeypatch):
+    from factuality.sources import fever
+    from factuality.stages.build import BuildConfig
+    wiki = FIX / "fever" / "wiki-pages" / "wiki-fixture-001.jsonl"
+    claims = RAW / "fever" / "paper_dev.sample.jsonl"
+    cfg = BuildConfig(quiet=True, fever_wiki_scope="referenced")
+
+    def drafts():
+        bad = S.BadRecords()
+        exs = list(S.read_fever_claims(claims, bad))
+        out = fever.draft(exs, S.DraftContext(cfg, {"fever_wiki": [wiki, wiki]}, bad))
+        return [(d.raw.id, [(c.doc_id, c.title, c.text, sp) for c, sp in d.gold],
+                 [(c.doc_id, c.text, s) for c, s in d.negatives], d.answerable, d.unanswerable_reason) for d in out], bad
+
+    fast, fast_bad = drafts()
+    with monkeypatch.context() as m:
+        m.setattr(fever, "unwanted_page", lambda pages: (lambda line: False))
+        full, full_bad = drafts()
+    assert fast == full and len(fast) > 200 and fast_bad.dropped == full_bad.dropped

@@ -15,7 +15,7 @@ import stat
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .contracts import EXAMPLE, Contract, RecordError, sha256_file
 from .files import JsonlAppender
@@ -202,12 +202,15 @@ def _require_file(path: Path) -> None:
 
 
 def iter_json_lines(path: str | os.PathLike, bad: Rejects, expected: str = "JSON objects, one a line",
-                    allow_empty: bool = False, stats: dict | None = None) -> Iterator[tuple[Where, dict, str]]:
+                    allow_empty: bool = False, stats: dict | None = None,
+                    skip: Callable[[str], bool] | None = None) -> Iterator[tuple[Where, dict, str]]:
     """(where, object, line) of each non-blank line of a JSONL file: the one JSONL reader.
 
     A line that is not UTF-8, not JSON or not an object goes to `bad`; blank lines are skipped
     (counted in `stats["blank"]`). A file with no non-blank line is refused unless `allow_empty`,
-    with a message that says what was `expected`.
+    with a message that says what was `expected`. `skip(line)`, when given, is asked about each
+    decoded non-blank line before it is parsed: a line it answers True for is passed over unparsed
+    (a reader that can tell from the start of a line that it does not want the record).
     """
     path = Path(path)
     _require_file(path)
@@ -222,6 +225,8 @@ def iter_json_lines(path: str | os.PathLike, bad: Rejects, expected: str = "JSON
             stats["blank"] += 1
             continue
         seen_any = True
+        if skip is not None and skip(line):
+            continue
         where = Where(str(path), lineno)
         try:
             rec = json.loads(line)

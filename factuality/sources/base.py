@@ -173,9 +173,11 @@ def filter_candidates(cands: list[Chunk], answers: list[str], exclude: set[str])
 # --------------------------------------------------------------------------------------------
 # Raw-file readers (the records module's readers, with the dataset's description of the file)
 # --------------------------------------------------------------------------------------------
-def jsonl_records(path: Path, bad: BadRecords, expected: str) -> Iterator[tuple[Where, dict, str]]:
-    """(where, object, line without its newline) per non-blank line; an empty file is refused."""
-    for where, rec, line in iter_json_lines(path, bad, expected):
+def jsonl_records(path: Path, bad: BadRecords, expected: str,
+                  skip: Callable[[str], bool] | None = None) -> Iterator[tuple[Where, dict, str]]:
+    """(where, object, line without its newline) per non-blank line; an empty file is refused.
+    `skip(line)`: lines it answers True for are passed over unparsed (`records.iter_json_lines`)."""
+    for where, rec, line in iter_json_lines(path, bad, expected, skip=skip):
         yield where, rec, line.rstrip("\r\n")
 
 
