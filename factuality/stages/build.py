@@ -379,9 +379,11 @@ def build(cfg: BuildConfig) -> dict:
     drafts: list[Draft] = []
     for source in S.build_order(raw):
         drafts += S.source_module(source).draft(raw[source], ctx)
+    del raw   # what is still needed the drafts hold: each raw example goes with its draft (assemble_splits)
     timings["evidence_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    misses = retrieval_misses(cfg, drafts, bad)
     splits = assemble_splits(cfg, drafts)
     timings["assemble_s"] = time.perf_counter() - t
 
@@ -402,7 +404,7 @@ def build(cfg: BuildConfig) -> dict:
         "rejects_file": cfg.rejects,
         "dropped": dict(bad.dropped),
         **({"skipped_parts": dict(sorted(bad.skipped.items()))} if bad.skipped else {}),
-        "retrieval_miss": retrieval_misses(cfg, drafts, bad),
+        "retrieval_miss": misses,
     }
     if ctx.shared.get("corpus_index"):
         summary["corpus_index"] = ctx.shared["corpus_index"]
@@ -437,9 +439,13 @@ def check_inputs_found(cfg: BuildConfig, roots: list[Path], inputs: dict[str, li
 
 def assemble_splits(cfg: BuildConfig, drafts: list[Draft]) -> dict[str, list[dict]]:
     """{split: examples}: each draft finalised into its split (seeded by question), each split in a seeded
-    order, every example validated against records.EXAMPLE."""
+    order, every example validated against records.EXAMPLE. Consumes `drafts` (emptied as they are
+    finalised, so a draft's raw passages are freed once its example is made: the build's peak memory is
+    one of the two, not both)."""
     splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    for d in drafts:
+    drafts.reverse()
+    while drafts:
+        d = drafts.pop()
         split = assign_split(d.raw.question, cfg.seed, cfg.split_fractions)
         splits[split].append(finalize(d, cfg, split))
     for name, recs in splits.items():
@@ -491,8 +497,15 @@ def write_outputs(out_dir: Path, splits: dict[str, list[dict]], rejects: list[di
             output_sha256[name] = hashlib.sha256(data).hexdigest()
             fault_point(f"build:wrote:{name}")
 
-        for name, recs in splits.items():
-            put(f"{name}.jsonl", "".join(dumps_line(r) for r in recs))
+        for name, recs in splits.items():     # line by line: never a whole split as one text
+            h = hashlib.sha256()
+            with open(tmp / f"{name}.jsonl", "wb") as f:
+                for r in recs:
+                    line = dumps_line(r).encode("utf-8")
+                    f.write(line)
+                    h.update(line)
+            output_sha256[f"{name}.jsonl"] = h.hexdigest()
+            fault_point(f"build:wrote:{name}.jsonl")
         if rejects is not None:
             text = "".join(dumps_line(r) for r in rejects)
             rejects_path = Path(cfg.rejects)
