@@ -262,7 +262,7 @@ import numpy as np
 from pathlib import Path
 sys.path.insert(0, {str(ROOT)!r})
 from factuality import passage_store as PS
-from factuality.retrieval import tokenize
+from factuality.retrieval import Hit, tokenize
 from factuality.sources import BadRecords
 from factuality.sources.corpus import StoredBM25Index, iter_chunks
 tsv = Path({str(data / 'raw/corpus/psgs_w100.tsv')!r})
@@ -274,11 +274,12 @@ rare = [" ".join(t for t in q.split() if not (t[0] == "w" and t[1:-1].isdigit() 
 idx = StoredBM25Index(model, store)
 out = {{}}
 for name, q in (("common", qs), ("rare", rare)):
-    idx.search(q[:20], 20)                                    # warm the page cache for both
+    idx.search(q, 20)                                         # warm the page cache (score columns) for both
     t = time.perf_counter(); idx.search(q, 20); out[name] = len(q) / (time.perf_counter() - t)
-    t = time.perf_counter()
+    t = time.perf_counter()                                   # what BM25Index.search did before PostingsScorer
     docs, scores = model.retrieve(tokenize(q), k=20, show_progress=False)
-    [sorted(zip(d.tolist(), s.tolist()), key=lambda x: (-x[1], x[0])) for d, s in zip(docs, scores)]
+    [[Hit(int(d), float(s)) for d, s in sorted(zip(rd.tolist(), rs.tolist()), key=lambda x: (-x[1], x[0])) if s > 0]
+     for rd, rs in zip(np.asarray(docs), np.asarray(scores))]
     out[name + "_bm25s"] = len(q) / (time.perf_counter() - t)
 print(json.dumps(out))
 """

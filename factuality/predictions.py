@@ -6,7 +6,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -180,10 +180,7 @@ def settle_replaced(pred_path: Path, leftovers: Sequence[Path] = ()) -> None:
 # ---- the examples an evaluation scores
 def split_counts(examples: Sequence[Mapping]) -> dict[str, int]:
     """{split: examples}, in order of first appearance."""
-    out: dict[str, int] = {}
-    for e in examples:
-        out[e["split"]] = out.get(e["split"], 0) + 1
-    return out
+    return dict(Counter(e["split"] for e in examples))
 
 
 def read_test_examples(cfg) -> list[dict]:

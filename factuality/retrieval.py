@@ -165,10 +165,11 @@ class PostingsScorer:
 def _best(pos: np.ndarray | None, s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k best of scores `s` above 0 (at corpus positions `pos`, ascending; None: s[i] is passage
     i's): best first, ties by position."""
-    if len(s) > k:
-        kth = s[np.argpartition(s, len(s) - k)[len(s) - k]]        # the k-th best score
+    n = len(s)
+    if n > k:
+        kth = np.partition(s, n - k)[n - k]                     # the k-th best score (values: faster than indices)
         sel = np.flatnonzero(s >= kth) if kth > 0 else np.flatnonzero(s > 0)
-        if len(sel) > k:                                           # ties at the k-th: the first ones
+        if len(sel) > k:                                        # a tie at the k-th place: the first ones
             keep = s[sel] > kth
             keep[np.flatnonzero(~keep)[:k - int(keep.sum())]] = True
             sel = sel[keep]
