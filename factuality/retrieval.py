@@ -105,7 +105,7 @@ def normalized_answers(answers: Iterable[str]) -> list[str]:
     return [a for a in (" ".join(answer_tokens(x)) for x in answers) if a]
 
 
-DENSE_FRACTION = 0.1   # postings per passage above which a query scores every passage
+DENSE_FRACTION = 0.25  # postings per passage above which a query scores every passage
 
 
 class PostingsScorer:
@@ -128,50 +128,56 @@ class PostingsScorer:
         self.n_docs = int(scores["num_docs"])
         self._local = threading.local()
 
-    def _acc(self) -> np.ndarray:
-        acc = getattr(self._local, "acc", None)
-        if acc is None:
-            acc = self._local.acc = np.zeros(self.n_docs, dtype=np.float32)
-        return acc
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """This thread's score array and reached-mask, all zero between questions."""
+        arrays = getattr(self._local, "arrays", None)
+        if arrays is None:
+            arrays = self._local.arrays = (np.zeros(self.n_docs, dtype=np.float32), np.zeros(self.n_docs, dtype=bool))
+        return arrays
 
     def top_k(self, token_ids: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray]:
         """(passage positions, scores) of the best k passages with a score above 0, best first."""
-        cols = []
-        for t in token_ids:
-            a, b = int(self.indptr[t]), int(self.indptr[t + 1])
-            if b > a:
-                cols.append((np.asarray(self.indices[a:b]), np.asarray(self.data[a:b], dtype=np.float32)))
-        total = sum(len(i) for i, _ in cols)
-        if not cols:
+        spans = [(int(self.indptr[t]), int(self.indptr[t + 1])) for t in token_ids]
+        spans = [(a, b) for a, b in spans if b > a]
+        if not spans:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        if total >= DENSE_FRACTION * self.n_docs:
+        if sum(b - a for a, b in spans) >= DENSE_FRACTION * self.n_docs:
             # the postings cover a good part of the corpus: score every passage, select over all
             scores = np.zeros(self.n_docs, dtype=np.float32)
-            for idx, data in cols:
-                np.add.at(scores, idx, data)
+            for a, b in spans:                     # one column in memory at a time
+                np.add.at(scores, np.asarray(self.indices[a:b]), np.asarray(self.data[a:b], dtype=np.float32))
             if np.count_nonzero(scores) * 2 >= self.n_docs:
                 return _best(None, scores, k)
             nz = np.flatnonzero(scores)             # a partition over many equal zeros is slow
             return _best(nz, scores[nz], k)
-        acc = self._acc()
-        for idx, data in cols:
-            np.add.at(acc, idx, data)
-        cand = np.unique(np.concatenate([i for i, _ in cols]))       # the passages reached, in order
+        acc, seen = self._arrays()
+        reached = []
+        for a, b in spans:
+            idx = np.asarray(self.indices[a:b])
+            np.add.at(acc, idx, np.asarray(self.data[a:b], dtype=np.float32))
+            new = idx[~seen[idx]]                  # a column holds a passage once
+            seen[new] = True
+            reached.append(new)
+        cand = np.concatenate(reached)             # the passages reached, each once, in no order
         s = acc[cand]
         acc[cand] = 0
+        seen[cand] = False
         return _best(cand, s, k)
 
 
 def _best(pos: np.ndarray | None, s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k best of scores `s` above 0 (at corpus positions `pos`, ascending; None: s[i] is passage
+    """The k best of scores `s` above 0 (at corpus positions `pos`, any order; None: s[i] is passage
     i's): best first, ties by position."""
     n = len(s)
     if n > k:
         kth = np.partition(s, n - k)[n - k]                     # the k-th best score (values: faster than indices)
         sel = np.flatnonzero(s >= kth) if kth > 0 else np.flatnonzero(s > 0)
-        if len(sel) > k:                                        # a tie at the k-th place: the first ones
+        if len(sel) > k:                                        # a tie at the k-th place: the first by position
             keep = s[sel] > kth
-            keep[np.flatnonzero(~keep)[:k - int(keep.sum())]] = True
+            tied = np.flatnonzero(~keep)
+            if pos is not None:
+                tied = tied[np.argsort(pos[sel[tied]], kind="stable")]
+            keep[tied[:k - int(keep.sum())]] = True
             sel = sel[keep]
     else:
         sel = np.flatnonzero(s > 0)
