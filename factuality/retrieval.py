@@ -215,7 +215,9 @@ class BM25Index:
         k = max(1, min(k, len(self.texts)))
         vocab = self.model.vocab_dict
         q_ids = [[vocab[t] for t in q if t in vocab] for q in tokenize(queries)]
-        scorer = PostingsScorer(self.model.scores)
+        scorer = self.__dict__.get("_scorer")
+        if scorer is None:                         # its per-thread arrays are kept between calls
+            scorer = self._scorer = PostingsScorer(self.model.scores)
         threads = (os.cpu_count() or 1) if self.n_threads == -1 else self.n_threads
         bar = dict(total=len(q_ids), desc="BM25 retrieve", disable=not show_progress, leave=False)
         if threads > 1 and len(q_ids) > 1:
