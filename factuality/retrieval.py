@@ -9,6 +9,7 @@ with a larger k. This is what makes 10k questions over 100k passages take second
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -113,14 +114,14 @@ class PostingsScorer:
     only the postings of the query's tokens.
 
     The scores are bm25s' own, bit for bit: each token's column is added in query order into a
-    float32 array, as `bm25s.BM25.get_scores` does (tested). What differs is the selection. bm25s
-    zeroes an array of every passage per query, adds with `np.add.at` and
-    partitions all passages; the cost of a question grows with the corpus. Here, when the query's
-    postings are few beside the corpus, they are added into an array kept between queries and only
-    the entries they touch are read and reset; the top k are chosen among the passages reached.
-    Either way a hit has a score above 0, hits come best first, and ties are broken by corpus
-    position, so a hit list does not depend on how a partition happens to order equal scores. The columns may be arrays or
-    `passage_store.ColumnFile`s (read from disk per query). One float32 array per thread."""
+    float32 array with `np.add.at`, as `bm25s.BM25.get_scores` does (tested). What differs is the
+    selection. bm25s zeroes and partitions an array of every passage per query. Here, when the
+    query's postings are few beside the corpus (under DENSE_FRACTION of it), they are added into a
+    score array and a reached-mask kept between queries (one pair per thread), only the entries
+    they touch are read and reset, and the top k are chosen among the passages reached. Either way
+    a hit has a score above 0, hits come best first, and ties are broken by corpus position, so a
+    hit list does not depend on how a partition happens to order equal scores. The columns may be
+    arrays or `passage_store.ColumnFile`s (read from disk per query)."""
 
     def __init__(self, scores: dict):
         self.data, self.indices = scores["data"], scores["indices"]
@@ -208,6 +209,11 @@ class BM25Index:
     def __len__(self) -> int:
         return len(self.texts)
 
+    @functools.cached_property
+    def scorer(self) -> PostingsScorer:
+        """Made once per index: its per-thread arrays are kept between searches."""
+        return PostingsScorer(self.model.scores)
+
     def search(self, queries: Sequence[str], k: int, show_progress: bool = False) -> list[list[Hit]]:
         """Top-k hits per query, best first (ties broken by corpus position, so runs repeat)."""
         if not queries:
@@ -215,9 +221,7 @@ class BM25Index:
         k = max(1, min(k, len(self.texts)))
         vocab = self.model.vocab_dict
         q_ids = [[vocab[t] for t in q if t in vocab] for q in tokenize(queries)]
-        scorer = self.__dict__.get("_scorer")
-        if scorer is None:                         # its per-thread arrays are kept between calls
-            scorer = self._scorer = PostingsScorer(self.model.scores)
+        scorer = self.scorer
         threads = (os.cpu_count() or 1) if self.n_threads == -1 else self.n_threads
         bar = dict(total=len(q_ids), desc="BM25 retrieve", disable=not show_progress, leave=False)
         if threads > 1 and len(q_ids) > 1:

@@ -19,7 +19,7 @@ from .candidates import load_settings, signature_of
 from .judge import Judge, pointwise_messages, render_judge_prompt, text_key
 from .judge import templates_hash as judge_templates_hash
 from .pairing import Candidate
-from .records import SCHEMA_VERSION, Contract, JsonlAppender, discard_if_tampered, read_jsonl, seal
+from .records import SCHEMA_VERSION, Contract, JsonlAppender, cache_rows, seal
 
 JUDGE_ROW = Contract("prefs judge verdict", {
     "title": "the judge's label log-probabilities for one candidate or ordered pair (judge_<sig>.jsonl)",
@@ -101,10 +101,7 @@ def apply_judge(judge: Judge, method: str, cands: Sequence[Candidate], logprobs:
 def read_verdicts(path: Path) -> dict[str, list]:
     """{"<example id>#<key>": label log-probabilities} already in a judge cache (created empty if absent;
     opening it cuts a line torn by a kill)."""
-    discard_if_tampered(path)             # before the appender may cut a torn (unsealed) last line
-    JsonlAppender(path, JUDGE_ROW).close()
-    return {r["id"]: r["logprobs"] for r in (read_jsonl(path, JUDGE_ROW, allow_empty=True)
-                                              if path.stat().st_size else [])}
+    return {r["id"]: r["logprobs"] for r in cache_rows(path, JUDGE_ROW)}
 
 
 def score_into(cfg, judge: Judge, path: Path, jsig: str, todo: Sequence[tuple], cached: dict) -> None:

@@ -136,17 +136,22 @@ def test_arrays_load_without_pickle(tmp_path):
     assert np.array_equal(col[3:17], whole[3:17]) and np.array_equal(col[0:len(col)], whole) and len(col[5:5]) == 0
 
 
-def test_batch_tokens_are_bm25s_tokens():
-    from factuality.retrieval import tokenize
-
-    texts = ["The Eiffel Tower, in Paris: 330 m (1,083 ft) tall!", "", "a an the of", "Zürich's naïve café_au_lait x1 ÉTÉ",
-             "don't stop-believing 3.14 __init__ _", "北京 是 中国的 首都", "\u00a0tab\there  newline\nend"]
+def batch_tokens(texts: list[str]) -> list[list[str]]:
+    """`_tokenize_batch`'s ids turned back into each text's tokens."""
     flat, lens, vocab = PS._tokenize_batch(texts)
     got, pos = [], 0
     for n in lens.tolist():
         got.append([vocab[i] for i in flat[pos:pos + n].tolist()])
         pos += n
-    assert got == tokenize(texts)
+    return got
+
+
+def test_batch_tokens_are_bm25s_tokens():
+    from factuality.retrieval import tokenize
+
+    texts = ["The Eiffel Tower, in Paris: 330 m (1,083 ft) tall!", "", "a an the of", "Zürich's naïve café_au_lait x1 ÉTÉ",
+             "don't stop-believing 3.14 __init__ _", "北京 是 中国的 首都", "\u00a0tab\there  newline\nend"]
+    assert batch_tokens(texts) == tokenize(texts)
 
 
 def test_batch_tokens_are_bm25s_tokens_on_random_text():
@@ -155,12 +160,7 @@ def test_batch_tokens_are_bm25s_tokens_on_random_text():
     rng = random.Random(3)
     alphabet = "ab_1Zé\u0301\u00b2ß İ'-. ,\t\n日本x\u2163\u0660"
     texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60))) for _ in range(2000)]
-    flat, lens, vocab = PS._tokenize_batch(texts)
-    got, pos = [], 0
-    for n in lens.tolist():
-        got.append([vocab[i] for i in flat[pos:pos + n].tolist()])
-        pos += n
-    assert got == tokenize(texts)
+    assert batch_tokens(texts) == tokenize(texts)
 
 
 @pytest.mark.parametrize("n", [700, 120])   # many batches; exactly one, still with a worker when the pass ends

@@ -56,6 +56,7 @@ from .reading import (
 from .seals import (
     check_seal,
     check_sealed_dir,
+    cache_rows,
     discard_if_tampered,
     seal,
     seal_dir,
@@ -94,6 +95,7 @@ __all__ = [
     "check_against_run_card",
     "check_seal",
     "check_sealed_dir",
+    "cache_rows",
     "discard_if_tampered",
     "decode_lines",
     "dumps_line",

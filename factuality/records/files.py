@@ -434,11 +434,7 @@ class JsonlAppender:
         self._f = open(self.path, "a", encoding="utf-8")
 
     def write(self, rec: dict) -> None:
-        if self.contract is not None:
-            self.contract.validate(rec, where=f"{self.path}: id={rec.get('id')!r}")
-        self._f.write(dumps_line(rec))
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        self.write_many([rec])
 
     def write_many(self, recs: Sequence[dict]) -> None:
         """Validate every record, then append them with one flush and fsync (a batch of results)."""

@@ -91,3 +91,16 @@ def discard_if_tampered(path: str | os.PathLike) -> bool:
         seal_path(path).unlink(missing_ok=True)
         return True
     return False
+
+
+def cache_rows(path: str | os.PathLike, contract) -> list[dict]:
+    """The rows of an append-only cache file (`files.JsonlAppender`, sealed after each batch),
+    created empty if absent: a file whose sealed bytes changed is dropped first
+    (`discard_if_tampered`), and a line torn by a kill is cut before it is read."""
+    from .files import JsonlAppender
+    from .reading import read_jsonl
+
+    path = Path(path)
+    discard_if_tampered(path)             # before the appender may cut a torn (unsealed) last line
+    JsonlAppender(path, contract).close()
+    return read_jsonl(path, contract, allow_empty=True) if path.stat().st_size else []

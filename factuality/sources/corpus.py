@@ -18,7 +18,7 @@ from typing import Iterator
 from ..passage_store import EmptyCorpus, IndexTexts, PassageStore, open_or_build
 from tqdm import tqdm
 
-from ..records import SCHEMA_VERSION, Contract, JsonlAppender, discard_if_tampered, read_jsonl, seal, sha256_file
+from ..records import SCHEMA_VERSION, Contract, JsonlAppender, cache_rows, seal, sha256_file
 from ..retrieval import BM25Index, Hit, NormCache
 from ..retrieval import chunk_words as chunk_words_of
 from ..text import normalize_answer
@@ -117,10 +117,7 @@ class StoredBM25Index(BM25Index):
 
     def _cached(self, path: Path, k: int) -> dict[str, tuple]:
         if k not in self._hits:
-            discard_if_tampered(path)            # before the appender may cut a torn (unsealed) last line
-            JsonlAppender(path, HITS_ROW).close()
-            self._hits[k] = {r["id"]: (r["docs"], r["scores"])
-                             for r in (read_jsonl(path, HITS_ROW, allow_empty=True) if path.stat().st_size else [])}
+            self._hits[k] = {r["id"]: (r["docs"], r["scores"]) for r in cache_rows(path, HITS_ROW)}
         return self._hits[k]
 
     def search(self, queries: Sequence[str], k: int, show_progress: bool = False) -> list[list[Hit]]:
@@ -137,12 +134,12 @@ class StoredBM25Index(BM25Index):
             with JsonlAppender(path, HITS_ROW) as out:
                 for a in range(0, len(todo), HITS_BATCH):
                     part = todo[a:a + HITS_BATCH]
-                    rows = super().search([q for _, q in part], k)
-                    out.write_many([{"schema_version": SCHEMA_VERSION, "id": key, "docs": [h.index for h in hits],
-                                     "scores": [h.score for h in hits]} for (key, _), hits in zip(part, rows)])
+                    rows = [{"schema_version": SCHEMA_VERSION, "id": key, "docs": [h.index for h in hits],
+                             "scores": [h.score for h in hits]}
+                            for (key, _), hits in zip(part, super().search([q for _, q in part], k))]
+                    out.write_many(rows)
                     seal(path)
-                    for (key, _), hits in zip(part, rows):
-                        known[key] = ([h.index for h in hits], [h.score for h in hits])
+                    known.update((r["id"], (r["docs"], r["scores"])) for r in rows)
                     bar.update(len(part))
             bar.close()
             self.stats["retrieved"] += len(todo)

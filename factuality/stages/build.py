@@ -26,7 +26,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .. import sources as S
 from ..config import to_dict
@@ -491,26 +491,24 @@ def write_outputs(out_dir: Path, splits: dict[str, list[dict]], rejects: list[di
     with atomic_dir(out_dir, outside_outputs(cfg)) as tmp:
         output_sha256 = {}
 
-        def put(name: str, text: str) -> None:
-            data = text.encode("utf-8")
-            (tmp / name).write_bytes(data)
-            output_sha256[name] = hashlib.sha256(data).hexdigest()
+        def put(name: str, lines: Iterable[str]) -> None:
+            """Write `lines` one by one (never a whole split as one text), hashing as they go."""
+            h = hashlib.sha256()
+            with open(tmp / name, "wb") as f:
+                for line in lines:
+                    data = line.encode("utf-8")
+                    f.write(data)
+                    h.update(data)
+            output_sha256[name] = h.hexdigest()
             fault_point(f"build:wrote:{name}")
 
-        for name, recs in splits.items():     # line by line: never a whole split as one text
-            h = hashlib.sha256()
-            with open(tmp / f"{name}.jsonl", "wb") as f:
-                for r in recs:
-                    line = dumps_line(r).encode("utf-8")
-                    f.write(line)
-                    h.update(line)
-            output_sha256[f"{name}.jsonl"] = h.hexdigest()
-            fault_point(f"build:wrote:{name}.jsonl")
+        for name, recs in splits.items():
+            put(f"{name}.jsonl", map(dumps_line, recs))
         if rejects is not None:
             text = "".join(dumps_line(r) for r in rejects)
             rejects_path = Path(cfg.rejects)
             if rejects_path.resolve().parent == out_dir.resolve():
-                put(rejects_path.name, text)          # inside the output folder: one of the set
+                put(rejects_path.name, [text])         # inside the output folder: one of the set
             else:
                 stage_outside(tmp, rejects_path, text)
                 summary["rejects_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
